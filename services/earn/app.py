@@ -1,0 +1,36 @@
+"""Earn service wiring: consumes member activity, publishes ledger commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
+from services.earn.programmes import load_folder
+from services.earn.settings import EarnSettings
+from shared import topics
+from shared.contracts import INBOUND_TYPES
+from shared.service import ServiceSpec, build_app
+
+# Earn owns these topics; types it does not handle yet go to the DLQ as `unsupported_type`,
+# where they wait to be replayed when their rules land.
+EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS]
+
+
+def create_app(settings: EarnSettings | None = None) -> FastAPI:
+    settings = settings or EarnSettings()
+    programmes = load_folder(settings.programmes_dir)
+    commands_topic = settings.topic(topics.LEDGER_COMMANDS)
+    spec = ServiceSpec(
+        name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",  # none yet: inbox and outbox only
+        topics=EARN_TOPICS, types=dict(INBOUND_TYPES), handled_types=HANDLED,
+        make_handler=lambda registry: EarnFromEvents(programmes, commands_topic, EarnMetrics(registry)))
+    app, _runtime = build_app(spec, settings, "Jifen earn")
+
+    @app.get("/v1/programs", tags=["earn"])
+    async def list_programmes() -> list[dict[str, object]]:
+        return [{"program_id": p.program_id, "name": p.name, "version": p.version,
+                 "effective_from": p.effective_from} for p in programmes.values()]
+
+    return app

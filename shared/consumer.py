@@ -1,0 +1,298 @@
+"""The batch consumer: the effectively-once recipe every Jifen service consumes with.
+
+1. FastStream hands over a batch of raw records (manual acknowledgement: nothing is committed on receipt).
+2. Each record is parsed as a CloudEvent and validated against its type's contract; a record that
+   fails goes to `<topic>.dlq` with the reason, through the outbox, in the batch's transaction.
+3. One transaction per batch: event ids claimed in the inbox (duplicates skipped), the handler applies
+   the new events and queues outgoing messages, the outbox rows are written, commit.
+4. Only then are the Kafka offsets committed. A transient failure (database down) is retried with
+   backoff inside the handler, so the offsets never move past an event whose effects are not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaAckableMessage
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.contracts import Contract
+from shared.envelope import BadMessage, CloudEvent, parse
+from shared.metrics import Metrics
+from shared.outbox import OutboxMessage
+from shared.topics import dlq
+from shared.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A record that parsed and validated: its CloudEvent and typed data."""
+
+    record: ConsumerRecord[Any, Any]
+    event: CloudEvent
+    data: Contract
+
+
+class Rejections:
+    """What a handler answers for events that break a business rule: each goes to the DLQ with its reason."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[ConsumerRecord[Any, Any], BadMessage]] = []
+
+    def reject(self, item: Inbound, reason: str, detail: str) -> None:
+        self.items.append((item.record, BadMessage(reason, detail)))
+
+
+Handler = Callable[[list[Inbound], UnitOfWork, Rejections], Awaitable[None]]
+
+
+class Retryable(Exception):
+    """A failure that goes away by itself (a concurrent writer, a lost connection): retry the batch."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Retryable | OSError | TimeoutError | ConnectionError | asyncpg.PostgresConnectionError
+                      | asyncpg.InterfaceError | asyncpg.CannotConnectNowError | asyncpg.OperatorInterventionError
+                      | asyncpg.SerializationError | asyncpg.DeadlockDetectedError | asyncpg.UniqueViolationError):
+            # A unique violation means a concurrent writer (a rebalance) got there first; a replay sees it.
+            return True
+        if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, sa_exc.InterfaceError | sa_exc.OperationalError | sa_exc.TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def dlq_message(record: ConsumerRecord[Any, Any], bad: BadMessage, service: str, error_class: str,
+                now: datetime) -> OutboxMessage:
+    """The record unchanged, with headers saying why it was refused and where it came from."""
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("jifen-dlq-")]
+    headers += [
+        ("jifen-dlq-reason", bad.reason.encode()),
+        ("jifen-dlq-detail", bad.detail[:2000].encode()),
+        ("jifen-dlq-error-class", error_class.encode()),
+        ("jifen-dlq-source-topic", record.topic.encode()),
+        ("jifen-dlq-source-partition", str(record.partition).encode()),
+        ("jifen-dlq-source-offset", str(record.offset).encode()),
+        ("jifen-dlq-service", service.encode()),
+        ("jifen-dlq-at", now.isoformat().encode()),
+    ]
+    return OutboxMessage(topic=dlq(record.topic), key=record.key, value=record.value or b"", headers=headers)
+
+
+class Health:
+    """What readiness reports: the last database outage seen by the consumer, if any."""
+
+    def __init__(self) -> None:
+        self.db_error: str | None = None
+        self.consuming = False
+
+
+class BatchConsumer:
+    def __init__(self, *, service: str, schema: str, engine: AsyncEngine, metrics: Metrics, health: Health,
+                 types: dict[str, type[Contract]], handler: Handler, handled_types: set[str],
+                 use_inbox: bool = True, retry_max_delay_s: float = 5.0) -> None:
+        self.service = service
+        self.schema = schema
+        self.engine = engine
+        self.metrics = metrics
+        self.health = health
+        self.types = types
+        self.handler = handler
+        self.handled_types = handled_types
+        self.use_inbox = use_inbox
+        self.retry_max_delay_s = retry_max_delay_s
+
+    def subscribe(self, broker: KafkaBroker, topics: Sequence[str], group_id: str, max_records: int,
+                  batch_timeout_ms: int) -> None:
+        broker.subscriber(
+            *topics, batch=True, group_id=group_id, ack_policy=AckPolicy.MANUAL, max_records=max_records,
+            batch_timeout_ms=batch_timeout_ms, auto_offset_reset="earliest", parser=_raw_batch,
+            decoder=_no_decode, max_poll_interval_ms=600_000,
+        )(self._on_batch)
+
+    async def _on_batch(self, msg: KafkaMessage) -> None:
+        records: tuple[ConsumerRecord[Any, Any], ...] = msg.raw_message  # type: ignore[assignment]
+        try:
+            await self.process(list(records))
+        except BaseException:
+            await msg.nack()  # rewind every partition of the batch: nothing past it may be committed
+            raise
+        try:
+            await msg.ack()
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved to another consumer: it replays from the last commit and the inbox dedupes.
+            log.warning("offset commit failed; the batch will be replayed elsewhere", extra={"error": repr(exc)})
+        self._record_lag(msg, records)
+
+    def _record_lag(self, msg: KafkaMessage, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        consumer = getattr(msg, "consumer", None)
+        if consumer is None:
+            return
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = r.offset
+        for (topic, partition), offset in last.items():
+            high = consumer.highwater(TopicPartition(topic, partition))
+            if high is not None:
+                self.metrics.lag.labels(self.service, topic, str(partition)).set(max(0, high - offset - 1))
+
+    async def process(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """Apply a batch, retrying transient failures until it is stored; never returns having lost one."""
+        self.metrics.batch_size.labels(self.service).observe(len(records))
+        good, bad = self._parse(records)
+        delay = 0.1
+        while True:
+            try:
+                await self._apply(good, bad)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    self._note_outage(exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_delay_s)
+                    continue
+                if not good:
+                    # Only DLQ rows left and still failing: wait and retry like an outage rather than spin.
+                    self._note_outage(exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_delay_s)
+                    continue
+                if len(good) == 1:
+                    # A failure no retry will cure: the event goes to the DLQ with the error, not lost.
+                    log.exception("event failed in its handler; sent to the DLQ")
+                    bad = bad + [(item.record, BadMessage("processing_error", _describe(exc))) for item in good]
+                    good = []
+                    continue
+                log.warning("batch failed; applying its events one by one", extra={"error": repr(exc)})
+                for item in good:
+                    await self._apply_one(item)
+                good = []
+                if not bad:
+                    break
+        self.health.db_error = None
+        self.metrics.ready.labels(self.service).set(1)
+
+    async def _apply_one(self, item: Inbound) -> None:
+        await self.process([item.record])
+
+    def _note_outage(self, exc: BaseException, delay: float) -> None:
+        self.health.db_error = _describe(exc)
+        self.metrics.ready.labels(self.service).set(0)
+        self.metrics.transient_failures.labels(self.service, type(exc).__name__).inc()
+        log.warning("transient failure; batch will be retried", extra={"error": repr(exc), "retry_in_s": delay})
+
+    def _parse(self, records: Sequence[ConsumerRecord[Any, Any]]) -> tuple[
+            list[Inbound], list[tuple[ConsumerRecord[Any, Any], BadMessage]]]:
+        good: list[Inbound] = []
+        bad: list[tuple[ConsumerRecord[Any, Any], BadMessage]] = []
+        for record in records:
+            try:
+                event = parse(record.value, record.headers or ())
+                contract = self.types.get(event.type)
+                if contract is None:
+                    raise BadMessage("unknown_type", f"no contract for type {event.type!r}")
+                if event.type not in self.handled_types:
+                    raise BadMessage("unsupported_type", f"{self.service} does not handle {event.type!r} yet")
+                if not isinstance(event.data, dict):
+                    raise BadMessage("invalid_data", "data must be a JSON object")
+                try:
+                    data = contract.model_validate(event.data)
+                except ValidationError as exc:
+                    raise BadMessage("invalid_data", _validation_summary(exc)) from exc
+                good.append(Inbound(record, event, data))
+            except BadMessage as exc:
+                bad.append((record, exc))
+        return good, bad
+
+    async def _apply(self, good: list[Inbound], bad: list[tuple[ConsumerRecord[Any, Any], BadMessage]]) -> None:
+        now = datetime.now(UTC)
+        rejections = Rejections()
+        async with UnitOfWork(self.engine, self.schema) as uow:
+            fresh = good
+            duplicates = 0
+            if self.use_inbox and good:
+                claimed = await uow.claim(list(dict.fromkeys(i.event.event_id for i in good)))
+                fresh = []
+                for item in good:
+                    if item.event.event_id in claimed:
+                        claimed.discard(item.event.event_id)  # a second copy within the batch is a duplicate
+                        fresh.append(item)
+                    else:
+                        duplicates += 1
+            if fresh:
+                await self.handler(fresh, uow, rejections)
+            refused = bad + rejections.items
+            for record, reason in refused:
+                uow.publish(dlq_message(record, reason, self.service, _error_class(reason), now))
+            await uow.commit()
+        committed = time.time()
+        topic = good[0].record.topic if good else (bad[0][0].topic if bad else "")
+        if duplicates:
+            self.metrics.duplicates.labels(self.service, topic).inc(duplicates)
+        rejected = {id(r) for r, _ in rejections.items}
+        for item in fresh:
+            if id(item.record) in rejected:
+                continue
+            self.metrics.processed.labels(self.service, item.record.topic, item.event.type).inc()
+            self.metrics.event_to_commit.labels(self.service).observe(max(0.0, committed - item.event.time.timestamp()))
+        for record, reason in refused:
+            self.metrics.dlq.labels(self.service, record.topic, reason.reason).inc()
+            log.info("message sent to DLQ", extra={"topic": record.topic, "partition": record.partition,
+                                                   "offset": record.offset, "reason": reason.reason,
+                                                   "detail": reason.detail[:300]})
+
+
+def _error_class(bad: BadMessage) -> str:
+    cause = bad.__cause__
+    return type(cause).__name__ if cause is not None else type(bad).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()[:500]
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "data"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def _raw_batch(records: tuple[ConsumerRecord[Any, Any], ...], original: Any) -> KafkaAckableMessage:
+    """FastStream's batch parser decodes every header as UTF-8 and fails the whole batch on one bad byte;
+    we keep the records raw and judge each one ourselves."""
+    first = records[0]
+    return KafkaAckableMessage(
+        body=[r.value or b"" for r in records], headers={}, batch_headers=[{} for _ in records],
+        raw_message=records, content_type=None, reply_to="", correlation_id=None, path={},
+        message_id=f"{first.topic}-{first.partition}-{first.offset}",
+        consumer=original.__self__._consumer,
+    )
+
+
+async def _no_decode(msg: Any, original: Any) -> None:
+    return None

@@ -1,0 +1,35 @@
+"""Prometheus metrics every consuming service exposes, on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.processed = Counter("jifen_events_processed", "Events applied (committed to the database)",
+                                 ["service", "topic", "type"], registry=r)
+        self.duplicates = Counter("jifen_duplicates_skipped", "Events skipped because their id was seen before",
+                                  ["service", "topic"], registry=r)
+        self.dlq = Counter("jifen_dlq_messages", "Messages sent to a dead-letter topic, by reason",
+                           ["service", "topic", "reason"], registry=r)
+        self.batch_size = Histogram("jifen_batch_size", "Records per consumed batch", ["service"],
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000), registry=r)
+        self.event_to_commit = Histogram("jifen_event_to_commit_seconds",
+                                         "From the event's own time to the commit of its effects",
+                                         ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("jifen_consumer_lag", "Records behind the partition's high watermark",
+                         ["service", "topic", "partition"], registry=r)
+        self.transient_failures = Counter("jifen_transient_failures", "Batches retried after a transient failure",
+                                          ["service", "error"], registry=r)
+        self.outbox_backlog = Gauge("jifen_outbox_backlog", "Outbox rows not yet published", ["service"], registry=r)
+        self.outbox_oldest_age = Gauge("jifen_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row",
+                                       ["service"], registry=r)
+        self.outbox_published = Counter("jifen_outbox_published", "Outbox rows published and acknowledged",
+                                        ["service"], registry=r)
+        self.ready = Gauge("jifen_ready", "1 when the service can do its work", ["service"], registry=r)

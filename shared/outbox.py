@@ -1,0 +1,126 @@
+"""The outbox: messages written with the state that caused them, published by one relay per service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+def channel(schema: str) -> str:
+    return f"{schema}_outbox"
+
+
+async def write(conn: asyncpg.Connection, schema: str, messages: Sequence[OutboxMessage]) -> None:
+    """Insert the messages in one statement and wake the relay when the transaction commits."""
+    if not messages:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (topic, key, value, headers)
+           SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])""",
+        [m.topic for m in messages], [m.key for m in messages], [m.value for m in messages],
+        [encode_headers(m.headers) for m in messages],
+    )
+    await conn.execute(f"NOTIFY {channel(schema)}")
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    return orjson.dumps([[k, v.hex()] for k, v in headers]).decode() if headers else None
+
+
+def decode_headers(raw: str | None) -> list[tuple[str, bytes]]:
+    return [(k, bytes.fromhex(v)) for k, v in orjson.loads(raw)] if raw else []
+
+
+class OutboxRelay:
+    """Publishes the outbox in id order; exactly one relay per schema is active (advisory lock)."""
+
+    def __init__(self, dsn: str, schema: str, producer: AIOKafkaProducer, metrics: Metrics,
+                 batch_size: int = 5000, poll_interval_s: float = 1.0) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.producer = producer
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.lock_key = int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:8], "big", signed=True)
+        self.is_leader = False
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until cancelled, reconnecting after database failures."""
+        delay = 0.2
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect after any failure; the rows stay in the outbox
+                self.is_leader = False
+                log.warning("outbox relay interrupted, retrying", extra={"error": repr(exc), "delay_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.2
+
+    async def _lead(self) -> None:
+        conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema}, timeout=5)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                self.is_leader = False
+                await asyncio.sleep(2.0)
+            self.is_leader = True
+            await conn.add_listener(channel(self.schema), lambda *_: self._wake.set())
+            log.info("outbox relay is leader", extra={"schema": self.schema})
+            while True:
+                self._wake.clear()
+                sent = await self.publish_once(conn)
+                if sent < self.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+        finally:
+            self.is_leader = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+
+    async def publish_once(self, conn: asyncpg.Connection) -> int:
+        rows = await conn.fetch(
+            "SELECT id, topic, key, value, headers, created_at FROM outbox ORDER BY id LIMIT $1",
+            self.batch_size)
+        if not rows:
+            self.metrics.outbox_backlog.labels(self.schema).set(0)
+            self.metrics.outbox_oldest_age.labels(self.schema).set(0)
+            return 0
+        oldest = rows[0]["created_at"].timestamp()
+        self.metrics.outbox_oldest_age.labels(self.schema).set(max(0.0, time.time() - oldest))
+        futures = [
+            await self.producer.send(r["topic"], r["value"], key=r["key"],
+                                     headers=decode_headers(r["headers"]))
+            for r in rows
+        ]
+        await asyncio.gather(*futures)  # every row acknowledged by the broker before any is deleted
+        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        self.metrics.outbox_published.labels(self.schema).inc(len(rows))
+        backlog = await conn.fetchval("SELECT count(*) FROM outbox")
+        self.metrics.outbox_backlog.labels(self.schema).set(backlog)
+        return len(rows)

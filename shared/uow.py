@@ -1,0 +1,75 @@
+"""Unit of work: one database transaction holding the inbox claims, the state and the outbox rows.
+
+A handler gets a unit of work and cannot forget the inbox or the outbox: claims happen before the
+handler runs, and the outbox rows it adds are written just before the commit, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from shared import outbox
+from shared.outbox import OutboxMessage
+
+
+class UnitOfWork:
+    def __init__(self, engine: AsyncEngine, schema: str) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.messages: list[OutboxMessage] = []
+        self._conn: AsyncConnection | None = None
+        self._tx: AsyncTransaction | None = None
+        self._db: asyncpg.Connection | None = None
+
+    @property
+    def db(self) -> asyncpg.Connection:
+        """The driver connection inside the transaction, for multi-row statements on hot paths."""
+        assert self._db is not None, "unit of work not entered"
+        return self._db
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.messages = []
+        self._conn = await self.engine.connect()
+        try:
+            self._tx = await self._conn.begin()
+            raw = await self._conn.get_raw_connection()
+            self._db = raw.driver_connection  # type: ignore[assignment]
+        except BaseException:
+            await self._conn.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._conn is not None
+        try:
+            if self._tx is not None and self._tx.is_active:
+                await self._tx.rollback()
+        finally:
+            await self._conn.close()
+            self._conn = self._tx = self._db = None
+
+    def publish(self, message: OutboxMessage) -> None:
+        self.messages.append(message)
+
+    async def claim(self, event_ids: Sequence[str]) -> set[str]:
+        """Record the ids in the inbox; returns those not seen before (the others are duplicates)."""
+        if not event_ids:
+            return set()
+        rows = await self.db.fetch(
+            "INSERT INTO inbox (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+            list(event_ids))
+        return {r["event_id"] for r in rows}
+
+    async def commit(self) -> None:
+        assert self._tx is not None
+        await outbox.write(self.db, self.schema, self.messages)
+        await self._tx.commit()
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.db.fetch(sql, *args)
