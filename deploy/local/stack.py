@@ -1,0 +1,135 @@
+"""`jifen stack up|down|status`: Kafka, PostgreSQL and every service as local processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local.infra import REPO, Kafka, Postgres, StackError, ensure_topics, log, pid_alive, spawn, stop_pid, tail
+from shared.settings import DEFAULT_DATABASE_URL, Settings
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    name: str
+    module: str
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101))
+
+
+class Stack:
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.settings = Settings()
+        self.run_dir = run_dir or Path(os.environ.get("JIFEN_RUN_DIR", REPO / ".run"))
+        self.external_db = "JIFEN_DATABASE_URL" in os.environ
+        self.external_kafka = "JIFEN_KAFKA_BOOTSTRAP" in os.environ
+        self.kafka = Kafka(self.run_dir, port=int(self.settings.kafka_bootstrap.rsplit(":", 1)[1]))
+        self.postgres = Postgres(self.run_dir)
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / "pids" / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+    def up(self) -> None:
+        print(f"Starting the Jifen stack (run folder {self.run_dir})", flush=True)
+        if self.external_db:
+            log(f"PostgreSQL: using JIFEN_DATABASE_URL ({_redact(self.settings.database_url)})")
+        else:
+            self.postgres.start()
+        if self.external_kafka:
+            log(f"Kafka: using JIFEN_KAFKA_BOOTSTRAP ({self.settings.kafka_bootstrap})")
+        else:
+            self.kafka.start()
+        ensure_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix,
+                      int(os.environ.get("JIFEN_PARTITIONS", "6")))
+        env = {**os.environ, "JIFEN_DATABASE_URL": self.settings.database_url if self.external_db
+               else DEFAULT_DATABASE_URL.replace(":5432/", f":{self.postgres.port}/")}
+        for service in SERVICES:
+            self.start_service(service, env)
+
+    def start_service(self, service: ServiceProcess, env: dict[str, str], timeout: float = 60.0) -> None:
+        pid_file = self.pid_file(service.name)
+        if pid_alive(pid_file):
+            log(f"{service.name} already running (pid {pid_alive(pid_file)}) on :{service.port}")
+            return
+        pid = spawn([sys.executable, "-m", service.module], self.log_file(service.name), pid_file, env=env)
+        deadline = time.monotonic() + timeout
+        while not _http_ok(service.url("/health/ready")):
+            if not pid_alive(pid_file):
+                raise StackError(f"{service.name} exited during start; last log lines:\n"
+                                 f"{tail(self.log_file(service.name))}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service.name} not ready after {timeout:.0f}s; see {self.log_file(service.name)}")
+            time.sleep(0.3)
+        log(f"{service.name} ready (pid {pid}) on http://127.0.0.1:{service.port}")
+
+    def down(self) -> None:
+        print("Stopping the Jifen stack", flush=True)
+        for service in reversed(SERVICES):
+            stop_pid(self.pid_file(service.name), service.name)
+        self.kafka.stop()
+        self.postgres.stop()
+
+    def status(self) -> bool:
+        healthy = True
+        rows: list[tuple[str, bool, str]] = []
+        if self.external_db:
+            rows.append(("postgres", True, f"external: {_redact(self.settings.database_url)}"))
+        else:
+            pid = self.postgres.running_pid()
+            rows.append(("postgres", pid is not None,
+                         f"pid {pid}, port {self.postgres.port}" if pid else "not running (no postmaster.pid)"))
+        if self.external_kafka:
+            rows.append(("kafka", True, f"external: {self.settings.kafka_bootstrap}"))
+        else:
+            pid = pid_alive(self.kafka.pid_file)
+            rows.append(("kafka", pid is not None,
+                         f"pid {pid}, {self.kafka.bootstrap}" if pid else "not running"))
+        for service in SERVICES:
+            pid = pid_alive(self.pid_file(service.name))
+            if pid is None:
+                rows.append((service.name, False, "not running"))
+                continue
+            body = _http_get(service.url("/health/ready"))
+            rows.append((service.name, body is not None and '"ready":true' in body,
+                         f"pid {pid}, :{service.port}, ready: {body or 'no answer'}"))
+        for name, ok, why in rows:
+            healthy &= ok
+            print(f"  {'✔' if ok else '✘'} {name:<9} {why}")
+        return healthy
+
+
+def _http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return str(exc.read().decode())
+    except OSError:
+        return None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    head, tail_ = url.split("@", 1)
+    return head.rsplit(":", 1)[0] + ":***@" + tail_
