@@ -11,7 +11,8 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from asyncpg.transaction import Transaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import outbox
 from shared.outbox import OutboxMessage
@@ -22,8 +23,9 @@ class UnitOfWork:
         self.engine = engine
         self.schema = schema
         self.messages: list[OutboxMessage] = []
+        self._committed = False
         self._conn: AsyncConnection | None = None
-        self._tx: AsyncTransaction | None = None
+        self._tx: Transaction | None = None
         self._db: asyncpg.Connection | None = None
 
     @property
@@ -34,11 +36,15 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         self.messages = []
+        self._committed = False
         self._conn = await self.engine.connect()
         try:
-            self._tx = await self._conn.begin()
+            # The transaction is opened on the driver connection itself: SQLAlchemy's asyncpg adapter
+            # begins lazily, on its own first statement, and would leave our statements in autocommit.
             raw = await self._conn.get_raw_connection()
             self._db = raw.driver_connection  # type: ignore[assignment]
+            self._tx = self.db.transaction()
+            await self._tx.start()
         except BaseException:
             await self._conn.close()
             raise
@@ -48,8 +54,11 @@ class UnitOfWork:
                         tb: TracebackType | None) -> None:
         assert self._conn is not None
         try:
-            if self._tx is not None and self._tx.is_active:
-                await self._tx.rollback()
+            if self._tx is not None and not self._committed:
+                try:
+                    await self._tx.rollback()
+                except Exception:  # the connection is gone (database down): drop it from the pool
+                    await self._conn.invalidate()
         finally:
             await self._conn.close()
             self._conn = self._tx = self._db = None
@@ -70,6 +79,7 @@ class UnitOfWork:
         assert self._tx is not None
         await outbox.write(self.db, self.schema, self.messages)
         await self._tx.commit()
+        self._committed = True
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self.db.fetch(sql, *args)

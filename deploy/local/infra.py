@@ -105,6 +105,9 @@ class Kafka:
     controller_port: int = 9093
     heap: str = "512m"
 
+    def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.resolve()
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -200,7 +203,7 @@ log4j.logger.kafka.server.KafkaRaftServer=INFO
         pid = spawn(self._java("kafka.Kafka", str(props)), self.log_file, self.pid_file)
         log(f"Kafka starting (pid {pid}), log {self.log_file}")
         deadline = time.monotonic() + timeout
-        while not asyncio.run(kafka_ready(self.bootstrap)):
+        while not (port_open(self.port) and asyncio.run(kafka_ready(self.bootstrap))):
             if not pid_alive(self.pid_file):
                 raise StackError(f"Kafka exited during start; last log lines:\n{tail(self.log_file)}")
             if time.monotonic() > deadline:
@@ -286,6 +289,9 @@ class Postgres:
     user: str = "jifen"
     password: str = "jifen"
     database: str = "jifen"
+
+    def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.resolve()
 
     @property
     def data_dir(self) -> Path:
@@ -382,11 +388,3 @@ class Postgres:
         """Stop immediately and start again (used by the outage tests)."""
         self.stop(mode="immediate")
         self.start()
-
-
-def new_suffix() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def python() -> str:
-    return sys.executable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -70,7 +70,7 @@ def chain_hash(prev_hash: bytes, *, account_id: int, seq: int, from_account_id: 
                amount: int, balance_after: int, kind: str, command_key: str, occurred_at: datetime) -> bytes:
     """Each entry's hash covers its content and the previous entry's hash on the same account."""
     content = (f"{account_id}|{seq}|{from_account_id}|{to_account_id}|{amount}|{balance_after}|{kind}|"
-               f"{command_key}|{occurred_at.isoformat()}").encode()
+               f"{command_key}|{occurred_at.astimezone(UTC).isoformat()}").encode()
     return hashlib.sha256(prev_hash + content).digest()
 
 

@@ -41,10 +41,18 @@ class ApplyCommands:
 
     async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
         now = self.clock()
-        fresh = await self._sort_out_replays(items, uow, now)
+        # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
+        outcomes: dict[int, OutboxMessage] = {}
+        fresh = await self._sort_out_replays(items, uow, now, outcomes)
         credits = [(item, item.data) for item in fresh if isinstance(item.data, PostCredit)]
-        if not credits:
-            return
+        if credits:
+            await self._post_credits(credits, uow, now, outcomes)
+        order = {id(item): n for n, item in enumerate(items)}
+        for key in sorted(outcomes, key=order.__getitem__):
+            uow.publish(outcomes[key])
+
+    async def _post_credits(self, credits: list[tuple[Inbound, PostCredit]], uow: UnitOfWork, now: datetime,
+                            outcomes: dict[int, OutboxMessage]) -> None:
         programs = {cmd.program_id for _, cmd in credits}
         keys = [(cmd.program_id, "member", cmd.member_id) for _, cmd in credits]
         keys += [(program, "issued", "") for program in programs]
@@ -67,12 +75,13 @@ class ApplyCommands:
         changed = [(a, read_at[a.id]) for a in members.values() if a.id in touched]
         if not await repository.advance_accounts(uow.db, changed):
             raise Retryable("an account moved on since it was read")
-        for entry_id, entry in zip(entry_ids, entries, strict=True):
-            uow.publish(self._posted(entry_id, entry))
+        for (item, _), entry_id, entry in zip(credits, entry_ids, entries, strict=True):
+            outcomes[id(item)] = self._posted(entry_id, entry)
             self.metrics.entries.labels(entry.program_id, entry.kind).inc()
             self.metrics.points.labels(entry.program_id, entry.kind).inc(entry.amount)
 
-    async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime) -> list[Inbound]:
+    async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime,
+                                outcomes: dict[int, OutboxMessage]) -> list[Inbound]:
         """Keep first sightings; drop replays; answer conflicting replays with a rejection."""
         known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])  # type: ignore[attr-defined]
         fresh: list[Inbound] = []
@@ -87,23 +96,24 @@ class ApplyCommands:
             elif prior == digest:
                 self.metrics.replays.inc()
             else:
-                self._reject(uow, item, "idempotency_conflict",
-                             f"key {key!r} was already used for a command with another payload", now)
+                outcomes[id(item)] = self._rejected(item, "idempotency_conflict",
+                                                    f"key {key!r} was already used for a command with another "
+                                                    "payload", now)
         return fresh
 
-    def _reject(self, uow: UnitOfWork, item: Inbound, reason: str, detail: str, now: datetime) -> None:
+    def _rejected(self, item: Inbound, reason: str, detail: str, now: datetime) -> OutboxMessage:
         cmd = item.data
         rejected = CommandRejected(
             program_id=cmd.program_id, member_id=cmd.member_id,  # type: ignore[attr-defined]
             idempotency_key=cmd.idempotency_key, command_type=item.event.type,  # type: ignore[attr-defined]
             reason=reason, detail=detail)
         event_id = f"rejected:{item.event.event_id}"
-        uow.publish(OutboxMessage(
+        self.metrics.rejected.labels(reason).inc()
+        return OutboxMessage(
             topic=self.entries_topic, key=rejected.member_id.encode(),
             value=envelope.encode(event_id, SOURCE, COMMAND_REJECTED, now, rejected.model_dump(mode="json"),
                                   subject=rejected.idempotency_key),
-            headers=envelope.STRUCTURED_HEADERS))
-        self.metrics.rejected.labels(reason).inc()
+            headers=envelope.STRUCTURED_HEADERS)
 
     def _posted(self, entry_id: int, entry: Entry) -> OutboxMessage:
         posted = PointsEntryPosted(

@@ -1,0 +1,370 @@
+"""`jifen bench`: the purchase → earn → ledger pipeline's throughput and latency, set against raw Kafka and
+raw PostgreSQL baselines measured on the same machine in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from cli.simulate import Feed, build_feed, publish
+from deploy.local.infra import create_topics
+from shared import topics
+from shared.settings import Settings
+
+RAW_PARTITIONS = 6  # as the pipeline's own topics
+CONSUME_MAX_RECORDS = 5000
+INSERT_BATCH = 2000  # the ledger's batch_max_records
+POLL_S = 0.5
+PROGRESS_S = 5.0
+RUN_TIMEOUT_S = 30 * 60
+SETTLE_TIMEOUT_S = 120.0
+
+TARGET_E2E_PER_S = 5000.0
+TARGET_P99_MS = 250.0
+TARGET_P99_RATE = 1000.0
+TARGET_LEDGER_SHARE = 0.40
+
+# The ledger's own multi-row insert (services/ledger/repository.py insert_entries), without RETURNING.
+ENTRY_COLUMNS = ("program_id, account_id, seq, from_account_id, to_account_id, amount, balance_after, "
+                 "kind, command_key, source_event_id, rule_id, rule_version, reason, details, occurred_at, "
+                 "posted_at, prev_hash, hash")
+RAW_INSERT = f"""INSERT INTO bench.bench_raw_entries ({ENTRY_COLUMNS})
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
+                         $12::int[], $13::text[], $14::jsonb[], $15::timestamptz[], $16::timestamptz[],
+                         $17::bytea[], $18::bytea[])"""
+
+
+@dataclass
+class Throughput:
+    entries: int
+    seconds: float
+    send_seconds: float
+    ledger_span_s: float  # max(posted_at) - min(posted_at)
+    ledger_batches: int  # distinct posted_at stamps: one per ledger batch
+
+    @property
+    def per_s(self) -> float:
+        return self.entries / self.seconds
+
+    @property
+    def ledger_per_s(self) -> float | None:
+        return self.entries / self.ledger_span_s if self.ledger_span_s > 0 else None
+
+
+@dataclass
+class Latency:
+    entries: int
+    offered: float
+    achieved: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    min_ms: float
+
+
+def machine() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, nproc {len(os.sched_getaffinity(0))}"
+
+
+def purchases(count: int, run_id: str) -> Feed:
+    return build_feed(count, run_id=run_id, now=datetime.now(UTC), duplicate_every=0, malformed_every=0)
+
+
+def ratio(value: float | None, baseline: float) -> str:
+    return f"{value / baseline:.1%}" if value is not None and baseline > 0 else "n/a"
+
+
+# --- baselines ---------------------------------------------------------------------------------------
+
+async def kafka_baseline(bootstrap: str, count: int) -> tuple[float, float]:
+    """(produce, consume) records/s through a throwaway topic, with the simulator's messages."""
+    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap, [topic], RAW_PARTITIONS)
+    try:
+        feed = purchases(count, f"raw{uuid.uuid4().hex[:6]}")
+        produce_s = await publish(feed, bootstrap, topic)
+        # No group: every partition from the start, and no offsets left behind.
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            read = 0
+            started = time.monotonic()
+            deadline = started + RUN_TIMEOUT_S
+            while read < len(feed.messages) and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=CONSUME_MAX_RECORDS)
+                read += sum(len(records) for records in batches.values())
+            consume_s = time.monotonic() - started
+        finally:
+            await consumer.stop()
+        if read < len(feed.messages):
+            raise RuntimeError(f"raw consumer read only {read:,} of {len(feed.messages):,} records")
+        return len(feed.messages) / produce_s, read / consume_s
+    finally:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+        except Exception as exc:  # a leftover throwaway topic is harmless; say so and carry on
+            print(f"    (could not delete {topic}: {exc!r})")
+        finally:
+            await admin.close()
+
+
+def raw_entry_columns(count: int) -> list[list[Any]]:
+    """`count` entries shaped like the ledger's earn credits (500 members, per-member seq and hash chain),
+    column by column for unnest."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    state: dict[int, tuple[int, int, bytes]] = {}  # account -> (seq, balance, last hash)
+    rows = []
+    for i in range(count):
+        account = 2 + i % 500  # account 1 plays the programme's "issued" account
+        seq, balance, prev = state.get(account, (0, 0, bytes(32)))
+        amount = rng.randint(6, 600)
+        digest = hashlib.sha256(prev + i.to_bytes(8, "big")).digest()
+        state[account] = (seq + 1, balance + amount, digest)
+        source = f"sim://bench/pos|bench-{i}"
+        rule = {"rate": "1", "points": amount, "rule_id": "base", "rounding": "floor"}
+        details = orjson.dumps({"rules": [rule], "total": f"{amount}.40", "currency": "CNY",
+                                "order_id": f"bench-order-{i}"}).decode()
+        rows.append(("default", account, seq + 1, 1, account, amount, balance + amount, "earn",
+                     f"earn:{source}:base", source, "base", 1, "purchase", details,
+                     now - timedelta(milliseconds=count - i), now, prev, digest))
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def postgres_baseline(dsn: str, count: int) -> float:
+    """Rows/s for bare 2,000-row inserts, one transaction each, into a copy of ledger.entries."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        await conn.execute("DROP TABLE IF EXISTS bench.bench_raw_entries")
+        # LIKE copies the columns, NOT NULLs, CHECKs, PK, UNIQUE (account_id, seq) and indexes but never FKs
+        # or triggers; the id gets its own sequence rather than sharing (and advancing) the ledger's.
+        await conn.execute("""CREATE TABLE bench.bench_raw_entries
+                              (LIKE ledger.entries INCLUDING CONSTRAINTS INCLUDING INDEXES)""")
+        await conn.execute(
+            "ALTER TABLE bench.bench_raw_entries ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY")
+        columns = raw_entry_columns(count)  # built before the clock starts: only the database is timed
+        started = time.monotonic()
+        for lo in range(0, count, INSERT_BATCH):
+            async with conn.transaction():
+                await conn.execute(RAW_INSERT, *(column[lo:lo + INSERT_BATCH] for column in columns))
+        took = time.monotonic() - started
+        inserted = await conn.fetchval("SELECT count(*) FROM bench.bench_raw_entries")
+        if inserted != count:
+            raise RuntimeError(f"raw insert stored {inserted:,} of {count:,} rows")
+        return count / took
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS bench.bench_raw_entries")
+        with contextlib.suppress(asyncpg.DependentObjectsStillExistError):
+            await conn.execute("DROP SCHEMA IF EXISTS bench")  # only if nothing else lives there
+        await conn.close()
+
+
+# --- the pipeline ------------------------------------------------------------------------------------
+
+async def last_entry_id(conn: asyncpg.Connection) -> int:
+    # Polls look only above this id: a range scan on the PK instead of a scan of the whole ledger every 0.5 s.
+    return int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM ledger.entries"))
+
+
+async def wait_for_entries(conn: asyncpg.Connection, run_id: str, after_id: int, expected: int,
+                           started: float, sender: asyncio.Task[float]) -> float | None:
+    """Seconds from `started` until the ledger holds `expected` entries for the run; None on timeout."""
+    pattern = f"sim://{run_id}/%"
+    last_print, last_count = started, 0
+    while True:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM ledger.entries WHERE id > $1 AND source_event_id LIKE $2",
+            after_id, pattern)
+        now = time.monotonic()
+        if count >= expected:
+            return now - started
+        if sender.done():
+            sender.result()  # a failed send would otherwise look like a slow pipeline until the timeout
+        if now - started > RUN_TIMEOUT_S:
+            print(f"    ✘ timed out after {RUN_TIMEOUT_S:.0f}s with {count:,} of {expected:,} entries; "
+                  "see .run/logs/")
+            return None
+        if now - last_print >= PROGRESS_S:
+            recent = (count - last_count) / (now - last_print)
+            overall = count / (now - started)
+            print(f"    {now - started:6.1f}s  {count:>9,}/{expected:,} entries  {overall:8,.0f}/s overall  "
+                  f"{recent:8,.0f}/s last {now - last_print:.0f}s  load {os.getloadavg()[0]:.2f}", flush=True)
+            last_print, last_count = now, count
+        await asyncio.sleep(POLL_S)
+
+
+async def settle(conn: asyncpg.Connection) -> None:
+    """Wait for both services' outboxes to empty, so a run does not queue behind the previous run's tail."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        backlog = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM earn.outbox) + (SELECT count(*) FROM ledger.outbox)")
+        if not backlog:
+            return
+        await asyncio.sleep(POLL_S)
+    print(f"    (outboxes still not empty after {SETTLE_TIMEOUT_S:.0f}s; carrying on)")
+
+
+async def throughput(settings: Settings, conn: asyncpg.Connection, count: int) -> Throughput | None:
+    run_id = f"bench{uuid.uuid4().hex[:8]}"
+    feed = purchases(count, run_id)
+    print(f"  run {run_id}: {count:,} purchases, sent flat out", flush=True)
+    after_id = await last_entry_id(conn)
+    # The clock includes the producer's connection (tens of ms), which publish opens before its first send.
+    started = time.monotonic()
+    sender = asyncio.create_task(publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES)))
+    took = await wait_for_entries(conn, run_id, after_id, feed.expected_credits, started, sender)
+    if took is None:
+        sender.cancel()
+        return None
+    send_s = await sender
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, min(posted_at) AS first, max(posted_at) AS last,
+                  count(DISTINCT posted_at) AS batches
+           FROM ledger.entries WHERE id > $1 AND source_event_id LIKE $2""", after_id, f"sim://{run_id}/%")
+    return Throughput(row["n"], took, send_s, (row["last"] - row["first"]).total_seconds(), row["batches"])
+
+
+async def publish_stamped(feed: Feed, bootstrap: str, topic: str, rate: float) -> float:
+    """cli.simulate.publish at a rate, except that each event's `time` is the moment it is handed to the
+    producer, so posted_at - occurred_at is the pipeline's latency. Returns the seconds sending took."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        pending = []
+        for i, message in enumerate(feed.messages):
+            ahead = started + i / rate - time.monotonic()
+            if ahead > 0.001:
+                await asyncio.sleep(ahead)
+            event = orjson.loads(message.value)
+            event["time"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            pending.append(await producer.send(topic, orjson.dumps(event), key=message.key,
+                                               headers=message.headers))
+        await asyncio.gather(*pending)
+        return time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+async def latency(settings: Settings, conn: asyncpg.Connection, count: int, rate: float) -> Latency | None:
+    run_id = f"bench{uuid.uuid4().hex[:8]}"
+    feed = purchases(count, run_id)
+    print(f"  run {run_id}: {count:,} purchases at {rate:,.0f}/s offered", flush=True)
+    after_id = await last_entry_id(conn)
+    started = time.monotonic()
+    sender = asyncio.create_task(
+        publish_stamped(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES), rate))
+    if await wait_for_entries(conn, run_id, after_id, feed.expected_credits, started, sender) is None:
+        sender.cancel()
+        return None
+    send_s = await sender
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY lag_ms) AS pct,
+                  max(lag_ms) AS worst, min(lag_ms) AS best
+           FROM (SELECT extract(epoch FROM posted_at - occurred_at)::float8 * 1000 AS lag_ms
+                 FROM ledger.entries WHERE id > $1 AND source_event_id LIKE $2) AS run""",
+        after_id, f"sim://{run_id}/%")
+    p50, p90, p99 = row["pct"]
+    return Latency(row["n"], rate, len(feed.messages) / send_s, p50, p90, p99, row["worst"], row["best"])
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+def line(label: str, value: str, note: str = "") -> None:
+    print(f"  {label:<46}{value:>24}  {note}".rstrip())
+
+
+def verdict(ok: bool) -> str:
+    return "✔ met   " if ok else "✘ missed"
+
+
+async def run_bench(args: argparse.Namespace) -> int:
+    settings = Settings()
+    print(f"\nJifen bench: {args.count:,} purchases for throughput, {args.latency_count:,} at "
+          f"{args.rate:,.0f}/s for latency")
+    print(f"  start: {machine()}", flush=True)
+
+    print("\n1. Raw Kafka: publish then read a throwaway topic with a bare consumer", flush=True)
+    produce_rate, consume_rate = await kafka_baseline(settings.kafka_bootstrap, args.count)
+    print(f"  produced {produce_rate:,.0f} records/s (simulator publish), "
+          f"consumed {consume_rate:,.0f} records/s")
+
+    print(f"\n2. Raw PostgreSQL: {INSERT_BATCH:,}-row inserts into a copy of ledger.entries "
+          "(no FKs, no triggers)", flush=True)
+    insert_rate = await postgres_baseline(settings.asyncpg_dsn, args.count)
+    print(f"  inserted {insert_rate:,.0f} rows/s")
+
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await settle(conn)
+        print("\n3. End to end: purchases → earn → ledger, from the first send to the last entry", flush=True)
+        e2e = await throughput(settings, conn, args.count)
+        if e2e is not None:
+            print(f"  {e2e.entries:,} entries in {e2e.seconds:.1f}s ({e2e.per_s:,.0f} purchases/s); sending "
+                  f"took {e2e.send_seconds:.1f}s; the ledger applied them in {e2e.ledger_batches:,} batches")
+        await settle(conn)
+        print("\n4. Latency: each event's time is its send time; latency is posted_at - occurred_at",
+              flush=True)
+        lat = await latency(settings, conn, args.latency_count, args.rate)
+    finally:
+        await conn.close()
+
+    ledger_rate = e2e.ledger_per_s if e2e else None
+    print("\nResults")
+    line(f"raw Kafka consume (getmany ≤ {CONSUME_MAX_RECORDS:,})", f"{consume_rate:,.0f} records/s")
+    line("raw Kafka produce (simulator publish)", f"{produce_rate:,.0f} records/s")
+    line(f"raw PostgreSQL insert ({INSERT_BATCH:,}-row statements)", f"{insert_rate:,.0f} rows/s")
+    if e2e is not None:
+        line("end to end", f"{e2e.per_s:,.0f} purchases/s",
+             f"{ratio(e2e.per_s, consume_rate)} of raw consume")
+        line("ledger apply (entries / posted_at span)",
+             f"{ledger_rate:,.0f} entries/s" if ledger_rate else "n/a (one batch)",
+             f"{ratio(ledger_rate, insert_rate)} of raw insert")
+        print("    (what the ledger achieved in this run, so it understates its capacity when earn is the\n"
+              "     bottleneck; span: first batch's stamp to the last's, so without the last batch)")
+    else:
+        line("end to end", "timed out")
+    if lat is not None:
+        line(f"latency at {lat.offered:,.0f}/s offered", f"{lat.achieved:,.0f}/s achieved",
+             f"{lat.entries:,} entries")
+        for name, ms in (("p50", lat.p50_ms), ("p90", lat.p90_ms), ("p99", lat.p99_ms), ("max", lat.max_ms),
+                         ("min", lat.min_ms)):
+            line(f"  {name}", f"{ms:,.0f} ms")
+    else:
+        line("latency", "timed out")
+    print("  posted_at is the ledger's clock as it starts applying a batch: inside the batch's transaction,\n"
+          "  before its inserts and commit. occurred_at is the purchase's CloudEvents time (same clock).")
+
+    at_rate = "" if args.rate == TARGET_P99_RATE else f", but this run offered {args.rate:,.0f}/s"
+    print("\nTargets")
+    print(f"  {verdict(e2e is not None and e2e.per_s >= TARGET_E2E_PER_S)}  end to end >= "
+          f"{TARGET_E2E_PER_S:,.0f} purchases/s ({f'{e2e.per_s:,.0f}/s' if e2e else 'timed out'})")
+    print(f"  {verdict(lat is not None and lat.p99_ms <= TARGET_P99_MS)}  p99 <= {TARGET_P99_MS:.0f} ms at "
+          f"{TARGET_P99_RATE:,.0f}/s offered ({f'{lat.p99_ms:,.1f} ms' if lat else 'timed out'}{at_rate})")
+    ledger_ok = ledger_rate is not None and ledger_rate >= TARGET_LEDGER_SHARE * insert_rate
+    print(f"  {verdict(ledger_ok)}  ledger insert rate >= {TARGET_LEDGER_SHARE:.0%} of raw insert "
+          f"({ratio(ledger_rate, insert_rate)})")
+    print(f"\n  end: {machine()}\n")
+    return 0 if e2e is not None and lat is not None else 1
