@@ -119,6 +119,7 @@ async def simulate(args: argparse.Namespace) -> int:
     by_reason: Counter[str] = Counter()
     for sample, value in dlq.items():
         by_reason[_label(sample, "reason")] += int(value)
+    reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
     ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits
     print(f"""
 Summary {'✔' if ok else '✘'}
@@ -126,7 +127,7 @@ Summary {'✔' if ok else '✘'}
   points credited      {credited['points']:,} (expected {feed.expected_points:,})
   members credited     {credited['members']:,}
   duplicates skipped   {int(duplicates):,}
-  sent to DLQ          {sum(by_reason.values()):,}{''.join(f'{chr(10)}    {r:<20}{n:,}' for r, n in sorted(by_reason.items()))}
+  sent to DLQ          {sum(by_reason.values()):,}{reasons}
 
 Where to look
   balances   curl http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance

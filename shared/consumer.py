@@ -132,7 +132,7 @@ class BatchConsumer:
         )(self._on_batch)
 
     async def _on_batch(self, msg: KafkaMessage) -> None:
-        records: tuple[ConsumerRecord[Any, Any], ...] = msg.raw_message  # type: ignore[assignment]
+        records: tuple[ConsumerRecord[Any, Any], ...] = msg.raw_message
         try:
             await self.process(list(records))
         except BaseException:

@@ -42,7 +42,7 @@ class UnitOfWork:
             # The transaction is opened on the driver connection itself: SQLAlchemy's asyncpg adapter
             # begins lazily, on its own first statement, and would leave our statements in autocommit.
             raw = await self._conn.get_raw_connection()
-            self._db = raw.driver_connection  # type: ignore[assignment]
+            self._db = raw.driver_connection
             self._tx = self.db.transaction()
             await self._tx.start()
         except BaseException:

@@ -13,9 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -9,7 +9,18 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.infra import REPO, Kafka, Postgres, StackError, ensure_topics, log, pid_alive, spawn, stop_pid, tail
+from deploy.local.infra import (
+    REPO,
+    Kafka,
+    Postgres,
+    StackError,
+    ensure_topics,
+    log,
+    pid_alive,
+    spawn,
+    stop_pid,
+    tail,
+)
 from shared.settings import DEFAULT_DATABASE_URL, Settings
 
 

@@ -12,8 +12,15 @@ from services.ledger import domain, repository
 from services.ledger.domain import Entry
 from shared import envelope, topics
 from shared.consumer import Inbound, Rejections, Retryable
-from shared.contracts import (COMMAND_REJECTED, COMMAND_TYPE_OF, ENTRY_POSTED, CommandRejected, LotView,
-                              PointsEntryPosted, PostCredit)
+from shared.contracts import (
+    COMMAND_REJECTED,
+    COMMAND_TYPE_OF,
+    ENTRY_POSTED,
+    CommandRejected,
+    LotView,
+    PointsEntryPosted,
+    PostCredit,
+)
 from shared.outbox import OutboxMessage
 from shared.uow import UnitOfWork
 

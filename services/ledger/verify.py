@@ -67,7 +67,8 @@ async def verify(db: asyncpg.Connection, program_id: str | None = None) -> Repor
                                   amount=e["amount"], balance_after=e["balance_after"], kind=e["kind"],
                                   command_key=e["command_key"], occurred_at=e["occurred_at"])
             if bytes(e["prev_hash"]) != prev_hash or bytes(e["hash"]) != expected:
-                report.problems.append(f"entry {e['id']} (account {e['account_id']}, seq {e['seq']}): hash chain broken")
+                report.problems.append(
+                    f"entry {e['id']} (account {e['account_id']}, seq {e['seq']}): hash chain broken")
             if e["balance_after"] != prev_balance + signed:
                 report.problems.append(f"entry {e['id']} (account {e['account_id']}, seq {e['seq']}): balance_after "
                                        f"{e['balance_after']} but previous {prev_balance} {signed:+d}")
