@@ -51,30 +51,29 @@ class ApplyCommands:
         # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
         outcomes: dict[int, OutboxMessage] = {}
         fresh = await self._sort_out_replays(items, uow, now, outcomes)
-        credits = [(item, item.data) for item in fresh if isinstance(item.data, PostCredit)]
+        credits = [(item, item.data, digest) for item, digest in fresh if isinstance(item.data, PostCredit)]
         if credits:
             await self._post_credits(credits, uow, now, outcomes)
         order = {id(item): n for n, item in enumerate(items)}
         for key in sorted(outcomes, key=order.__getitem__):
             uow.publish(outcomes[key])
 
-    async def _post_credits(self, credits: list[tuple[Inbound, PostCredit]], uow: UnitOfWork, now: datetime,
+    async def _post_credits(self, credits: list[tuple[Inbound, PostCredit, bytes]], uow: UnitOfWork, now: datetime,
                             outcomes: dict[int, OutboxMessage]) -> None:
-        programs = {cmd.program_id for _, cmd in credits}
-        keys = [(cmd.program_id, "member", cmd.member_id) for _, cmd in credits]
+        programs = {cmd.program_id for _, cmd, _ in credits}
+        keys = [(cmd.program_id, "member", cmd.member_id) for _, cmd, _ in credits]
         keys += [(program, "issued", "") for program in programs]
         rows = await repository.accounts(uow.db, keys)
         members = {k: repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
         read_at = {a.id: a.seq for a in members.values()}
         entries: list[Entry] = []
-        for _, cmd in credits:
+        for _, cmd, _ in credits:
             account = members[(cmd.program_id, "member", cmd.member_id)]
             issued = rows[(cmd.program_id, "issued", "")]["id"]
             entries.append(domain.post_credit(account, issued, cmd, now))
         claimed = await repository.claim_commands(
-            uow.db, [(cmd.idempotency_key, h, COMMAND_TYPE_OF[type(cmd)], cmd.program_id, cmd.member_id, "posted",
-                      None) for (_, cmd), h in zip(credits, (domain.payload_hash(c) for _, c in credits), strict=True)],
-            now)
+            uow.db, [(cmd.idempotency_key, digest, COMMAND_TYPE_OF[type(cmd)], cmd.program_id, cmd.member_id,
+                      "posted", None) for _, cmd, digest in credits], now)
         if claimed != len(credits):
             raise Retryable("another consumer claimed some of these commands first")
         entry_ids = await repository.insert_entries(uow.db, entries)
@@ -82,16 +81,16 @@ class ApplyCommands:
         changed = [(a, read_at[a.id]) for a in members.values() if a.id in touched]
         if not await repository.advance_accounts(uow.db, changed):
             raise Retryable("an account moved on since it was read")
-        for (item, _), entry_id, entry in zip(credits, entry_ids, entries, strict=True):
+        for (item, _, _), entry_id, entry in zip(credits, entry_ids, entries, strict=True):
             outcomes[id(item)] = self._posted(entry_id, entry)
             self.metrics.entries.labels(entry.program_id, entry.kind).inc()
             self.metrics.points.labels(entry.program_id, entry.kind).inc(entry.amount)
 
     async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime,
-                                outcomes: dict[int, OutboxMessage]) -> list[Inbound]:
+                                outcomes: dict[int, OutboxMessage]) -> list[tuple[Inbound, bytes]]:
         """Keep first sightings; drop replays; answer conflicting replays with a rejection."""
         known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])  # type: ignore[attr-defined]
-        fresh: list[Inbound] = []
+        fresh: list[tuple[Inbound, bytes]] = []
         for item in items:
             cmd = item.data
             key: str = cmd.idempotency_key  # type: ignore[attr-defined]
@@ -99,7 +98,7 @@ class ApplyCommands:
             prior = known.get(key)
             if prior is None:
                 known[key] = digest
-                fresh.append(item)
+                fresh.append((item, digest))
             elif prior == digest:
                 self.metrics.replays.inc()
             else:
