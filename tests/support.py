@@ -96,6 +96,12 @@ class World:
         self.processes.append(proc)
         return proc
 
+    async def start_ledger_and_earn(self) -> tuple[ServiceProcess, ServiceProcess]:
+        ledger, earn = self.service("ledger").start(), self.service("earn").start()
+        await ledger.ready()
+        await earn.ready()
+        return ledger, earn
+
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.database_url)
 

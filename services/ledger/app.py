@@ -10,7 +10,7 @@ from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel
 
 from services.ledger import repository
-from services.ledger.handlers import ApplyCommands, LedgerMetrics, entries_topic
+from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from services.ledger.settings import LedgerSettings
 from shared import topics
 from shared.contracts import LEDGER_COMMAND_TYPES
@@ -65,7 +65,7 @@ def create_app(settings: LedgerSettings | None = None) -> FastAPI:
         name="ledger", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
         topics=[topics.LEDGER_COMMANDS], types=dict(LEDGER_COMMAND_TYPES),
         handled_types=set(LEDGER_COMMAND_TYPES), use_inbox=False, pool_size=8,
-        make_handler=lambda registry: ApplyCommands(entries_topic(settings.topic_prefix), LedgerMetrics(registry),
+        make_handler=lambda registry: ApplyCommands(settings.topic(topics.LEDGER_ENTRIES), LedgerMetrics(registry),
                                                     utc_now))
     app, runtime = build_app(spec, settings, "Jifen ledger")
     _routes(app, runtime)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.ledger import domain, repository
 from services.ledger.domain import Entry
-from shared import envelope, topics
+from shared import envelope
 from shared.consumer import Inbound, Rejections, Retryable
 from shared.contracts import (
     COMMAND_REJECTED,
@@ -133,7 +133,3 @@ class ApplyCommands:
             value=envelope.encode(f"entry:{entry_id}", SOURCE, ENTRY_POSTED, entry.posted_at,
                                   posted.model_dump(mode="json"), subject=entry.command_key),
             headers=envelope.STRUCTURED_HEADERS)
-
-
-def entries_topic(prefix: str) -> str:
-    return topics.named(topics.LEDGER_ENTRIES, prefix)

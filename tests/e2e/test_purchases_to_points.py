@@ -21,15 +21,8 @@ def purchase(event_id: str, member: str, total: str, source: str = "pos://store-
     return orjson.dumps(purchase_event(event_id, source, NOW, member, f"order-{event_id}", Decimal(total), []))
 
 
-async def start_both(world: World) -> None:
-    ledger, earn = world.service("ledger").start(), world.service("earn").start()
-    await ledger.ready()
-    await earn.ready()
-
-
 async def test_purchase_becomes_balance_and_a_replayed_event_counts_once(world: World) -> None:
-    await start_both(world)
-    ledger = world.processes[0]
+    ledger, _earn = await world.start_ledger_and_earn()
     event = purchase("p-1", "alice", "123.45")
     await send(world.infra.bootstrap, world.topic(topics.PURCHASES),
                [(b"alice", event, STRUCTURED), (b"alice", event, STRUCTURED)])
@@ -79,8 +72,7 @@ async def test_same_key_with_another_payload_is_rejected_on_the_entries_topic(wo
 
 
 async def test_bad_messages_go_to_the_dlq_and_the_partition_keeps_flowing(world: World) -> None:
-    await start_both(world)
-    ledger = world.processes[0]
+    ledger, _earn = await world.start_ledger_and_earn()
     member = "carol"  # one key: every message below lands on the same partition, in this order
     bad_kinds = ["unparseable", "not_cloudevent", "unknown_type", "invalid_data"]
     messages = [(member.encode(), m.value, m.headers)

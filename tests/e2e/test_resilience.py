@@ -27,9 +27,7 @@ async def credited(world: World, run_id: str) -> tuple[int, int]:
 
 async def test_kill_9_of_earn_and_ledger_mid_feed_credits_every_purchase_exactly_once(world: World) -> None:
     feed = build_feed(20_000, run_id="k9", now=PAST, members=2000, duplicate_every=0, malformed_every=0)
-    ledger, earn = world.service("ledger").start(), world.service("earn").start()
-    await ledger.ready()
-    await earn.ready()
+    ledger, earn = await world.start_ledger_and_earn()
     sending = asyncio.create_task(publish(feed, world.infra.bootstrap, world.topic(topics.PURCHASES), rate=8000))
     await wait_for(lambda: _at_least(world, "k9", 3000), timeout=120, what="the feed to be under way")
     earn.kill9()
@@ -58,9 +56,7 @@ async def test_postgres_restart_mid_feed_loses_nothing_and_readiness_reports_it(
     if postgres is None:
         pytest.skip("the database was given by the environment; the tests may not restart it")
     feed = build_feed(6000, run_id="pg", now=PAST, members=500, duplicate_every=0, malformed_every=0)
-    ledger, earn = world.service("ledger").start(), world.service("earn").start()
-    await ledger.ready()
-    await earn.ready()
+    ledger, earn = await world.start_ledger_and_earn()
     sending = asyncio.create_task(publish(feed, world.infra.bootstrap, world.topic(topics.PURCHASES), rate=1500))
     await wait_for(lambda: _at_least(world, "pg", 500), timeout=60, what="the feed to be under way")
     await asyncio.to_thread(postgres.stop, "immediate")
