@@ -10,7 +10,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 
 def _money_input(value: Any) -> Any:
@@ -114,23 +122,109 @@ class Cause(Contract):
     reason: str | None = None
 
 
-class PostCredit(Contract):
-    """Credit points to a member as a new lot (available from `available_at`, expiring at `expires_at`)."""
+class LedgerCommand(Contract):
+    """What every ledger command carries. The key is derived from the command's cause, so a re-derived
+    command is recognised as the same one; the member is the Kafka key."""
 
     idempotency_key: Id
     program_id: ProgramId
     member_id: Id
-    amount: int = Field(gt=0)
-    kind: Literal["earn"] = "earn"
     cause: Cause
     occurred_at: datetime
+    details: dict[str, Any] | None = None
+
+
+class PostCredit(LedgerCommand):
+    """Credit points to a member as a new lot (available from `available_at`, expiring at `expires_at`)."""
+
+    amount: int = Field(gt=0)
+    kind: Literal["earn"] = "earn"
     available_at: datetime | None = None
     expires_at: datetime | None = None
-    details: dict[str, Any] | None = None
+
+
+class PostDebit(LedgerCommand):
+    """Spend available points (soonest-expiring lots first); refused when short or in debt."""
+
+    amount: int = Field(gt=0)
+    kind: Literal["redeem"] = "redeem"
+
+
+class PlaceHold(LedgerCommand):
+    """Reserve available points for `hold_id` until captured, released, or `ttl_seconds` pass."""
+
+    hold_id: Id
+    amount: int = Field(gt=0)
+    ttl_seconds: int = Field(default=900, gt=0, le=30 * 86400)
+
+
+class CaptureHold(LedgerCommand):
+    """Spend up to the held amount; whatever is not captured is released."""
+
+    hold_id: Id
+    amount: int = Field(gt=0)
+
+
+class ReleaseHold(LedgerCommand):
+    hold_id: Id
+
+
+class ExpireHold(LedgerCommand):
+    """Sent by the ledger's own sweeper once a hold's TTL has passed (key `hold-expire:{hold_id}`)."""
+
+    hold_id: Id
+
+
+class ExpireLot(LedgerCommand):
+    """Sent by the ledger's own sweeper for a due lot (key `expire:{lot_id}`): its unreserved remainder expires."""
+
+    lot_id: int = Field(gt=0)
+
+
+class ReverseEntry(LedgerCommand):
+    """Correct an earlier entry (a refund reverses its earn). `amount` defaults to all that is not yet reversed."""
+
+    entry_id: int = Field(gt=0)
+    amount: int | None = Field(default=None, gt=0)
+
+
+NonBlank = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+
+
+class AdjustPoints(LedgerCommand):
+    """A manual correction by a person: the reason and the actor are mandatory."""
+
+    direction: Literal["credit", "debit"]
+    amount: int = Field(gt=0)
+    reason: NonBlank
+    actor: NonBlank
+    expires_at: datetime | None = None
+
+
+class TransferPoints(LedgerCommand):
+    """Move available points to another member of the same programme; they keep their expiry."""
+
+    to_member_id: Id
+    amount: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _two_members(self) -> TransferPoints:
+        if self.to_member_id == self.member_id:
+            raise ValueError("a transfer needs two different members")
+        return self
 
 
 LEDGER_COMMAND_TYPES: dict[str, type[Contract]] = {
     "jifen.ledger.credit.v1": PostCredit,
+    "jifen.ledger.debit.v1": PostDebit,
+    "jifen.ledger.hold.place.v1": PlaceHold,
+    "jifen.ledger.hold.capture.v1": CaptureHold,
+    "jifen.ledger.hold.release.v1": ReleaseHold,
+    "jifen.ledger.hold.expire.v1": ExpireHold,
+    "jifen.ledger.lot.expire.v1": ExpireLot,
+    "jifen.ledger.reverse.v1": ReverseEntry,
+    "jifen.ledger.adjust.v1": AdjustPoints,
+    "jifen.ledger.transfer.v1": TransferPoints,
 }
 COMMAND_TYPE_OF: dict[type[Contract], str] = {v: k for k, v in LEDGER_COMMAND_TYPES.items()}
 
@@ -138,10 +232,14 @@ COMMAND_TYPE_OF: dict[type[Contract], str] = {v: k for k, v in LEDGER_COMMAND_TY
 # --- ledger outcomes (jifen.ledger.entries) -----------------------------------------------------------
 
 ENTRY_POSTED = "jifen.ledger.entry.posted.v1"
+HOLD_PLACED = "jifen.ledger.hold.placed.v1"
+HOLD_RESOLVED = "jifen.ledger.hold.resolved.v1"
 COMMAND_REJECTED = "jifen.ledger.command.rejected.v1"
 
 
 class LotView(Contract):
+    lot_id: int | None = None
+    amount: int | None = None
     available_at: datetime
     expires_at: datetime | None
 
@@ -151,15 +249,37 @@ class PointsEntryPosted(Contract):
     program_id: str
     member_id: str
     seq: int
-    amount: int
+    amount: int  # signed, as seen from the member: positive when points come in
     balance_after: int
     kind: str
     idempotency_key: str
     cause: Cause
     occurred_at: datetime
     posted_at: datetime
-    lot: LotView | None = None
+    lot: LotView | None = None  # the first lot this entry made (kept for earlier readers)
+    lots: list[LotView] = Field(default_factory=list)
+    corrects_entry_id: int | None = None
+    hold_id: str | None = None
     hash: str
+
+
+class HoldPlaced(Contract):
+    hold_id: str
+    program_id: str
+    member_id: str
+    amount: int
+    expires_at: datetime
+    idempotency_key: str
+
+
+class HoldResolved(Contract):
+    hold_id: str
+    program_id: str
+    member_id: str
+    outcome: Literal["captured", "released", "expired"]
+    captured: int
+    released: int
+    idempotency_key: str
 
 
 class CommandRejected(Contract):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -61,6 +62,9 @@ class ServiceSpec:
     make_handler: Callable[[CollectorRegistry], Handler]
     use_inbox: bool = True
     pool_size: int = 5
+    # Long-running jobs of the service beside its consumer (the ledger's expiry sweeper), started once the
+    # engine exists and cancelled at shutdown.
+    background: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = ()
 
 
 @dataclass
@@ -121,14 +125,18 @@ def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAP
                                     poll_interval_s=settings.outbox_poll_interval_s)
         relay_task = asyncio.create_task(runtime.relay.run(), name=f"{spec.name}-outbox-relay")
         await broker.start()
+        jobs = [asyncio.create_task(job(runtime), name=f"{spec.name}-background") for job in spec.background]
         log.info("service started", extra={"topics": list(spec.topics)})
         try:
             yield
         finally:
+            for task in jobs:
+                task.cancel()
             await broker.stop()
             relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in [*jobs, relay_task]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await producer.stop()
             await runtime.engine.dispose()
 

@@ -1,18 +1,25 @@
-"""Ledger rules: pure functions over account state. No I/O and no clock: time is passed in."""
+"""Ledger values: accounts, entries, lots, holds, and the hash chain. Pure: no I/O and no clock.
+
+A member's state in memory is a `MemberBook`: the account tip, its open lots (with what is used and
+reserved of each), its open holds and its outstanding debts. The rules in `services.ledger.rules`
+change books and record every change in a `Changes`, which the repository then stores append-only.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from shared.contracts import Cause, Contract, PostCredit
+from shared.contracts import Cause, Contract
 
 GENESIS_HASH = bytes(32)
-SYSTEM_ACCOUNTS = ("issued", "redeemed", "expired", "adjustments")
+SYSTEM_ACCOUNTS = ("issued", "redeemed", "expired", "adjustments", "transfers")
+# Credits that count as earned (tiers read lifetime_earned); reversing one takes it back off.
+EARNING_KINDS = frozenset({"earn", "adjust_credit"})
 
 
 @dataclass(slots=True)
@@ -26,16 +33,11 @@ class Account:
     lifetime_earned: int
     seq: int
     last_hash: bytes
+    debt: int = 0
+    version: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Lot:
-    amount: int
-    available_at: datetime
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Entry:
     program_id: str
     member_id: str
@@ -53,12 +55,148 @@ class Entry:
     posted_at: datetime
     prev_hash: bytes
     hash: bytes
-    lot: Lot | None = None
+    corrects_entry_id: int | None = None
+    hold_id: str | None = None
+    id: int | None = None  # assigned when stored
+    lots: list[LotState] = field(default_factory=list)  # the lots this entry made
 
     @property
     def signed_amount(self) -> int:
         """The amount as seen from the member account: positive when points come in."""
         return self.amount if self.to_account_id == self.account_id else -self.amount
+
+
+@dataclass(eq=False, slots=True)
+class LotState:
+    """An open lot: `used` is what allocations took, `reserved` what open holds keep. Neither is stored;
+    both are sums of append-only rows."""
+
+    id: int | None  # None until stored
+    account_id: int
+    amount: int
+    available_at: datetime
+    expires_at: datetime | None
+    ordinal: int  # creation order: the id for stored lots, later numbers for lots made in this batch
+    used: int = 0
+    reserved: int = 0
+    entry: Entry | None = None  # the entry that made it, when made in this batch
+    entry_id: int | None = None
+    origin: LotState | None = None  # the lot a transferred or restored lot descends from
+    origin_id: int | None = None
+
+    @property
+    def free(self) -> int:
+        return self.amount - self.used - self.reserved
+
+    def pending(self, now: datetime) -> bool:
+        return self.available_at > now
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def spendable(self, now: datetime) -> bool:
+        return not self.pending(now) and not self.expired(now)
+
+    @property
+    def made_by_entry_id(self) -> int | None:
+        return self.entry.id if self.entry is not None else self.entry_id
+
+
+def spend_order(lot: LotState) -> tuple[bool, datetime, int]:
+    """Soonest-expiring first; lots that never expire last; then oldest."""
+    return (lot.expires_at is None, lot.expires_at or datetime.max.replace(tzinfo=UTC), lot.ordinal)
+
+
+@dataclass(eq=False, slots=True)
+class HoldState:
+    hold_id: str
+    account_id: int
+    amount: int
+    expires_at: datetime
+    reservations: list[tuple[LotState, int]]
+    resolved: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class DebtState:
+    """A debit entry's part that no lot paid for yet."""
+
+    entry: Entry | int  # the entry, or its id when stored earlier
+    outstanding: int
+
+
+@dataclass(eq=False, slots=True)
+class MemberBook:
+    account: Account
+    lots: list[LotState] = field(default_factory=list)
+    holds: dict[str, HoldState] = field(default_factory=dict)
+    debts: list[DebtState] = field(default_factory=list)
+    complete: bool = True  # False when only the tip was loaded (enough for credits to a member without debt)
+    read_version: int = 0
+
+    def __post_init__(self) -> None:
+        self.read_version = self.account.version
+
+    def open_lots(self) -> list[LotState]:
+        return [lot for lot in self.lots if lot.used < lot.amount]
+
+    def spendable_free(self, now: datetime) -> int:
+        return sum(lot.free for lot in self.lots if lot.free > 0 and lot.spendable(now))
+
+    def available(self, now: datetime) -> int:
+        """What the member can spend now: free points of lots that matured and did not expire, less debt."""
+        return self.spendable_free(now) - self.account.debt
+
+    def pending(self, now: datetime) -> int:
+        return sum(lot.free for lot in self.lots if lot.free > 0 and lot.pending(now))
+
+    def held(self) -> int:
+        return sum(h.amount for h in self.holds.values() if not h.resolved)
+
+    def awaiting_expiry(self, now: datetime) -> int:
+        """Free points of lots past their expiry that the sweeper has not expired yet: not spendable."""
+        return sum(lot.free for lot in self.lots if lot.free > 0 and not lot.pending(now) and lot.expired(now))
+
+    def next_expiry(self, now: datetime) -> tuple[int, datetime] | None:
+        upcoming = [lot for lot in self.lots if lot.expires_at is not None and lot.expires_at > now
+                    and lot.free + lot.reserved > 0]
+        if not upcoming:
+            return None
+        first = min(lot.expires_at for lot in upcoming if lot.expires_at is not None)
+        return sum(lot.free + lot.reserved for lot in upcoming if lot.expires_at == first), first
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    debit: Entry | int  # the debit entry paid for (an id when it was stored in an earlier batch)
+    lot: LotState
+    amount: int
+    by: Entry | int  # the entry that made this allocation (the debt's own when a released hold repays it)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    hold: HoldState
+    outcome: str  # captured | released | expired
+    captured: int
+    entry: Entry | None
+    command_key: str
+    resolved_at: datetime
+
+
+@dataclass
+class Changes:
+    """Everything a batch of commands adds: stored append-only by the repository, in one transaction."""
+
+    entries: list[Entry] = field(default_factory=list)
+    lots: list[LotState] = field(default_factory=list)
+    allocations: list[Allocation] = field(default_factory=list)
+    closures: list[tuple[LotState, Entry | int]] = field(default_factory=list)
+    debts: list[tuple[Entry, int]] = field(default_factory=list)
+    # (hold, programme, command key, placed at)
+    holds: list[tuple[HoldState, str, str, datetime]] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)
+    next_ordinal: int = 1 << 62
 
 
 def payload_hash(command: Contract) -> bytes:
@@ -72,27 +210,3 @@ def chain_hash(prev_hash: bytes, *, account_id: int, seq: int, from_account_id: 
     content = (f"{account_id}|{seq}|{from_account_id}|{to_account_id}|{amount}|{balance_after}|{kind}|"
                f"{command_key}|{occurred_at.astimezone(UTC).isoformat()}").encode()
     return hashlib.sha256(prev_hash + content).digest()
-
-
-def post_credit(account: Account, issued_account_id: int, cmd: PostCredit, posted_at: datetime) -> Entry:
-    """Move `cmd.amount` from the programme's issued account to the member, as a new lot.
-
-    Advances the account's chain in place, so several credits for one member in a batch chain up.
-    """
-    seq = account.seq + 1
-    balance_after = account.balance + cmd.amount
-    digest = chain_hash(account.last_hash, account_id=account.id, seq=seq, from_account_id=issued_account_id,
-                        to_account_id=account.id, amount=cmd.amount, balance_after=balance_after, kind=cmd.kind,
-                        command_key=cmd.idempotency_key, occurred_at=cmd.occurred_at)
-    entry = Entry(
-        program_id=cmd.program_id, member_id=cmd.member_id, account_id=account.id, seq=seq,
-        from_account_id=issued_account_id, to_account_id=account.id, amount=cmd.amount,
-        balance_after=balance_after, kind=cmd.kind, command_key=cmd.idempotency_key, cause=cmd.cause,
-        details=cmd.details, occurred_at=cmd.occurred_at, posted_at=posted_at, prev_hash=account.last_hash,
-        hash=digest, lot=Lot(cmd.amount, cmd.available_at or cmd.occurred_at, cmd.expires_at),
-    )
-    account.seq = seq
-    account.balance = balance_after
-    account.lifetime_earned += cmd.amount
-    account.last_hash = digest
-    return entry

@@ -9,17 +9,32 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter
 
 from services.ledger import domain, repository
-from services.ledger.domain import Entry
+from services.ledger.domain import Entry, HoldState, MemberBook, Resolution
+from services.ledger.rules import Journal, Outcome, Refused
 from shared import envelope
 from shared.consumer import Inbound, Rejections, Retryable
 from shared.contracts import (
     COMMAND_REJECTED,
-    COMMAND_TYPE_OF,
     ENTRY_POSTED,
+    HOLD_PLACED,
+    HOLD_RESOLVED,
+    AdjustPoints,
+    CaptureHold,
     CommandRejected,
+    Contract,
+    ExpireHold,
+    ExpireLot,
+    HoldPlaced,
+    HoldResolved,
+    LedgerCommand,
     LotView,
+    PlaceHold,
     PointsEntryPosted,
     PostCredit,
+    PostDebit,
+    ReleaseHold,
+    ReverseEntry,
+    TransferPoints,
 )
 from shared.outbox import OutboxMessage
 from shared.uow import UnitOfWork
@@ -40,7 +55,11 @@ class LedgerMetrics:
 
 @dataclass
 class ApplyCommands:
-    """Apply a batch of ledger commands. Idempotent by command key and payload hash."""
+    """Apply a batch of ledger commands in one unit of work. Idempotent by command key and payload hash.
+
+    Every command's outcome is stored with its key (posted or rejected, with the reason), so a replay of any
+    command, accepted or refused, changes nothing and publishes nothing.
+    """
 
     entries_topic: str
     metrics: LedgerMetrics
@@ -48,46 +67,68 @@ class ApplyCommands:
 
     async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
         now = self.clock()
-        # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
-        outcomes: dict[int, OutboxMessage] = {}
+        outcomes: dict[int, list[OutboxMessage]] = {}
         fresh = await self._sort_out_replays(items, uow, now, outcomes)
-        credits = [(item, item.data, digest) for item, digest in fresh if isinstance(item.data, PostCredit)]
-        if credits:
-            await self._post_credits(credits, uow, now, outcomes)
-        order = {id(item): n for n, item in enumerate(items)}
-        for key in sorted(outcomes, key=order.__getitem__):
-            uow.publish(outcomes[key])
+        if fresh:
+            await self._apply(fresh, uow, now, outcomes)
+        # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
+        for item in items:
+            for message in outcomes.get(id(item), ()):
+                uow.publish(message)
 
-    async def _post_credits(self, credits: list[tuple[Inbound, PostCredit, bytes]], uow: UnitOfWork, now: datetime,
-                            outcomes: dict[int, OutboxMessage]) -> None:
-        programs = {cmd.program_id for _, cmd, _ in credits}
-        keys = [(cmd.program_id, "member", cmd.member_id) for _, cmd, _ in credits]
-        keys += [(program, "issued", "") for program in programs]
+    async def _apply(self, fresh: list[tuple[Inbound, bytes]], uow: UnitOfWork, now: datetime,
+                     outcomes: dict[int, list[OutboxMessage]]) -> None:
+        commands: list[LedgerCommand] = [item.data for item, _ in fresh]  # type: ignore[misc]
+        members = {(c.program_id, c.member_id) for c in commands}
+        members |= {(c.program_id, c.to_member_id) for c in commands if isinstance(c, TransferPoints)}
+        keys: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
+        keys += [(p, kind, "") for p in {c.program_id for c in commands} for kind in domain.SYSTEM_ACCOUNTS]
         rows = await repository.accounts(uow.db, keys)
-        members = {k: repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
-        read_at = {a.id: a.seq for a in members.values()}
-        entries: list[Entry] = []
-        for _, cmd, _ in credits:
-            account = members[(cmd.program_id, "member", cmd.member_id)]
-            issued = rows[(cmd.program_id, "issued", "")]["id"]
-            entries.append(domain.post_credit(account, issued, cmd, now))
-        claimed = await repository.claim_commands(
-            uow.db, [(cmd.idempotency_key, digest, COMMAND_TYPE_OF[type(cmd)], cmd.program_id, cmd.member_id,
-                      "posted", None) for _, cmd, digest in credits], now)
-        if claimed != len(credits):
+        accounts = {(k[0], k[2]): repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
+        # Credits need only the tip (and the debts, when there are any); everything else needs the open lots.
+        complete = {accounts[(c.program_id, c.member_id)].id for c in commands if not isinstance(c, PostCredit)}
+        complete |= {accounts[(c.program_id, c.to_member_id)].id for c in commands if isinstance(c, TransferPoints)}
+        complete |= {a.id for a in accounts.values() if a.debt > 0}
+        loaded = await repository.load_books(
+            uow.db, list(accounts.values()), complete,
+            [c.hold_id for c in commands if isinstance(c, PlaceHold | CaptureHold | ReleaseHold | ExpireHold)],
+            [c.entry_id for c in commands if isinstance(c, ReverseEntry)])
+        books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
+        journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"])
+        results: list[tuple[Inbound, bytes, Outcome | None, tuple[str, str] | None]] = []
+        for (item, digest), cmd in zip(fresh, commands, strict=True):
+            try:
+                done = _apply_one(journal, books, loaded, cmd)
+                results.append((item, digest, done, done.rejection))
+            except Refused as refused:
+                results.append((item, digest, None, (refused.reason, refused.detail)))
+        changes = journal.changes
+        await repository.assign_ids(uow.db, changes)
+        claimed = await repository.claim_commands(uow.db, [
+            (item.data.idempotency_key, digest, item.event.type, item.data.program_id,  # type: ignore[attr-defined]
+             item.data.member_id, "rejected" if rejection else "posted",  # type: ignore[attr-defined]
+             rejection[0] if rejection else None) for item, digest, _, rejection in results], now)
+        if claimed != len(results):
             raise Retryable("another consumer claimed some of these commands first")
-        entry_ids = await repository.insert_entries(uow.db, entries)
-        touched = {e.account_id for e in entries}
-        changed = [(a, read_at[a.id]) for a in members.values() if a.id in touched]
-        if not await repository.advance_accounts(uow.db, changed):
+        await repository.store(uow.db, changes)
+        touched = [b for b in loaded.books.values() if b.account.id in journal.touched]
+        if not await repository.advance_accounts(uow.db, touched):
             raise Retryable("an account moved on since it was read")
-        for (item, _, _), entry_id, entry in zip(credits, entry_ids, entries, strict=True):
-            outcomes[id(item)] = self._posted(entry_id, entry)
+        for item, _, outcome, rejection in results:
+            messages = outcomes.setdefault(id(item), [])
+            if outcome is not None:
+                messages += [self._posted(entry) for entry in outcome.entries]
+                if outcome.placed is not None:
+                    messages.append(self._hold_placed(item, outcome.placed))
+                messages += [self._hold_resolved(item, r) for r in outcome.resolutions]
+            if rejection is not None:
+                messages.append(self._rejected(item, *rejection, now))
+        for entry in changes.entries:
             self.metrics.entries.labels(entry.program_id, entry.kind).inc()
             self.metrics.points.labels(entry.program_id, entry.kind).inc(entry.amount)
 
     async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime,
-                                outcomes: dict[int, OutboxMessage]) -> list[tuple[Inbound, bytes]]:
+                                outcomes: dict[int, list[OutboxMessage]]) -> list[tuple[Inbound, bytes]]:
         """Keep first sightings; drop replays; answer conflicting replays with a rejection."""
         known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])  # type: ignore[attr-defined]
         fresh: list[tuple[Inbound, bytes]] = []
@@ -102,9 +143,9 @@ class ApplyCommands:
             elif prior == digest:
                 self.metrics.replays.inc()
             else:
-                outcomes[id(item)] = self._rejected(item, "idempotency_conflict",
-                                                    f"key {key!r} was already used for a command with another "
-                                                    "payload", now)
+                outcomes[id(item)] = [self._rejected(item, "idempotency_conflict",
+                                                     f"key {key!r} was already used for a command with another "
+                                                     "payload", now)]
         return fresh
 
     def _rejected(self, item: Inbound, reason: str, detail: str, now: datetime) -> OutboxMessage:
@@ -113,23 +154,69 @@ class ApplyCommands:
             program_id=cmd.program_id, member_id=cmd.member_id,  # type: ignore[attr-defined]
             idempotency_key=cmd.idempotency_key, command_type=item.event.type,  # type: ignore[attr-defined]
             reason=reason, detail=detail)
-        event_id = f"rejected:{item.event.event_id}"
         self.metrics.rejected.labels(reason).inc()
-        return OutboxMessage(
-            topic=self.entries_topic, key=rejected.member_id.encode(),
-            value=envelope.encode(event_id, SOURCE, COMMAND_REJECTED, now, rejected.model_dump(mode="json"),
-                                  subject=rejected.idempotency_key),
-            headers=envelope.STRUCTURED_HEADERS)
+        return self._message(f"rejected:{item.event.event_id}", COMMAND_REJECTED, now, rejected.member_id,
+                             rejected.idempotency_key, rejected)
 
-    def _posted(self, entry_id: int, entry: Entry) -> OutboxMessage:
+    def _hold_placed(self, item: Inbound, hold: HoldState) -> OutboxMessage:
+        cmd: PlaceHold = item.data  # type: ignore[assignment]
+        placed = HoldPlaced(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
+                            amount=hold.amount, expires_at=hold.expires_at, idempotency_key=cmd.idempotency_key)
+        return self._message(f"hold-placed:{hold.hold_id}", HOLD_PLACED, self.clock(), cmd.member_id,
+                             cmd.idempotency_key, placed)
+
+    def _hold_resolved(self, item: Inbound, resolution: Resolution) -> OutboxMessage:
+        cmd: LedgerCommand = item.data  # type: ignore[assignment]
+        hold = resolution.hold
+        resolved = HoldResolved(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
+                                outcome=resolution.outcome, captured=resolution.captured,
+                                released=hold.amount - resolution.captured, idempotency_key=cmd.idempotency_key)
+        return self._message(f"hold-resolved:{hold.hold_id}", HOLD_RESOLVED, resolution.resolved_at, cmd.member_id,
+                             cmd.idempotency_key, resolved)
+
+    def _posted(self, entry: Entry) -> OutboxMessage:
+        assert entry.id is not None
+        lots = [LotView(lot_id=lot.id, amount=lot.amount, available_at=lot.available_at, expires_at=lot.expires_at)
+                for lot in entry.lots]
         posted = PointsEntryPosted(
-            entry_id=entry_id, program_id=entry.program_id, member_id=entry.member_id, seq=entry.seq,
+            entry_id=entry.id, program_id=entry.program_id, member_id=entry.member_id, seq=entry.seq,
             amount=entry.signed_amount, balance_after=entry.balance_after, kind=entry.kind,
             idempotency_key=entry.command_key, cause=entry.cause, occurred_at=entry.occurred_at,
-            posted_at=entry.posted_at, hash=entry.hash.hex(),
-            lot=LotView(available_at=entry.lot.available_at, expires_at=entry.lot.expires_at) if entry.lot else None)
+            posted_at=entry.posted_at, hash=entry.hash.hex(), lot=lots[0] if lots else None, lots=lots,
+            corrects_entry_id=entry.corrects_entry_id, hold_id=entry.hold_id)
+        return self._message(f"entry:{entry.id}", ENTRY_POSTED, entry.posted_at, entry.member_id, entry.command_key,
+                             posted)
+
+    def _message(self, event_id: str, type_: str, at: datetime, member_id: str, subject: str,
+                 body: Contract) -> OutboxMessage:
         return OutboxMessage(
-            topic=self.entries_topic, key=entry.member_id.encode(),
-            value=envelope.encode(f"entry:{entry_id}", SOURCE, ENTRY_POSTED, entry.posted_at,
-                                  posted.model_dump(mode="json"), subject=entry.command_key),
+            topic=self.entries_topic, key=member_id.encode(),
+            value=envelope.encode(event_id, SOURCE, type_, at, body.model_dump(mode="json"), subject=subject),
             headers=envelope.STRUCTURED_HEADERS)
+
+
+def _apply_one(journal: Journal, books: dict[tuple[str, str], MemberBook], loaded: repository.Loaded,
+               cmd: LedgerCommand) -> Outcome:
+    book = books[(cmd.program_id, cmd.member_id)]
+    match cmd:
+        case PostCredit():
+            return journal.credit(book, cmd)
+        case PostDebit():
+            return journal.debit(book, cmd)
+        case PlaceHold():
+            return journal.place_hold(book, cmd, loaded.hold_ids_taken)
+        case CaptureHold():
+            return journal.capture(book, cmd)
+        case ReleaseHold():
+            return journal.release(book, cmd)
+        case ExpireHold():
+            return journal.expire_hold(book, cmd)
+        case ExpireLot():
+            return journal.expire_lot(book, cmd)
+        case ReverseEntry():
+            return journal.reverse(book, cmd, loaded.targets.get(cmd.entry_id))
+        case AdjustPoints():
+            return journal.adjust(book, cmd)
+        case TransferPoints():
+            return journal.transfer(book, books[(cmd.program_id, cmd.to_member_id)], cmd)
+    raise Refused("unsupported_command", f"the ledger has no rule for {type(cmd).__name__}")

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import orjson
 
-from services.ledger.domain import Account, Entry
+from services.ledger.domain import (
+    Account,
+    Changes,
+    DebtState,
+    Entry,
+    HoldState,
+    LotState,
+    MemberBook,
+    spend_order,
+)
+from services.ledger.rules import StoredEntry
 
 AccountKey = tuple[str, str, str]  # (program_id, kind, member_id)
 
@@ -52,7 +62,8 @@ async def accounts(db: asyncpg.Connection, keys: Iterable[AccountKey]) -> dict[A
 
 async def _select_accounts(db: asyncpg.Connection, keys: Sequence[AccountKey]) -> dict[AccountKey, asyncpg.Record]:
     rows = await db.fetch(
-        """SELECT a.id, a.program_id, a.kind, a.member_id, a.balance, a.lifetime_earned, a.last_seq, a.last_hash
+        """SELECT a.id, a.program_id, a.kind, a.member_id, a.balance, a.lifetime_earned, a.last_seq, a.last_hash,
+                  a.debt, a.version
            FROM accounts a JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(p, k, m)
              ON a.program_id = u.p AND a.kind = u.k AND a.member_id = u.m""",
         [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
@@ -61,85 +72,247 @@ async def _select_accounts(db: asyncpg.Connection, keys: Sequence[AccountKey]) -
 
 def member_account(row: asyncpg.Record) -> Account:
     return Account(id=row["id"], program_id=row["program_id"], member_id=row["member_id"], balance=row["balance"],
-                   lifetime_earned=row["lifetime_earned"], seq=row["last_seq"], last_hash=bytes(row["last_hash"]))
+                   lifetime_earned=row["lifetime_earned"], seq=row["last_seq"], last_hash=bytes(row["last_hash"]),
+                   debt=row["debt"], version=row["version"])
 
 
-async def insert_entries(db: asyncpg.Connection, entries: Sequence[Entry]) -> list[int]:
-    """Insert entries and their lots; returns the entry ids in the order given."""
-    if not entries:
-        return []
-    rows = await db.fetch(
-        """INSERT INTO entries (program_id, account_id, seq, from_account_id, to_account_id, amount, balance_after,
-                                kind, command_key, source_event_id, rule_id, rule_version, reason, details,
-                                occurred_at, posted_at, prev_hash, hash)
-           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                                $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[],
-                                $13::text[], $14::jsonb[], $15::timestamptz[], $16::timestamptz[], $17::bytea[],
-                                $18::bytea[])
-           RETURNING id, account_id, seq""",
-        [e.program_id for e in entries], [e.account_id for e in entries], [e.seq for e in entries],
-        [e.from_account_id for e in entries], [e.to_account_id for e in entries], [e.amount for e in entries],
-        [e.balance_after for e in entries], [e.kind for e in entries], [e.command_key for e in entries],
-        [e.cause.source_event_id for e in entries], [e.cause.rule_id for e in entries],
-        [e.cause.rule_version for e in entries], [e.cause.reason for e in entries],
-        [orjson.dumps(e.details).decode() if e.details is not None else None for e in entries],
-        [e.occurred_at for e in entries], [e.posted_at for e in entries], [e.prev_hash for e in entries],
-        [e.hash for e in entries])
-    ids = {(r["account_id"], r["seq"]): r["id"] for r in rows}
-    entry_ids = [ids[(e.account_id, e.seq)] for e in entries]
-    lots = [(i, e) for i, e in zip(entry_ids, entries, strict=True) if e.lot is not None]
+@dataclass
+class Loaded:
+    """Member books for a batch, plus what the batch's commands refer to."""
+
+    books: dict[int, MemberBook]
+    hold_ids_taken: set[str]  # every referenced hold id that exists, whoever it belongs to
+    targets: dict[int, StoredEntry]  # entries named by reversals
+
+
+async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], complete: set[int],
+                     hold_ids: Sequence[str], entry_ids: Sequence[int]) -> Loaded:
+    """Books for the given accounts. Accounts in `complete` get their open lots, open and referenced holds and
+    outstanding debts; the others only their tip (enough to credit a member who owes nothing)."""
+    books = {a.id: MemberBook(a, complete=a.id in complete) for a in accounts_}
+    full = sorted(complete)
+    lots: dict[int, LotState] = {}
+    if full:
+        for r in await db.fetch(
+                """SELECT l.id, l.account_id, l.entry_id, l.amount, l.available_at, l.expires_at, l.origin_lot_id,
+                          coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0) AS used,
+                          coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
+                                      AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = r.hold_id)),
+                                   0) AS reserved
+                   FROM lots l
+                   WHERE l.account_id = ANY($1::bigint[])
+                     AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
+                   ORDER BY l.id""", full):
+            lot = LotState(id=r["id"], account_id=r["account_id"], amount=r["amount"], available_at=r["available_at"],
+                           expires_at=r["expires_at"], ordinal=r["id"], used=int(r["used"]),
+                           reserved=int(r["reserved"]), entry_id=r["entry_id"], origin_id=r["origin_lot_id"])
+            lots[lot.id] = lot  # type: ignore[index]
+            books[lot.account_id].lots.append(lot)
+    taken: set[str] = set()
+    if full or hold_ids:
+        rows = await db.fetch(
+            """SELECT h.hold_id, h.account_id, h.amount, h.expires_at, s.hold_id IS NOT NULL AS resolved
+               FROM holds h LEFT JOIN hold_resolutions s ON s.hold_id = h.hold_id
+               WHERE (h.account_id = ANY($1::bigint[]) AND s.hold_id IS NULL) OR h.hold_id = ANY($2::text[])""",
+            full, list(hold_ids))
+        open_ids = []
+        for r in rows:
+            taken.add(r["hold_id"])
+            book = books.get(r["account_id"])
+            if book is None or not book.complete:
+                continue
+            book.holds[r["hold_id"]] = HoldState(r["hold_id"], r["account_id"], r["amount"], r["expires_at"], [],
+                                                 resolved=r["resolved"])
+            if not r["resolved"]:
+                open_ids.append(r["hold_id"])
+        if open_ids:
+            for r in await db.fetch("SELECT hold_id, lot_id, amount FROM hold_reservations WHERE hold_id = ANY($1)",
+                                    open_ids):
+                hold = books[lots[r["lot_id"]].account_id].holds[r["hold_id"]]
+                hold.reservations.append((lots[r["lot_id"]], r["amount"]))
+            for book in books.values():
+                for hold in book.holds.values():
+                    hold.reservations.sort(key=lambda pair: spend_order(pair[0]))
+    in_debt = [a.id for a in accounts_ if a.debt > 0]
+    if in_debt:
+        for r in await db.fetch(
+                """SELECT d.entry_id, d.account_id,
+                          e.amount - coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.entry_id = d.entry_id),
+                                              0) AS outstanding
+                   FROM debts d JOIN entries e ON e.id = d.entry_id
+                   WHERE d.account_id = ANY($1::bigint[]) ORDER BY d.entry_id""", in_debt):
+            if r["outstanding"] > 0:
+                books[r["account_id"]].debts.append(DebtState(r["entry_id"], int(r["outstanding"])))
+    targets: dict[int, StoredEntry] = {}
+    if entry_ids:
+        for r in await db.fetch(
+                """SELECT e.id, e.account_id, e.kind, e.amount, e.to_account_id = e.account_id AS incoming,
+                          coalesce((SELECT sum(c.amount) FROM entries c WHERE c.corrects_entry_id = e.id), 0)
+                              AS reversed
+                   FROM entries e WHERE e.id = ANY($1::bigint[])""", list(entry_ids)):
+            targets[r["id"]] = StoredEntry(r["id"], r["account_id"], r["kind"], r["amount"], r["incoming"],
+                                           int(r["reversed"]), [])
+        for r in await db.fetch(
+                """SELECT a.entry_id, a.lot_id, a.amount, l.available_at, l.expires_at
+                   FROM allocations a JOIN lots l ON l.id = a.lot_id
+                   WHERE a.entry_id = ANY($1::bigint[]) AND a.by_entry_id = a.entry_id ORDER BY a.id""",
+                list(targets)):
+            targets[r["entry_id"]].allocations.append((r["lot_id"], r["amount"], r["available_at"], r["expires_at"]))
+    return Loaded(books, taken, targets)
+
+
+async def assign_ids(db: asyncpg.Connection, changes: Changes) -> None:
+    """Give new entries and lots their ids up front, so allocations can name them in the same batch."""
+    row = await db.fetchrow(
+        """SELECT array(SELECT nextval('entries_id_seq') FROM generate_series(1, $1)) AS entries,
+                  array(SELECT nextval('lots_id_seq') FROM generate_series(1, $2)) AS lots""",
+        len(changes.entries), len(changes.lots))
+    assert row is not None
+    for entry, entry_id in zip(changes.entries, row["entries"], strict=True):
+        entry.id = entry_id
+    for lot, lot_id in zip(changes.lots, row["lots"], strict=True):
+        lot.id = lot_id
+
+
+def _id(ref: Entry | int) -> int:
+    if isinstance(ref, Entry):
+        assert ref.id is not None
+        return ref.id
+    return ref
+
+
+async def store(db: asyncpg.Connection, changes: Changes) -> None:
+    """Insert everything a batch added, one multi-row statement per table."""
+    entries = changes.entries
+    if entries:
+        await db.execute(
+            """INSERT INTO entries (id, program_id, account_id, seq, from_account_id, to_account_id, amount,
+                                    balance_after, kind, command_key, source_event_id, rule_id, rule_version, reason,
+                                    details, occurred_at, posted_at, prev_hash, hash, corrects_entry_id, hold_id)
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                                    $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                    $13::int[], $14::text[], $15::jsonb[], $16::timestamptz[], $17::timestamptz[],
+                                    $18::bytea[], $19::bytea[], $20::bigint[], $21::text[])""",
+            [e.id for e in entries], [e.program_id for e in entries], [e.account_id for e in entries],
+            [e.seq for e in entries], [e.from_account_id for e in entries], [e.to_account_id for e in entries],
+            [e.amount for e in entries], [e.balance_after for e in entries], [e.kind for e in entries],
+            [e.command_key for e in entries], [e.cause.source_event_id for e in entries],
+            [e.cause.rule_id for e in entries], [e.cause.rule_version for e in entries],
+            [e.cause.reason for e in entries],
+            [orjson.dumps(e.details).decode() if e.details is not None else None for e in entries],
+            [e.occurred_at for e in entries], [e.posted_at for e in entries], [e.prev_hash for e in entries],
+            [e.hash for e in entries], [e.corrects_entry_id for e in entries], [e.hold_id for e in entries])
+    lots = changes.lots
     if lots:
         await db.execute(
-            """INSERT INTO lots (entry_id, account_id, amount, available_at, expires_at)
-               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::timestamptz[])""",
-            [i for i, _ in lots], [e.account_id for _, e in lots], [e.lot.amount for _, e in lots if e.lot],
-            [e.lot.available_at for _, e in lots if e.lot], [e.lot.expires_at for _, e in lots if e.lot])
-    return entry_ids
+            """INSERT INTO lots (id, entry_id, account_id, amount, available_at, expires_at, origin_lot_id)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[],
+                                    $6::timestamptz[], $7::bigint[])""",
+            [lot.id for lot in lots], [lot.made_by_entry_id for lot in lots], [lot.account_id for lot in lots],
+            [lot.amount for lot in lots], [lot.available_at for lot in lots], [lot.expires_at for lot in lots],
+            [lot.origin.id if lot.origin is not None else lot.origin_id for lot in lots])
+    if changes.holds:
+        holds = changes.holds
+        await db.execute(
+            """INSERT INTO holds (hold_id, program_id, account_id, amount, command_key, placed_at, expires_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
+                                    $6::timestamptz[], $7::timestamptz[])""",
+            [h.hold_id for h, _, _, _ in holds], [program for _, program, _, _ in holds],
+            [h.account_id for h, _, _, _ in holds], [h.amount for h, _, _, _ in holds],
+            [key for _, _, key, _ in holds], [at for _, _, _, at in holds], [h.expires_at for h, _, _, _ in holds])
+        reservations = [(h.hold_id, lot.id, n) for h, _, _, _ in holds for lot, n in h.reservations]
+        if reservations:
+            await db.execute(
+                """INSERT INTO hold_reservations (hold_id, lot_id, amount)
+                   SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])""",
+                *[list(c) for c in zip(*reservations, strict=True)])
+    if changes.allocations:
+        allocs = changes.allocations
+        await db.execute(
+            """INSERT INTO allocations (entry_id, lot_id, amount, by_entry_id)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])""",
+            [_id(a.debit) for a in allocs], [a.lot.id for a in allocs], [a.amount for a in allocs],
+            [_id(a.by) for a in allocs])
+    if changes.closures:
+        await db.execute(
+            """INSERT INTO lot_closures (lot_id, account_id, by_entry_id)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])""",
+            [lot.id for lot, _ in changes.closures], [lot.account_id for lot, _ in changes.closures],
+            [_id(e) for _, e in changes.closures])
+    if changes.debts:
+        await db.execute(
+            """INSERT INTO debts (entry_id, account_id, amount)
+               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])""",
+            [_id(e) for e, _ in changes.debts], [e.account_id for e, _ in changes.debts],
+            [n for _, n in changes.debts])
+    if changes.resolutions:
+        res = changes.resolutions
+        await db.execute(
+            """INSERT INTO hold_resolutions (hold_id, outcome, captured, entry_id, command_key, resolved_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
+                                    $6::timestamptz[])""",
+            [r.hold.hold_id for r in res], [r.outcome for r in res], [r.captured for r in res],
+            [_id(r.entry) if r.entry is not None else None for r in res], [r.command_key for r in res],
+            [r.resolved_at for r in res])
 
 
-async def advance_accounts(db: asyncpg.Connection, changed: Sequence[tuple[Account, int]]) -> bool:
-    """Move each account's tip forward, only from the sequence it was read at (optimistic concurrency)."""
-    if not changed:
+async def advance_accounts(db: asyncpg.Connection, books: Sequence[MemberBook]) -> bool:
+    """Move each account's tip forward, only from the version it was read at (optimistic concurrency)."""
+    if not books:
         return True
     result = await db.execute(
-        """UPDATE accounts a SET balance = u.b, lifetime_earned = u.l, last_seq = u.s, last_hash = u.h
-           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[])
-                AS u(id, b, l, s, h, prev)
-           WHERE a.id = u.id AND a.last_seq = u.prev""",
-        [a.id for a, _ in changed], [a.balance for a, _ in changed], [a.lifetime_earned for a, _ in changed],
-        [a.seq for a, _ in changed], [a.last_hash for a, _ in changed], [prev for _, prev in changed])
-    return int(result.split()[-1]) == len(changed)
+        """UPDATE accounts a SET balance = u.b, lifetime_earned = u.l, last_seq = u.s, last_hash = u.h, debt = u.d,
+                                 version = u.prev + 1
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[],
+                       $7::bigint[]) AS u(id, b, l, s, h, d, prev)
+           WHERE a.id = u.id AND a.version = u.prev""",
+        [b.account.id for b in books], [b.account.balance for b in books],
+        [b.account.lifetime_earned for b in books], [b.account.seq for b in books],
+        [b.account.last_hash for b in books], [b.account.debt for b in books], [b.read_version for b in books])
+    return int(result.split()[-1]) == len(books)
 
 
 # --- queries for the HTTP side ---------------------------------------------------------------------------
 
-async def balance(db: asyncpg.Connection, program_id: str, member_id: str, now: datetime) -> dict[str, Any] | None:
-    row = await db.fetchrow(
-        """SELECT a.id, a.balance, a.lifetime_earned,
-                  coalesce((SELECT sum(l.amount) FROM lots l WHERE l.account_id = a.id AND l.available_at > $3), 0)
-                      AS pending
-           FROM accounts a WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_id = $2""",
-        program_id, member_id, now)
+async def member_book(db: asyncpg.Connection, program_id: str, member_id: str) -> MemberBook | None:
+    """A member's complete book (open lots, open holds, debts), or None for a member who never had an entry."""
+    rows = await _select_accounts(db, [(program_id, "member", member_id)])
+    row = rows.get((program_id, "member", member_id))
     if row is None:
         return None
-    expiry = await db.fetchrow(
-        """SELECT expires_at, sum(amount) AS points FROM lots
-           WHERE account_id = $1 AND expires_at > $2
-           GROUP BY expires_at ORDER BY expires_at LIMIT 1""", row["id"], now)
-    return {"balance": row["balance"], "pending": int(row["pending"]), "lifetime_earned": row["lifetime_earned"],
-            "next_expiry": dict(expiry) if expiry else None}
+    account = member_account(row)
+    loaded = await load_books(db, [account], {account.id}, [], [])
+    return loaded.books[account.id]
 
 
 async def entries_page(db: asyncpg.Connection, program_id: str, member_id: str, before_seq: int | None,
-                       limit: int) -> list[asyncpg.Record]:
-    return await db.fetch(
+                       limit: int) -> tuple[list[asyncpg.Record], dict[int, list[asyncpg.Record]]]:
+    """A page of a member's entries, newest first (by the (account, seq) index), with the lots each one made."""
+    rows = await db.fetch(
         """SELECT e.id, e.seq, e.kind, e.amount, e.to_account_id = e.account_id AS incoming, e.balance_after,
                   e.command_key, e.source_event_id, e.rule_id, e.rule_version, e.reason, e.details,
-                  e.occurred_at, e.posted_at, e.hash, l.available_at, l.expires_at
+                  e.occurred_at, e.posted_at, e.hash, e.corrects_entry_id, e.hold_id
            FROM accounts a
            JOIN entries e ON e.account_id = a.id
-           LEFT JOIN lots l ON l.entry_id = e.id
            WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_id = $2
              AND ($3::bigint IS NULL OR e.seq < $3)
            ORDER BY e.seq DESC LIMIT $4""",
         program_id, member_id, before_seq, limit)
+    lots: dict[int, list[asyncpg.Record]] = {}
+    if rows:
+        for r in await db.fetch(
+                """SELECT l.id, l.entry_id, l.amount, l.available_at, l.expires_at,
+                          l.amount - coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0)
+                              AS unspent
+                   FROM lots l WHERE l.entry_id = ANY($1::bigint[]) ORDER BY l.id""", [r["id"] for r in rows]):
+            lots.setdefault(r["entry_id"], []).append(r)
+    return rows, lots
+
+
+async def open_holds_of(db: asyncpg.Connection, program_id: str, member_id: str) -> list[asyncpg.Record]:
+    return await db.fetch(
+        """SELECT h.hold_id, h.amount, h.placed_at, h.expires_at
+           FROM accounts a JOIN holds h ON h.account_id = a.id
+           WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_id = $2
+             AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
+           ORDER BY h.placed_at""", program_id, member_id)

@@ -10,7 +10,8 @@ EVENT = {"specversion": "1.0", "id": "e1", "source": "pos://s1", "type": "jifen.
 def test_structured_mode_gives_attributes_and_data() -> None:
     event = parse(orjson.dumps(EVENT), [("content-type", b"application/cloudevents+json")])
     assert (event.id, event.source, event.type, event.data) == ("e1", "pos://s1", EVENT["type"], {"member_id": "m1"})
-    assert event.event_id == "pos://s1|e1" and event.time.utcoffset().total_seconds() == 8 * 3600
+    offset = event.time.utcoffset()
+    assert event.event_id == "pos://s1|e1" and offset is not None and offset.total_seconds() == 8 * 3600
 
 
 def test_binary_mode_reads_ce_headers() -> None:

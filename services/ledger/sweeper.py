@@ -1,0 +1,148 @@
+"""The ledger's own timer: due lots and timed-out holds become ledger commands.
+
+The sweeper does not write points itself. It sends `ExpireLot` (key `expire:{lot_id}`) and `ExpireHold`
+(key `hold-expire:{hold_id}`) through the outbox onto the commands topic, keyed by member, so the consumer
+that owns the member's partition applies them in order with everything else, idempotently. A command whose
+key the ledger already has is not sent again; one in flight may be, and is then a harmless replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import envelope
+from shared.contracts import COMMAND_TYPE_OF, Cause, ExpireHold, ExpireLot, LedgerCommand
+from shared.outbox import OutboxMessage
+from shared.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+SOURCE = "jifen.ledger.sweeper"
+
+
+class SweepMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sent = Counter("jifen_ledger_sweep_commands", "Expiry commands sent by the sweeper", ["kind"],
+                            registry=registry)
+        self.duration = Histogram("jifen_ledger_sweep_seconds", "Time of one sweep", registry=registry)
+
+
+Cursor = tuple[datetime, str] | None
+
+
+async def due_lots(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[LedgerCommand]:
+    """Lots past their expiry with unreserved points left and no expiry command yet, in expiry order."""
+    rows = await db.fetch(
+        """SELECT l.id, l.expires_at, a.program_id, a.member_id
+           FROM lots l JOIN accounts a ON a.id = l.account_id
+           WHERE l.expires_at <= $1
+             AND ($3::timestamptz IS NULL OR (l.expires_at, l.id) > ($3, $4::bigint))
+             AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
+             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = 'expire:' || l.id)
+             AND l.amount > coalesce((SELECT sum(x.amount) FROM allocations x WHERE x.lot_id = l.id), 0)
+                          + coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
+                                        AND NOT EXISTS (SELECT 1 FROM hold_resolutions s
+                                                        WHERE s.hold_id = r.hold_id)), 0)
+           ORDER BY l.expires_at, l.id LIMIT $2""",
+        now, limit, after[0] if after else None, int(after[1]) if after else 0)
+    return [ExpireLot(idempotency_key=f"expire:{r['id']}", program_id=r["program_id"], member_id=r["member_id"],
+                      lot_id=r["id"], occurred_at=r["expires_at"],
+                      cause=Cause(source_event_id=f"{SOURCE}|lot:{r['id']}", reason="expiry"))
+            for r in rows]
+
+
+async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[LedgerCommand]:
+    """Open holds past their TTL with no expiry command yet."""
+    rows = await db.fetch(
+        """SELECT h.hold_id, h.expires_at, a.program_id, a.member_id
+           FROM holds h JOIN accounts a ON a.id = h.account_id
+           WHERE h.expires_at <= $1
+             AND ($3::timestamptz IS NULL OR (h.expires_at, h.hold_id) > ($3, $4::text))
+             AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
+             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = 'hold-expire:' || h.hold_id)
+           ORDER BY h.expires_at, h.hold_id LIMIT $2""",
+        now, limit, after[0] if after else None, after[1] if after else "")
+    return [ExpireHold(idempotency_key=f"hold-expire:{r['hold_id']}", program_id=r["program_id"],
+                       member_id=r["member_id"], hold_id=r["hold_id"], occurred_at=r["expires_at"],
+                       cause=Cause(source_event_id=f"{SOURCE}|hold:{r['hold_id']}", reason="hold timed out"))
+            for r in rows]
+
+
+def cursor_of(cmd: LedgerCommand) -> Cursor:
+    if isinstance(cmd, ExpireLot):
+        return cmd.occurred_at, str(cmd.lot_id)
+    assert isinstance(cmd, ExpireHold)
+    return cmd.occurred_at, cmd.hold_id
+
+
+async def due_commands(db: asyncpg.Connection, now: datetime, limit: int = 100_000) -> list[LedgerCommand]:
+    """Everything due now (for tests and one-off sweeps): lots first, then holds."""
+    return await due_lots(db, now, limit) + await due_holds(db, now, limit)
+
+
+def command_message(cmd: LedgerCommand, topic: str, now: datetime) -> OutboxMessage:
+    return OutboxMessage(
+        topic=topic, key=cmd.member_id.encode(),
+        value=envelope.encode(cmd.idempotency_key, SOURCE, COMMAND_TYPE_OF[type(cmd)], now,
+                              cmd.model_dump(mode="json"), subject=cmd.idempotency_key),
+        headers=envelope.STRUCTURED_HEADERS)
+
+
+@dataclass
+class Sweeper:
+    engine: AsyncEngine
+    schema: str
+    commands_topic: str
+    metrics: SweepMetrics
+    clock: Callable[[], datetime]
+    interval_s: float = 30.0
+    batch_size: int = 2000
+
+    @property
+    def lock_key(self) -> int:
+        return int.from_bytes(hashlib.sha256(f"sweeper:{self.schema}".encode()).digest()[:8], "big", signed=True)
+
+    async def sweep(self) -> int:
+        """Send every due command, a batch per transaction, walking forward by expiry; returns how many."""
+        started, total = time.monotonic(), 0
+        now = self.clock()
+        for find, kind in ((due_lots, "lot"), (due_holds, "hold")):
+            after: Cursor = None
+            while True:
+                async with UnitOfWork(self.engine, self.schema) as uow:
+                    # One sweeper at a time per schema; a second instance skips this round.
+                    if not await uow.db.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.lock_key):
+                        return total
+                    commands = await find(uow.db, now, self.batch_size, after)
+                    for cmd in commands:
+                        uow.publish(command_message(cmd, self.commands_topic, now))
+                    await uow.commit()
+                self.metrics.sent.labels(kind).inc(len(commands))
+                total += len(commands)
+                if len(commands) < self.batch_size:
+                    break
+                after = cursor_of(commands[-1])
+                log.info("sweep progress", extra={"sent": total, "elapsed_s": round(time.monotonic() - started, 2)})
+        if total:
+            log.info("sweep done", extra={"sent": total, "elapsed_s": round(time.monotonic() - started, 2)})
+        self.metrics.duration.observe(time.monotonic() - started)
+        return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be down; the next round tries again
+                log.warning("sweep failed; retrying next round", extra={"error": repr(exc)})
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,324 @@
+"""Model-based test: random command sequences through the ledger's real handler against real PostgreSQL,
+compared after every step with the small pure model in ledger_model.py, with every invariant verified.
+
+Each Hypothesis example is its own programme in one database, so examples cannot see each other. Commands
+go through `ApplyCommands` exactly as the consumer calls it (one unit of work per step, real SQL); only
+Kafka is left out, which the end-to-end tests cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import ConsumerRecord
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+from prometheus_client import CollectorRegistry
+
+from services.ledger import repository
+from services.ledger.handlers import ApplyCommands, LedgerMetrics
+from services.ledger.sweeper import due_commands
+from services.ledger.verify import verify
+from shared import db as shared_db
+from shared.consumer import Inbound, Rejections
+from shared.contracts import (
+    COMMAND_TYPE_OF,
+    AdjustPoints,
+    CaptureHold,
+    Cause,
+    LedgerCommand,
+    PlaceHold,
+    PostCredit,
+    PostDebit,
+    ReleaseHold,
+    ReverseEntry,
+    TransferPoints,
+)
+from shared.envelope import CloudEvent
+from shared.settings import Settings
+from shared.uow import UnitOfWork
+from tests.integration.ledger_model import MEntry, Model, Refusal
+from tests.support import Infra
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "ledger" / "migrations"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+MEMBERS = ("ann", "bob")
+EXAMPLES = int(os.environ.get("JIFEN_MODEL_EXAMPLES", "60"))
+STEPS = int(os.environ.get("JIFEN_MODEL_STEPS", "40"))
+T = TypeVar("T")
+
+
+class Harness:
+    """The real ledger handler over a real database, on an event loop of its own."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.dsn = dsn
+        self.now = START
+        self.engine = shared_db.make_engine(Settings(database_url=dsn), "ledger", pool_size=2)
+        self.handler = ApplyCommands("entries", LedgerMetrics(CollectorRegistry()), lambda: self.now)
+        self.conn: asyncpg.Connection = self.run(asyncpg.connect(dsn, server_settings={"search_path": "ledger"}))
+        self.steps = 0
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def apply(self, cmd: LedgerCommand) -> list[dict[str, Any]]:
+        """Apply one command as a batch of one; returns the outcomes it published (decoded)."""
+        self.steps += 1
+        event = CloudEvent(id=uuid.uuid4().hex, source="model", type=COMMAND_TYPE_OF[type(cmd)], time=self.now,
+                           data=cmd.model_dump(mode="json"))
+        record = ConsumerRecord("commands", 0, self.steps, 0, 0, cmd.member_id.encode(), b"", None, 0, 0, [])
+        item = Inbound(record, event, cmd)
+
+        async def go() -> list[dict[str, Any]]:
+            async with UnitOfWork(self.engine, "ledger") as uow:
+                await self.handler([item], uow, Rejections())
+                messages = list(uow.messages)
+                await uow.commit()
+            return [orjson.loads(m.value) for m in messages]
+
+        return self.run(go())
+
+    def close(self) -> None:
+        self.run(self.conn.close())
+        self.run(self.engine.dispose())
+        self.loop.close()
+
+
+HARNESS: Harness | None = None
+
+
+def outcome(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """('posted', entries) or (reason, []) for one command's published outcomes."""
+    rejected = [m for m in messages if m["type"] == "jifen.ledger.command.rejected.v1"]
+    if rejected:
+        return rejected[0]["data"]["reason"], []
+    return "posted", [m["data"] for m in messages if m["type"] == "jifen.ledger.entry.posted.v1"]
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    holds = Bundle("holds")
+    entries = Bundle("entries")
+    commands = Bundle("commands")
+
+    def __init__(self) -> None:
+        super().__init__()
+        assert HARNESS is not None
+        self.h = HARNESS
+        self.h.now = START
+        self.program = f"p{uuid.uuid4().hex[:12]}"
+        self.model = Model(START)
+        self.n = 0
+
+    def key(self, what: str) -> str:
+        self.n += 1
+        return f"{what}:{self.program}:{self.n}"
+
+    def base(self, member: str, what: str) -> dict[str, Any]:
+        key = self.key(what)
+        return dict(idempotency_key=key, program_id=self.program, member_id=member, occurred_at=self.h.now,
+                    cause=Cause(source_event_id=f"model|{key}", reason=what))
+
+    def expect(self, cmd: LedgerCommand, predicted: str) -> list[dict[str, Any]]:
+        actual, posted = outcome(self.h.apply(cmd))
+        assert actual == predicted, f"{type(cmd).__name__}: ledger said {actual}, model said {predicted}"
+        return posted
+
+    @initialize()
+    def start(self) -> None:
+        pass
+
+    @rule(target=entries, member=st.sampled_from(MEMBERS), amount=st.integers(1, 500),
+          pending_h=st.sampled_from([None, 2, 48]), expires_h=st.sampled_from([None, 1, 5, 30, 200]))
+    def credit(self, member: str, amount: int, pending_h: int | None, expires_h: int | None) -> tuple[int, MEntry]:
+        available_at = self.h.now + timedelta(hours=pending_h) if pending_h else self.h.now
+        expires_at = self.h.now + timedelta(hours=expires_h) if expires_h else None
+        cmd = PostCredit(**self.base(member, "earn"), amount=amount, available_at=available_at, expires_at=expires_at)
+        mine = self.model.credit(member, amount, available_at, expires_at)
+        posted = self.expect(cmd, "posted")
+        self.last_command = cmd
+        return posted[0]["entry_id"], mine
+
+    @rule(target=entries, member=st.sampled_from(MEMBERS), amount=st.integers(1, 400))
+    def debit(self, member: str, amount: int) -> tuple[int, MEntry] | None:
+        cmd = PostDebit(**self.base(member, "spend"), amount=amount)
+        try:
+            mine, predicted = self.model.debit(member, amount), "posted"
+        except Refusal as refusal:
+            mine, predicted = None, refusal.reason
+        posted = self.expect(cmd, predicted)
+        return (posted[0]["entry_id"], mine) if mine else None
+
+    @rule(target=holds, member=st.sampled_from(MEMBERS), amount=st.integers(1, 300), ttl_h=st.sampled_from([1, 6]))
+    def place_hold(self, member: str, amount: int, ttl_h: int) -> tuple[str, str] | None:
+        hold_id = self.key("hold")
+        cmd = PlaceHold(**self.base(member, "hold"), hold_id=hold_id, amount=amount, ttl_seconds=ttl_h * 3600)
+        try:
+            self.model.place_hold(member, hold_id, amount, cmd.occurred_at + timedelta(hours=ttl_h))
+            predicted = "posted"
+        except Refusal as refusal:
+            predicted = refusal.reason
+        self.expect(cmd, predicted)
+        return (member, hold_id) if predicted == "posted" else None
+
+    @rule(target=entries, hold=holds, fraction=st.sampled_from([0.25, 0.5, 1.0, 1.5]))
+    def capture(self, hold: tuple[str, str] | None, fraction: float) -> tuple[int, MEntry] | None:
+        if hold is None:
+            return None
+        member, hold_id = hold
+        mhold = self.model.member(member).holds[hold_id]
+        amount = max(1, int(mhold.amount * fraction))
+        cmd = CaptureHold(**self.base(member, "capture"), hold_id=hold_id, amount=amount)
+        try:
+            mine, predicted = self.model.capture(member, hold_id, amount), "posted"
+        except Refusal as refusal:
+            mine, predicted = None, refusal.reason
+        posted = self.expect(cmd, predicted)
+        return (posted[0]["entry_id"], mine) if mine else None
+
+    @rule(hold=holds)
+    def release(self, hold: tuple[str, str] | None) -> None:
+        if hold is None:
+            return
+        member, hold_id = hold
+        cmd = ReleaseHold(**self.base(member, "release"), hold_id=hold_id)
+        try:
+            self.model.release(member, hold_id)
+            predicted = "posted"
+        except Refusal as refusal:
+            predicted = refusal.reason
+        self.expect(cmd, predicted)
+
+    @rule(hours=st.sampled_from([1, 3, 7, 24, 60]))
+    def advance_clock(self, hours: int) -> None:
+        self.h.now += timedelta(hours=hours)
+        self.model.now = self.h.now
+
+    @rule()
+    def sweep(self) -> None:
+        """The sweeper's commands, applied as the consumer would; then a second sweep finds nothing due."""
+        due = self.h.run(due_commands(self.h.conn, self.h.now))
+        for cmd in due:
+            if cmd.program_id == self.program:
+                self.h.apply(cmd)
+        self.model.expire_due()
+        again = [c for c in self.h.run(due_commands(self.h.conn, self.h.now)) if c.program_id == self.program]
+        assert again == [], f"still due after a sweep: {again}"
+
+    @rule(entry=consumes(entries), partial=st.booleans())
+    def reverse(self, entry: tuple[int, MEntry] | None, partial: bool) -> None:
+        if entry is None:
+            return
+        entry_id, mine = entry
+        amount = max(1, (mine.amount - mine.reversed) // 2) if partial else None
+        cmd = ReverseEntry(**self.base(mine.member, "reverse"), entry_id=entry_id, amount=amount)
+        try:
+            self.model.reverse(mine, amount)
+            predicted = "posted"
+        except Refusal as refusal:
+            predicted = refusal.reason
+        self.expect(cmd, predicted)
+
+    @rule(source=st.sampled_from(MEMBERS), amount=st.integers(1, 300))
+    def transfer(self, source: str, amount: int) -> None:
+        target = MEMBERS[1 - MEMBERS.index(source)]
+        cmd = TransferPoints(**self.base(source, "transfer"), to_member_id=target, amount=amount)
+        try:
+            self.model.transfer(source, target, amount)
+            predicted = "posted"
+        except Refusal as refusal:
+            predicted = refusal.reason
+        self.expect(cmd, predicted)
+
+    @rule(member=st.sampled_from(MEMBERS), direction=st.sampled_from(["credit", "debit"]), amount=st.integers(1, 200))
+    def adjust(self, member: str, direction: str, amount: int) -> None:
+        cmd = AdjustPoints(**self.base(member, "adjust"), direction=direction, amount=amount,
+                           reason="goodwill after a complaint", actor="ops@example.com")
+        try:
+            self.model.adjust(member, direction, amount)
+            predicted = "posted"
+        except Refusal as refusal:
+            predicted = refusal.reason
+        self.expect(cmd, predicted)
+
+    @rule(member=st.sampled_from(MEMBERS), amount=st.integers(1, 50))
+    def exact_replay(self, member: str, amount: int) -> None:
+        """The same command twice: the second changes nothing and publishes nothing."""
+        cmd = PostCredit(**self.base(member, "earn"), amount=amount)
+        self.model.credit(member, amount, cmd.occurred_at, None)
+        self.expect(cmd, "posted")
+        assert self.h.apply(cmd) == []
+
+    @rule(member=st.sampled_from(MEMBERS), amount=st.integers(1, 50))
+    def conflicting_replay(self, member: str, amount: int) -> None:
+        """The same key with another payload is refused, and the first command stands."""
+        cmd = PostCredit(**self.base(member, "earn"), amount=amount)
+        self.model.credit(member, amount, cmd.occurred_at, None)
+        self.expect(cmd, "posted")
+        self.expect(cmd.model_copy(update={"amount": amount + 1}), "idempotency_conflict")
+
+    @invariant()
+    def balances_match_the_model(self) -> None:
+        for name in MEMBERS:
+            book = self.h.run(repository.member_book(self.h.conn, self.program, name))
+            mine = self.model.member(name)
+            now = self.h.now
+            if book is None:
+                assert mine.balance() == 0 and mine.held() == 0
+                continue
+            actual = dict(balance=book.account.balance, available=book.available(now), pending=book.pending(now),
+                          held=book.held(), debt=book.account.debt, lifetime=book.account.lifetime_earned)
+            expected = dict(balance=mine.balance(), available=mine.available(now), pending=mine.pending(now),
+                            held=mine.held(), debt=mine.debt, lifetime=mine.lifetime)
+            assert actual == expected, f"{name} at {now}: ledger {actual} != model {expected}"
+
+    @invariant()
+    def ledger_verifies(self) -> None:
+        report = self.h.run(verify(self.h.conn, self.program))
+        assert report.ok, "\n".join(report.problems)
+
+
+async def _database(infra: Infra) -> str:
+    name = f"model_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(infra.admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    dsn = f"{infra.admin_dsn.rpartition('/')[0]}/{name}"
+    await shared_db.migrate(dsn, "ledger", MIGRATIONS)
+    return dsn
+
+
+@pytest.fixture
+def harness(infra: Infra) -> Any:
+    global HARNESS
+    loop = asyncio.new_event_loop()
+    try:
+        dsn = loop.run_until_complete(_database(infra))
+    finally:
+        loop.close()
+    HARNESS = Harness(dsn)
+    yield HARNESS
+    HARNESS.close()
+    HARNESS = None
+
+
+def test_ledger_matches_its_model(harness: Harness) -> None:
+    LedgerMachine.TestCase.settings = settings(
+        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    LedgerMachine.TestCase().runTest()
+    print(f"model-based test: {EXAMPLES} examples, up to {STEPS} steps each, {harness.steps} commands applied")
+    assert harness.steps > EXAMPLES  # the run did apply commands, not just generate them
