@@ -116,7 +116,7 @@ def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAP
             health=runtime.health, types=spec.types, handler=handler, handled_types=spec.handled_types,
             use_inbox=spec.use_inbox, retry_max_delay_s=settings.retry_max_delay_s)
         consumer.subscribe(broker, [settings.topic(t) for t in spec.topics],
-                           group_id=settings.topic(f"jifen-{spec.name}"),
+                           group_id=settings.consumer_group or settings.topic(f"jifen-{spec.name}"),
                            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms)
         producer = make_producer(settings, spec.name)
         await producer.start()

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = 5.0
     outbox_poll_interval_s: float = 1.0
     outbox_batch_size: int = 5000
+    # The consumer group; empty means `<prefix>jifen-<service>`. Another group makes a second, independent reader
+    # of the same partitions (the concurrency tests use it to run two ledgers over the same commands at once).
+    consumer_group: str = ""
 
     def topic(self, name: str) -> str:
         return named(name, self.topic_prefix)

@@ -6,7 +6,7 @@ handler runs, and the outbox rows it adds are written just before the commit, in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +23,7 @@ class UnitOfWork:
         self.engine = engine
         self.schema = schema
         self.messages: list[OutboxMessage] = []
+        self.after_commit: list[Callable[[], None]] = []  # e.g. metrics, counted only once the batch is stored
         self._committed = False
         self._conn: AsyncConnection | None = None
         self._tx: Transaction | None = None
@@ -36,6 +37,7 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         self.messages = []
+        self.after_commit = []
         self._committed = False
         self._conn = await self.engine.connect()
         try:
@@ -80,6 +82,8 @@ class UnitOfWork:
         await outbox.write(self.db, self.schema, self.messages)
         await self._tx.commit()
         self._committed = True
+        for done in self.after_commit:
+            done()
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self.db.fetch(sql, *args)

@@ -91,8 +91,9 @@ class World:
                 "JIFEN_TOPIC_PREFIX": self.prefix, "JIFEN_HTTP_PORT": str(port), "JIFEN_RETRY_MAX_DELAY_S": "1",
                 "JIFEN_OUTBOX_POLL_INTERVAL_S": "0.5"}
 
-    def service(self, name: str) -> ServiceProcess:
-        proc = ServiceProcess(name, self, free_port())
+    def service(self, name: str, **env: str) -> ServiceProcess:
+        """A service process; `env` adds settings, e.g. JIFEN_SWEEP_INTERVAL_S="0.5"."""
+        proc = ServiceProcess(name, self, free_port(), env)
         self.processes.append(proc)
         return proc
 
@@ -128,18 +129,20 @@ def free_port() -> int:
 class ServiceProcess:
     """A Jifen service as a real OS process, so it can be killed with SIGKILL mid-batch."""
 
-    def __init__(self, name: str, world: World, port: int) -> None:
+    def __init__(self, name: str, world: World, port: int, env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.env = env or {}
         self.world = world
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = REPO / ".run" / "test" / "logs" / f"{world.prefix}{name}.log"
+        self.log = REPO / ".run" / "test" / "logs" / f"{world.prefix}{name}-{port}.log"
 
     def start(self) -> ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], cwd=REPO,
-                                         env=self.world.env(self.port), stdout=out, stderr=subprocess.STDOUT)
+                                         env={**self.world.env(self.port), **self.env}, stdout=out,
+                                         stderr=subprocess.STDOUT)
         return self
 
     def url(self, path: str) -> str:
@@ -177,6 +180,15 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def jifen(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+    """Run the `jifen` command line as a user would; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli.main", *args, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def send(bootstrap: str, topic: str,

@@ -122,8 +122,11 @@ class ApplyCommands:
                     messages.append(self._hold_placed(item, outcome.placed))
                 messages += [self._hold_resolved(item, r) for r in outcome.resolutions]
             if rejection is not None:
-                messages.append(self._rejected(item, *rejection, now))
-        for entry in changes.entries:
+                messages.append(self._rejected(uow, item, *rejection, now))
+        uow.after_commit.append(lambda: self._count_entries(changes.entries))
+
+    def _count_entries(self, entries: list[Entry]) -> None:
+        for entry in entries:
             self.metrics.entries.labels(entry.program_id, entry.kind).inc()
             self.metrics.points.labels(entry.program_id, entry.kind).inc(entry.amount)
 
@@ -141,20 +144,20 @@ class ApplyCommands:
                 known[key] = digest
                 fresh.append((item, digest))
             elif prior == digest:
-                self.metrics.replays.inc()
+                uow.after_commit.append(self.metrics.replays.inc)
             else:
-                outcomes[id(item)] = [self._rejected(item, "idempotency_conflict",
+                outcomes[id(item)] = [self._rejected(uow, item, "idempotency_conflict",
                                                      f"key {key!r} was already used for a command with another "
                                                      "payload", now)]
         return fresh
 
-    def _rejected(self, item: Inbound, reason: str, detail: str, now: datetime) -> OutboxMessage:
+    def _rejected(self, uow: UnitOfWork, item: Inbound, reason: str, detail: str, now: datetime) -> OutboxMessage:
         cmd = item.data
         rejected = CommandRejected(
             program_id=cmd.program_id, member_id=cmd.member_id,  # type: ignore[attr-defined]
             idempotency_key=cmd.idempotency_key, command_type=item.event.type,  # type: ignore[attr-defined]
             reason=reason, detail=detail)
-        self.metrics.rejected.labels(reason).inc()
+        uow.after_commit.append(self.metrics.rejected.labels(reason).inc)
         return self._message(f"rejected:{item.event.event_id}", COMMAND_REJECTED, now, rejected.member_id,
                              rejected.idempotency_key, rejected)
 

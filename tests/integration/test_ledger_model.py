@@ -53,8 +53,8 @@ from tests.support import Infra
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "ledger" / "migrations"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MEMBERS = ("ann", "bob")
-EXAMPLES = int(os.environ.get("JIFEN_MODEL_EXAMPLES", "60"))
-STEPS = int(os.environ.get("JIFEN_MODEL_STEPS", "40"))
+EXAMPLES = int(os.environ.get("JIFEN_MODEL_EXAMPLES", "100"))
+STEPS = int(os.environ.get("JIFEN_MODEL_STEPS", "50"))
 T = TypeVar("T")
 
 
