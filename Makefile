@@ -31,6 +31,7 @@ test: deps
 	$(BIN)/python -m pytest
 
 ## bench: end-to-end throughput and latency next to raw Kafka and Postgres baselines (not a test).
+##        BENCH_ARGS="--mode ledger" measures the ledger alone, "--mode all" both (see README).
 bench: deps
 	$(BIN)/jifen stack up
 	$(BIN)/jifen bench $(BENCH_ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import urllib.request
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from cli import ledger as ledger_cli
 from cli.simulate import build_feed, publish
 from deploy.local.infra import StackError
 from deploy.local.stack import SERVICES, Stack
@@ -31,12 +33,39 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--members", type=int, default=300)
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every purchase to settle")
-    bench = sub.add_parser("bench", help="end-to-end throughput and latency against raw baselines")
-    bench.add_argument("--count", type=int, default=200_000, help="purchases for the throughput run")
-    bench.add_argument("--rate", type=float, default=1000.0, help="offered rate for the latency run")
-    bench.add_argument("--latency-count", type=int, default=30_000, help="purchases for the latency run")
+    bench = sub.add_parser("bench", help="throughput (and latency) against raw baselines: the pipeline or the ledger")
+    bench.add_argument("--mode", choices=["pipeline", "ledger", "history", "all"], default="pipeline",
+                       help="pipeline: purchases → earn → ledger (default); ledger: the ledger alone on preloaded "
+                            "commands; history: balance and entry pages of a member with a long history; all: "
+                            "every mode")
+    bench.add_argument("--history-entries", type=int, default=100_000,
+                       help="history: entries of the member (default %(default)s)")
+    bench.add_argument("--count", type=int, default=200_000, help="pipeline: purchases for the throughput run")
+    bench.add_argument("--rate", type=float, default=1000.0, help="pipeline: offered rate for the latency run")
+    bench.add_argument("--latency-count", type=int, default=30_000, help="pipeline: purchases for the latency run")
+    bench.add_argument("--credits", type=int, default=100_000,
+                       help="ledger: credits of phase (a) (default %(default)s)")
+    bench.add_argument("--mixed", type=int, default=100_000,
+                       help="ledger: commands of the mixed phase (b) (default %(default)s)")
+    bench.add_argument("--members", type=int, default=20_000,
+                       help="ledger: members the commands spread over (default %(default)s)")
+    bench.add_argument("--partitions", type=int, default=int(os.environ.get("JIFEN_PARTITIONS", "6")),
+                       help="ledger: partitions of the bench's commands topic (default %(default)s, as the stack's)")
+    bench.add_argument("--ledgers", type=int, default=os.cpu_count() or 1,
+                       help="ledger: ledger processes sharing the partitions, one consumer group (default: one per "
+                            "core, %(default)s)")
+    bench.add_argument("--seed", type=int, default=7, help="ledger: seed of the planned commands")
+    bench.add_argument("--timeout", type=float, default=900.0,
+                       help="ledger: seconds a phase may take (default %(default)s)")
+    bench.add_argument("--profile", metavar="DIR",
+                       help="ledger: record the ledger with py-spy during each phase, write the stacks to DIR and "
+                            "print its hot spots (slows the ledger a little)")
+    bench.add_argument("--keep", action="store_true", help="ledger: keep the bench's schema and topics")
+    ledger_cli.add_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "ledger":
+            return asyncio.run(ledger_cli.run(args))
         if args.command == "stack":
             return _stack(args.action)
         if args.command == "simulate":
