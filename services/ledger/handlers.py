@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -27,9 +28,7 @@ from shared.contracts import (
     HoldPlaced,
     HoldResolved,
     LedgerCommand,
-    LotView,
     PlaceHold,
-    PointsEntryPosted,
     PostCredit,
     PostDebit,
     ReleaseHold,
@@ -40,6 +39,7 @@ from shared.outbox import OutboxMessage
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.ledger"
+HOLD_COMMANDS = frozenset({PlaceHold, CaptureHold, ReleaseHold, ExpireHold})
 
 
 class LedgerMetrics:
@@ -79,20 +79,32 @@ class ApplyCommands:
     async def _apply(self, fresh: list[tuple[Inbound, bytes]], uow: UnitOfWork, now: datetime,
                      outcomes: dict[int, list[OutboxMessage]]) -> None:
         commands: list[LedgerCommand] = [item.data for item, _ in fresh]  # type: ignore[misc]
-        members = {(c.program_id, c.member_id) for c in commands}
-        members |= {(c.program_id, c.to_member_id) for c in commands if isinstance(c, TransferPoints)}
+        # One pass sorting out what the batch touches (exact type checks: pydantic's isinstance is slow).
+        members: set[tuple[str, str]] = set()
+        needs_lots: set[tuple[str, str]] = set()  # credits need only the tip; everything else the open lots
+        hold_ids: list[str] = []
+        entry_ids: list[int] = []
+        for c in commands:
+            member = (c.program_id, c.member_id)
+            members.add(member)
+            kind = type(c)
+            if kind is PostCredit:
+                continue
+            needs_lots.add(member)
+            if kind is TransferPoints:
+                receiver = (c.program_id, c.to_member_id)  # type: ignore[attr-defined]
+                members.add(receiver)
+                needs_lots.add(receiver)
+            elif kind in HOLD_COMMANDS:
+                hold_ids.append(c.hold_id)  # type: ignore[attr-defined]
+            elif kind is ReverseEntry:
+                entry_ids.append(c.entry_id)  # type: ignore[attr-defined]
         keys: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
-        keys += [(p, kind, "") for p in {c.program_id for c in commands} for kind in domain.SYSTEM_ACCOUNTS]
+        keys += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
         rows = await repository.accounts(uow.db, keys)
         accounts = {(k[0], k[2]): repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
-        # Credits need only the tip (and the debts, when there are any); everything else needs the open lots.
-        complete = {accounts[(c.program_id, c.member_id)].id for c in commands if not isinstance(c, PostCredit)}
-        complete |= {accounts[(c.program_id, c.to_member_id)].id for c in commands if isinstance(c, TransferPoints)}
-        complete |= {a.id for a in accounts.values() if a.debt > 0}
-        loaded = await repository.load_books(
-            uow.db, list(accounts.values()), complete,
-            [c.hold_id for c in commands if isinstance(c, PlaceHold | CaptureHold | ReleaseHold | ExpireHold)],
-            [c.entry_id for c in commands if isinstance(c, ReverseEntry)])
+        complete = {a.id for key, a in accounts.items() if key in needs_lots or a.debt > 0}
+        loaded = await repository.load_books(uow.db, list(accounts.values()), complete, hold_ids, entry_ids)
         books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
         journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"])
         results: list[tuple[Inbound, bytes, Outcome | None, tuple[str, str] | None]] = []
@@ -126,9 +138,14 @@ class ApplyCommands:
         uow.after_commit.append(lambda: self._count_entries(changes.entries))
 
     def _count_entries(self, entries: list[Entry]) -> None:
+        counts: dict[tuple[str, str], list[int]] = {}
         for entry in entries:
-            self.metrics.entries.labels(entry.program_id, entry.kind).inc()
-            self.metrics.points.labels(entry.program_id, entry.kind).inc(entry.amount)
+            count = counts.setdefault((entry.program_id, entry.kind), [0, 0])
+            count[0] += 1
+            count[1] += entry.amount
+        for (program, kind), (n, points) in counts.items():
+            self.metrics.entries.labels(program, kind).inc(n)
+            self.metrics.points.labels(program, kind).inc(points)
 
     async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime,
                                 outcomes: dict[int, list[OutboxMessage]]) -> list[tuple[Inbound, bytes]]:
@@ -178,17 +195,11 @@ class ApplyCommands:
                              cmd.idempotency_key, resolved)
 
     def _posted(self, entry: Entry) -> OutboxMessage:
-        assert entry.id is not None
-        lots = [LotView(lot_id=lot.id, amount=lot.amount, available_at=lot.available_at, expires_at=lot.expires_at)
-                for lot in entry.lots]
-        posted = PointsEntryPosted(
-            entry_id=entry.id, program_id=entry.program_id, member_id=entry.member_id, seq=entry.seq,
-            amount=entry.signed_amount, balance_after=entry.balance_after, kind=entry.kind,
-            idempotency_key=entry.command_key, cause=entry.cause, occurred_at=entry.occurred_at,
-            posted_at=entry.posted_at, hash=entry.hash.hex(), lot=lots[0] if lots else None, lots=lots,
-            corrects_entry_id=entry.corrects_entry_id, hold_id=entry.hold_id)
-        return self._message(f"entry:{entry.id}", ENTRY_POSTED, entry.posted_at, entry.member_id, entry.command_key,
-                             posted)
+        return OutboxMessage(
+            topic=self.entries_topic, key=entry.member_id.encode(),
+            value=envelope.encode(f"entry:{entry.id}", SOURCE, ENTRY_POSTED, entry.posted_at, posted_data(entry),
+                                  subject=entry.command_key),
+            headers=envelope.STRUCTURED_HEADERS)
 
     def _message(self, event_id: str, type_: str, at: datetime, member_id: str, subject: str,
                  body: Contract) -> OutboxMessage:
@@ -196,6 +207,20 @@ class ApplyCommands:
             topic=self.entries_topic, key=member_id.encode(),
             value=envelope.encode(event_id, SOURCE, type_, at, body.model_dump(mode="json"), subject=subject),
             headers=envelope.STRUCTURED_HEADERS)
+
+
+def posted_data(entry: Entry) -> dict[str, Any]:
+    """The `PointsEntryPosted` contract's data, built as a plain dict: one per entry is the hot path, and
+    building and dumping the pydantic model cost a tenth of the ledger's time. A unit test holds the two equal."""
+    lots = [{"lot_id": lot.id, "amount": lot.amount, "available_at": lot.available_at, "expires_at": lot.expires_at}
+            for lot in entry.lots]
+    return {
+        "entry_id": entry.id, "program_id": entry.program_id, "member_id": entry.member_id, "seq": entry.seq,
+        "amount": entry.signed_amount, "balance_after": entry.balance_after, "kind": entry.kind,
+        "idempotency_key": entry.command_key, "cause": entry.cause.model_dump(), "occurred_at": entry.occurred_at,
+        "posted_at": entry.posted_at, "lot": lots[0] if lots else None, "lots": lots,
+        "corrects_entry_id": entry.corrects_entry_id, "hold_id": entry.hold_id, "hash": entry.hash.hex(),
+    }
 
 
 def _apply_one(journal: Journal, books: dict[tuple[str, str], MemberBook], loaded: repository.Loaded,

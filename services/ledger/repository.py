@@ -110,10 +110,16 @@ async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], compl
             books[lot.account_id].lots.append(lot)
     taken: set[str] = set()
     if full or hold_ids:
+        # Two index lookups (open holds of these accounts; the holds named by commands) rather than one OR.
         rows = await db.fetch(
-            """SELECT h.hold_id, h.account_id, h.amount, h.expires_at, s.hold_id IS NOT NULL AS resolved
-               FROM holds h LEFT JOIN hold_resolutions s ON s.hold_id = h.hold_id
-               WHERE (h.account_id = ANY($1::bigint[]) AND s.hold_id IS NULL) OR h.hold_id = ANY($2::text[])""",
+            """SELECT h.hold_id, h.account_id, h.amount, h.expires_at, false AS resolved
+               FROM holds h
+               WHERE h.account_id = ANY($1::bigint[])
+                 AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
+               UNION
+               SELECT h.hold_id, h.account_id, h.amount, h.expires_at,
+                      EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
+               FROM holds h WHERE h.hold_id = ANY($2::text[])""",
             full, list(hold_ids))
         open_ids = []
         for r in rows:
@@ -288,16 +294,19 @@ async def member_book(db: asyncpg.Connection, program_id: str, member_id: str) -
 async def entries_page(db: asyncpg.Connection, program_id: str, member_id: str, before_seq: int | None,
                        limit: int) -> tuple[list[asyncpg.Record], dict[int, list[asyncpg.Record]]]:
     """A page of a member's entries, newest first (by the (account, seq) index), with the lots each one made."""
+    account_id = await db.fetchval(
+        "SELECT id FROM accounts WHERE program_id = $1 AND kind = 'member' AND member_id = $2", program_id, member_id)
+    if account_id is None:
+        return [], {}
+    # One account at a time, so the planner walks the (account_id, seq) index backwards and stops at `limit`.
     rows = await db.fetch(
         """SELECT e.id, e.seq, e.kind, e.amount, e.to_account_id = e.account_id AS incoming, e.balance_after,
                   e.command_key, e.source_event_id, e.rule_id, e.rule_version, e.reason, e.details,
                   e.occurred_at, e.posted_at, e.hash, e.corrects_entry_id, e.hold_id
-           FROM accounts a
-           JOIN entries e ON e.account_id = a.id
-           WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_id = $2
-             AND ($3::bigint IS NULL OR e.seq < $3)
-           ORDER BY e.seq DESC LIMIT $4""",
-        program_id, member_id, before_seq, limit)
+           FROM entries e
+           WHERE e.account_id = $1 AND e.seq < $2
+           ORDER BY e.seq DESC LIMIT $3""",
+        account_id, before_seq if before_seq is not None else 2**62, limit)
     lots: dict[int, list[asyncpg.Record]] = {}
     if rows:
         for r in await db.fetch(

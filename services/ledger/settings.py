@@ -6,6 +6,9 @@ from shared.settings import Settings
 class LedgerSettings(Settings):
     http_port: int = 8102
     schema_name: str = "ledger"
+    # Bigger batches than the shared default: per-batch costs (round trips, account reads) are a large share
+    # of the ledger's time, and `jifen bench --mode ledger` measured ~15% more credits/s at 5000 than at 2000.
+    batch_max_records: int = 5000
     # The expiry sweeper: how often it looks for due lots and timed-out holds, and how many per transaction.
     sweep_interval_s: float = 30.0
     sweep_batch_size: int = 2000
