@@ -108,7 +108,7 @@ def encode(event_id: str, source: str, type_: str, time: datetime, data: Any,
     }
     if subject is not None:
         envelope["subject"] = subject
-    return orjson.dumps(envelope, default=_default)
+    return orjson.dumps(envelope, default=_default, option=orjson.OPT_UTC_Z)
 
 
 def _default(value: Any) -> Any:

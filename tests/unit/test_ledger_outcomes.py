@@ -25,6 +25,8 @@ def test_posted_entry_data_is_the_published_contract() -> None:
 
     wire = orjson.loads(envelope.encode("entry:101", "jifen.ledger", "t", NOW, posted_data(entry)))["data"]
     parsed = PointsEntryPosted.model_validate(wire)
+    # Byte for byte what the pydantic model itself would have put on the wire.
+    assert wire == orjson.loads(parsed.model_dump_json())
 
     assert parsed.model_extra == {}  # no field outside the contract
     assert (parsed.entry_id, parsed.amount, parsed.balance_after, parsed.seq, parsed.kind) == (101, 42, 42, 1, "earn")
