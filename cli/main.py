@@ -18,6 +18,7 @@ from cli import ledger as ledger_cli
 from cli.simulate import build_feed, publish
 from deploy.local.infra import StackError
 from deploy.local.stack import SERVICES, Stack
+from services.ledger.verify import verify
 from shared import topics
 from shared.settings import Settings
 
@@ -142,6 +143,9 @@ async def simulate(args: argparse.Namespace) -> int:
                       f"{feed.expected_credits:,} credits posted; see the logs in .run/logs/", file=sys.stderr)
                 return 1
             await asyncio.sleep(0.5)
+        # The whole ledger, not just this run: chains, sequences, zero-sum, lots, holds.
+        await conn.execute("SET search_path = ledger")
+        report = await verify(conn)
     finally:
         await conn.close()
 
@@ -149,7 +153,9 @@ async def simulate(args: argparse.Namespace) -> int:
     for sample, value in dlq.items():
         by_reason[_label(sample, "reason")] += int(value)
     reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
-    ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits
+    ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
+    checks = report.checked[0].split(":")[0] if report.checked else "nothing"
+    verified = f"✔ every rule holds ({checks})" if report.ok else f"✘ {report.problems[0]}"
     print(f"""
 Summary {'✔' if ok else '✘'}
   purchases credited   {credited['entries']:,} (expected {feed.expected_credits:,})
@@ -157,6 +163,7 @@ Summary {'✔' if ok else '✘'}
   members credited     {credited['members']:,}
   duplicates skipped   {int(duplicates):,}
   sent to DLQ          {sum(by_reason.values()):,}{reasons}
+  ledger verify        {verified}
 
 Where to look
   balances   curl http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance

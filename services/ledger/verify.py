@@ -67,7 +67,7 @@ async def _chains(db: asyncpg.Connection, program_id: str | None, report: Report
                 report.problems.append(f"{where}: balance_after {e['balance_after']} but previous "
                                        f"{prev_balance} {signed:+d}")
             previous = (e["account_id"], bytes(e["hash"]), e["balance_after"])
-    report.checked.append(f"{entries} entries: hash chains and running balances verify")
+    report.checked.append(f"{entries:,} entries: hash chains and running balances verify")
 
 
 async def _accounts(db: asyncpg.Connection, program_id: str | None, report: Report) -> None:
@@ -92,7 +92,7 @@ async def _accounts(db: asyncpg.Connection, program_id: str | None, report: Repo
         if r["lifetime_earned"] != r["earned"]:
             report.problems.append(f"{who}: lifetime_earned {r['lifetime_earned']} but earning entries net "
                                    f"{r['earned']}")
-    report.checked.append(f"{len(rows)} member accounts: balances equal their entries, sequences gapless from 1, "
+    report.checked.append(f"{len(rows):,} member accounts: balances equal their entries, sequences gapless from 1, "
                           "lifetime earned equals earning entries less their reversals")
 
 
@@ -116,7 +116,7 @@ async def _zero_sum(db: asyncpg.Connection, program_id: str | None, report: Repo
         if r["members"] + r["system"] != 0:
             report.problems.append(f"programme {r['program_id']}: member balances {r['members']} and system "
                                    f"accounts {r['system']} do not sum to zero")
-    report.checked.append(f"{len(rows)} programmes: accounts sum to zero")
+    report.checked.append(f"{len(rows):,} programmes: accounts sum to zero")
 
 
 async def _lots(db: asyncpg.Connection, program_id: str | None, report: Report) -> None:
@@ -161,8 +161,8 @@ async def _lots(db: asyncpg.Connection, program_id: str | None, report: Report) 
         if r["balance"] != r["remainders"] - r["owed"]:
             report.problems.append(f"{who}: balance {r['balance']} but lot remainders {r['remainders']} less debt "
                                    f"{r['owed']}")
-    report.checked.append(f"{len(rows)} lots: remainders ≥ 0 and ≥ what open holds reserve; closures match; "
-                          f"{len(accounts)} balances equal lot remainders less debt")
+    report.checked.append(f"{len(rows):,} lots: remainders ≥ 0 and ≥ what open holds reserve; closures match; "
+                          f"{len(accounts):,} balances equal lot remainders less debt")
 
 
 async def _holds(db: asyncpg.Connection, program_id: str | None, report: Report) -> None:
@@ -184,7 +184,7 @@ async def _holds(db: asyncpg.Connection, program_id: str | None, report: Report)
                                           or (r["captured"] or 0) != (r["capture_entry"] or 0)):
             report.problems.append(f"{where}: captured {r['captured']} of {r['amount']} with an entry of "
                                    f"{r['capture_entry']}")
-    report.checked.append(f"{len(rows)} holds: resolved at most once, reservations equal the hold, "
+    report.checked.append(f"{len(rows):,} holds: resolved at most once, reservations equal the hold, "
                           "captures within the hold")
 
 
