@@ -187,36 +187,25 @@ def _id(ref: Entry | int) -> int:
     return ref
 
 
+ENTRY_COLUMNS = ("id", "program_id", "account_id", "seq", "from_account_id", "to_account_id", "amount",
+                 "balance_after", "kind", "command_key", "source_event_id", "rule_id", "rule_version", "reason",
+                 "details", "occurred_at", "posted_at", "prev_hash", "hash", "corrects_entry_id", "hold_id")
+LOT_COLUMNS = ("id", "entry_id", "account_id", "amount", "available_at", "expires_at", "origin_lot_id")
+
+
 async def store(db: asyncpg.Connection, changes: Changes) -> None:
     """Insert everything a batch added, one multi-row statement per table."""
-    entries = changes.entries
-    if entries:
-        await db.execute(
-            """INSERT INTO entries (id, program_id, account_id, seq, from_account_id, to_account_id, amount,
-                                    balance_after, kind, command_key, source_event_id, rule_id, rule_version, reason,
-                                    details, occurred_at, posted_at, prev_hash, hash, corrects_entry_id, hold_id)
-               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-                                    $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
-                                    $13::int[], $14::text[], $15::jsonb[], $16::timestamptz[], $17::timestamptz[],
-                                    $18::bytea[], $19::bytea[], $20::bigint[], $21::text[])""",
-            [e.id for e in entries], [e.program_id for e in entries], [e.account_id for e in entries],
-            [e.seq for e in entries], [e.from_account_id for e in entries], [e.to_account_id for e in entries],
-            [e.amount for e in entries], [e.balance_after for e in entries], [e.kind for e in entries],
-            [e.command_key for e in entries], [e.cause.source_event_id for e in entries],
-            [e.cause.rule_id for e in entries], [e.cause.rule_version for e in entries],
-            [e.cause.reason for e in entries],
-            [orjson.dumps(e.details).decode() if e.details is not None else None for e in entries],
-            [e.occurred_at for e in entries], [e.posted_at for e in entries], [e.prev_hash for e in entries],
-            [e.hash for e in entries], [e.corrects_entry_id for e in entries], [e.hold_id for e in entries])
-    lots = changes.lots
-    if lots:
-        await db.execute(
-            """INSERT INTO lots (id, entry_id, account_id, amount, available_at, expires_at, origin_lot_id)
-               SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[],
-                                    $6::timestamptz[], $7::bigint[])""",
-            [lot.id for lot in lots], [lot.made_by_entry_id for lot in lots], [lot.account_id for lot in lots],
-            [lot.amount for lot in lots], [lot.available_at for lot in lots], [lot.expires_at for lot in lots],
-            [lot.origin.id if lot.origin is not None else lot.origin_id for lot in lots])
+    # Entries and lots, the bulk of every batch, go in by binary COPY: cheaper on both sides than unnest().
+    if changes.entries:
+        await db.copy_records_to_table("entries", columns=ENTRY_COLUMNS, records=[
+            (e.id, e.program_id, e.account_id, e.seq, e.from_account_id, e.to_account_id, e.amount, e.balance_after,
+             e.kind, e.command_key, e.cause.source_event_id, e.cause.rule_id, e.cause.rule_version, e.cause.reason,
+             orjson.dumps(e.details).decode() if e.details is not None else None, e.occurred_at, e.posted_at,
+             e.prev_hash, e.hash, e.corrects_entry_id, e.hold_id) for e in changes.entries])
+    if changes.lots:
+        await db.copy_records_to_table("lots", columns=LOT_COLUMNS, records=[
+            (lot.id, lot.made_by_entry_id, lot.account_id, lot.amount, lot.available_at, lot.expires_at,
+             lot.origin.id if lot.origin is not None else lot.origin_id) for lot in changes.lots])
     if changes.holds:
         holds = changes.holds
         await db.execute(
