@@ -168,7 +168,7 @@ def _tune_gc() -> None:
     and collecting the young generation less often takes that off the hot path."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(300_000, 50, 100)
 
 
 async def _migrate_with_retry(dsn: str, schema: str, migrations: Path) -> list[str]:
