@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # The consumer group; empty means `<prefix>jifen-<service>`. Another group makes a second, independent reader
     # of the same partitions (the concurrency tests use it to run two ledgers over the same commands at once).
     consumer_group: str = ""
+    # Allocations between collections of the youngest generation (Python's default, 700). Raising it bought
+    # throughput but cost latency (p50 73 ms → 119 ms at 20,000), measured with `jifen bench`.
+    gc_young_threshold: int = 700
 
     def topic(self, name: str) -> str:
         return named(name, self.topic_prefix)
