@@ -10,13 +10,13 @@ import signal
 import socket
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from cli.bench import BenchError
 from deploy.local.infra import REPO, tail
+from deploy.local.stack import http_ok
 from shared.settings import Settings
 
 READY_TIMEOUT_S = 90.0
@@ -27,14 +27,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _append(path: Path) -> Any:
@@ -67,7 +59,7 @@ class PrivateLedger:
                 sys.executable, "-m", "services.ledger", stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not await asyncio.to_thread(_http_ok, f"http://127.0.0.1:{port}/health/ready"):
+        while not await asyncio.to_thread(http_ok, f"http://127.0.0.1:{port}/health/ready"):
             self.check_alive("during start")
             if time.monotonic() > deadline:
                 raise BenchError(f"the bench's ledger was not ready after {READY_TIMEOUT_S:.0f}s; see {self.log_file}")

@@ -76,7 +76,7 @@ class Stack:
             return
         pid = spawn([sys.executable, "-m", service.module], self.log_file(service.name), pid_file, env=env)
         deadline = time.monotonic() + timeout
-        while not _http_ok(service.url("/health/ready")):
+        while not http_ok(service.url("/health/ready")):
             if not pid_alive(pid_file):
                 raise StackError(f"{service.name} exited during start; last log lines:\n"
                                  f"{tail(self.log_file(service.name))}")
@@ -131,7 +131,7 @@ def _http_get(url: str) -> str | None:
         return None
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
