@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
-from services.earn.programmes import load_folder
+from services.earn.programmes import Catalogue
 from services.earn.settings import EarnSettings
 from shared import topics
 from shared.contracts import INBOUND_TYPES
@@ -20,18 +20,19 @@ EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS]
 
 def create_app(settings: EarnSettings | None = None) -> FastAPI:
     settings = settings or EarnSettings()
-    programmes = load_folder(settings.programmes_dir)
+    catalogue = Catalogue.load(settings.programmes_dir)
     commands_topic = settings.topic(topics.LEDGER_COMMANDS)
     spec = ServiceSpec(
         # No migrations of its own yet: earn keeps only the shared inbox and outbox so far.
         name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
         topics=EARN_TOPICS, types=dict(INBOUND_TYPES), handled_types=HANDLED,
-        make_handler=lambda registry: EarnFromEvents(programmes, commands_topic, EarnMetrics(registry)))
+        make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)))
     app, _runtime = build_app(spec, settings, "Jifen earn")
 
     @app.get("/v1/programs", tags=["earn"])
     async def list_programmes() -> list[dict[str, object]]:
+        catalogue.refresh()
         return [{"program_id": p.program_id, "name": p.name, "version": p.version,
-                 "effective_from": p.effective_from} for p in programmes.values()]
+                 "effective_from": p.effective_from} for p in catalogue]
 
     return app

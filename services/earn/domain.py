@@ -1,38 +1,189 @@
-"""Earn rules: how an event becomes points. Pure: no I/O, no clock."""
+"""Earn rules: how a purchase becomes points under a programme version. Pure: no I/O, no clock.
+
+A purchase is judged line by line. Each rule that fires (base rate, product or category multiplier, fixed
+bonus, campaign, rebate) gives points per line as exact decimals; a rule's credit is the floor of its sum,
+so a fraction of a point is never credited and each rule's points are explainable on their own. Each rule
+that yields points becomes one ledger credit with key `earn:{event_id}:{rule_id}`, and keeps the points
+per line, so a refund can take back exactly what the refunded lines earned.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.contracts import Cause, PostCredit, PurchaseCompleted
+from shared.contracts import Cause, PostCredit, PurchaseCompleted, PurchaseLine
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Rate = Field(gt=0)
 
 
-class PurchaseRule(BaseModel):
+class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class Match(Rule):
+    """Which lines a rule applies to: any of these SKUs or categories (both empty: every line)."""
+
+    skus: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+    def matches(self, line: PurchaseLine) -> bool:
+        if not self.skus and not self.categories:
+            return True
+        return line.sku in self.skus or (line.category is not None and line.category in self.categories)
+
+
+class BaseRate(Rule):
     rule_id: str = "base"
-    points_per_unit: Decimal = Field(gt=0)
+    points_per_unit: Decimal = Rate  # points per unit of currency
     rounding: Literal["floor"] = "floor"
 
 
+class Multiplier(Match):
+    """Points × `multiplier` on matching lines (the base points count once; this rule adds the rest).
+    Where several product or category multipliers match a line, the highest one applies."""
+
+    rule_id: str
+    multiplier: Decimal = Field(gt=1)
+
+
+class Bonus(Match):
+    """Fixed points for each matching line, or for each unit bought on it."""
+
+    rule_id: str
+    points: int = Field(gt=0)
+    per: Literal["line", "unit"] = "unit"
+
+
+class Campaign(Match):
+    """A multiplier for a while: within [starts, ends), on given weekdays, channels and stores (empty: any).
+    A campaign with neither SKUs nor categories applies only to lines that have a category, so a plain purchase
+    (no lines, no category) never gets it."""
+
+    rule_id: str
+    multiplier: Decimal = Field(gt=1)
+    starts: datetime
+    ends: datetime
+    weekdays: frozenset[Weekday] = frozenset()
+    channels: frozenset[Literal["pos", "online", "app"]] = frozenset()
+    stores: frozenset[str] = frozenset()
+
+    @model_validator(mode="after")
+    def _window(self) -> Campaign:
+        if self.ends <= self.starts:
+            raise ValueError("ends must be after starts")
+        return self
+
+    def runs(self, at: datetime, tz: ZoneInfo, purchase: PurchaseCompleted) -> bool:
+        local = at.astimezone(tz)
+        return (self.starts <= at < self.ends
+                and (not self.weekdays or WEEKDAYS[local.weekday()] in self.weekdays)
+                and (not self.channels or purchase.channel in self.channels)
+                and (not self.stores or purchase.store_id in self.stores))
+
+    def applies_to(self, line: PurchaseLine) -> bool:
+        if not self.skus and not self.categories:
+            return line.category is not None
+        return self.matches(line)
+
+
+class Rebate(Rule):
+    """Spend at least `min_total` (on eligible lines) and get `percent` of it back as points; chosen products
+    or categories earn their own, higher percentage."""
+
+    rule_id: str
+    min_total: Decimal = Field(ge=0)
+    percent: Decimal = Field(gt=0, le=100)
+    higher: list[RebateRate] = Field(default_factory=list)
+
+
+class RebateRate(Match):
+    percent: Decimal = Field(gt=0, le=100)
+
+
+class PurchaseRules(Rule):
+    base: BaseRate
+    exclude: Match | None = None  # lines that earn nothing at all (gift cards, tax, shipping)
+    multipliers: list[Multiplier] = Field(default_factory=list)
+    bonuses: list[Bonus] = Field(default_factory=list)
+    campaigns: list[Campaign] = Field(default_factory=list)
+    rebates: list[Rebate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_rule_ids(self) -> PurchaseRules:
+        ids = [self.base.rule_id] + [r.rule_id for group in (self.multipliers, self.bonuses, self.campaigns,
+                                                              self.rebates) for r in group]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"rule ids must be unique within a programme: {', '.join(repeated)}")
+        return self
+
+
+class Pending(Rule):
+    """How long points stay pending (the return window), by channel."""
+
+    days: int = Field(default=0, ge=0, le=365)
+    by_channel: dict[Literal["pos", "online", "app"], int] = Field(default_factory=dict)
+
+
+class Expiry(Rule):
+    """`none`; `rolling` N months after the points were earned; or `fixed`: the end (local time) of a calendar
+    day, `years_after` years after the year the points were earned (e.g. 31 December of the next year)."""
+
+    policy: Literal["none", "rolling", "fixed"] = "none"
+    months: int = Field(default=24, ge=1, le=240)
+    month: int = Field(default=12, ge=1, le=12)
+    day: int = Field(default=31, ge=1, le=31)
+    years_after: int = Field(default=1, ge=0, le=10)
+
+
 class Programme(BaseModel):
+    """One version of a programme, as one YAML file. Versions of a programme share `program_id`; an event is
+    judged by the version in effect at its own time."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     program_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     name: str
     version: int = Field(ge=1)
     effective_from: datetime
+    timezone: str = "UTC"
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: any currency, 1:1
-    purchase: PurchaseRule
+    purchase: PurchaseRules
+    pending: Pending = Pending()
+    expiry: Expiry = Expiry()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except Exception as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
 
-def purchase_points(rule: PurchaseRule, total: Decimal) -> int:
-    """floor(total × rate): points are whole, and a fraction of a point is never credited."""
-    return int((total * rule.points_per_unit).to_integral_value(rounding=ROUND_FLOOR))
+@dataclass(frozen=True)
+class RulePoints:
+    """What one rule gave: its points (the floor of the exact sum) and the exact share of each line."""
+
+    rule_id: str
+    kind: str
+    points: int
+    lines: dict[int, Decimal]  # line index -> exact points before rounding
+    note: str
 
 
 def earn_key(event_id: str, rule_id: str) -> str:
@@ -40,18 +191,99 @@ def earn_key(event_id: str, rule_id: str) -> str:
     return f"earn:{event_id}:{rule_id}"
 
 
-def credit_for_purchase(programme: Programme, event_id: str, occurred_at: datetime,
-                        purchase: PurchaseCompleted) -> PostCredit | None:
-    points = purchase_points(programme.purchase, purchase.total)
-    if points <= 0:
+def purchase_points(rule: BaseRate, total: Decimal) -> int:
+    """floor(total × rate): points are whole, and a fraction of a point is never credited."""
+    return _floor(total * rule.points_per_unit)
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
+
+def lines_of(purchase: PurchaseCompleted) -> list[PurchaseLine]:
+    """The purchase's lines; a purchase sent without lines is one line of its total, with no category."""
+    if purchase.lines:
+        return list(purchase.lines)
+    return [PurchaseLine(sku="*", quantity=Decimal(1), unit_price=purchase.total, total=purchase.total)]
+
+
+def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted) -> list[RulePoints]:
+    """Every rule's points for this purchase, in a stable order: base, multipliers, bonuses, campaigns, rebates."""
+    rules = programme.purchase
+    lines = lines_of(purchase)
+    eligible = {i: line for i, line in enumerate(lines) if not (rules.exclude and rules.exclude.matches(line))}
+    base = {i: line.total * rules.base.points_per_unit for i, line in eligible.items()}
+    result = [RulePoints(rules.base.rule_id, "base", _floor(sum(base.values(), Decimal(0))), base,
+                         f"{rules.base.points_per_unit} per unit of currency, {rules.base.rounding}")]
+    # The highest matching product or category multiplier per line.
+    best: dict[int, Multiplier] = {}
+    for i, line in eligible.items():
+        for m in rules.multipliers:
+            if m.matches(line) and (i not in best or m.multiplier > best[i].multiplier):
+                best[i] = m
+    for m in rules.multipliers:
+        extra = {i: base[i] * (m.multiplier - 1) for i, chosen in best.items() if chosen is m}
+        result.append(RulePoints(m.rule_id, "multiplier", _floor(sum(extra.values(), Decimal(0))), extra,
+                                 f"×{m.multiplier} on matching lines"))
+    for b in rules.bonuses:
+        given = {i: Decimal(b.points) * (line.quantity if b.per == "unit" else 1)
+                 for i, line in eligible.items() if b.matches(line)}
+        result.append(RulePoints(b.rule_id, "bonus", _floor(sum(given.values(), Decimal(0))), given,
+                                 f"{b.points} per {b.per}"))
+    for c in rules.campaigns:
+        running = c.runs(occurred_at, programme.zone, purchase)
+        extra = {i: base[i] * (c.multiplier - 1) for i, line in eligible.items() if running and c.applies_to(line)}
+        result.append(RulePoints(c.rule_id, "campaign", _floor(sum(extra.values(), Decimal(0))), extra,
+                                 f"×{c.multiplier} from {c.starts.isoformat()} to {c.ends.isoformat()}"))
+    spent = sum((line.total for line in eligible.values()), Decimal(0))
+    for r in rules.rebates:
+        back: dict[int, Decimal] = {}
+        if spent >= r.min_total and spent > 0:
+            for i, line in eligible.items():
+                percent = max([h.percent for h in r.higher if h.matches(line)], default=r.percent)
+                back[i] = line.total * percent / 100
+        result.append(RulePoints(r.rule_id, "rebate", _floor(sum(back.values(), Decimal(0))), back,
+                                 f"{r.percent}% back from {r.min_total} spent"))
+    return result
+
+
+def available_at(programme: Programme, occurred_at: datetime, channel: str) -> datetime:
+    days = programme.pending.by_channel.get(channel, programme.pending.days)  # type: ignore[call-overload]
+    return occurred_at + timedelta(days=days)
+
+
+def expires_at(programme: Programme, occurred_at: datetime) -> datetime | None:
+    policy = programme.expiry
+    if policy.policy == "none":
         return None
-    rule = programme.purchase
-    return PostCredit(
-        idempotency_key=earn_key(event_id, rule.rule_id), program_id=programme.program_id,
-        member_id=purchase.member_id, amount=points, occurred_at=occurred_at, available_at=occurred_at,
-        cause=Cause(source_event_id=event_id, rule_id=rule.rule_id, rule_version=programme.version,
-                    reason="purchase"),
+    local = occurred_at.astimezone(programme.zone)
+    if policy.policy == "rolling":
+        month = local.month - 1 + policy.months
+        year, month = local.year + month // 12, month % 12 + 1
+        day = min(local.day, calendar.monthrange(year, month)[1])
+        return local.replace(year=year, month=month, day=day).astimezone(UTC)
+    year = local.year + policy.years_after
+    day = min(policy.day, calendar.monthrange(year, policy.month)[1])
+    end_of_day = datetime.combine(datetime(year, policy.month, day).date(), time.max, tzinfo=programme.zone)
+    return end_of_day.astimezone(UTC)
+
+
+def credits_for_purchase(programme: Programme, event_id: str, occurred_at: datetime,
+                         purchase: PurchaseCompleted) -> list[PostCredit]:
+    """One ledger credit per rule that yields points, each explaining itself in `details`."""
+    fired = [r for r in rule_points(programme, occurred_at, purchase) if r.points > 0]
+    when_available = available_at(programme, occurred_at, purchase.channel)
+    when_expires = expires_at(programme, occurred_at)
+    lines = lines_of(purchase)
+    return [PostCredit(
+        idempotency_key=earn_key(event_id, r.rule_id), program_id=programme.program_id,
+        member_id=purchase.member_id, amount=r.points, occurred_at=occurred_at, available_at=when_available,
+        expires_at=when_expires,
+        cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase"),
         details={"order_id": purchase.order_id, "total": str(purchase.total), "currency": purchase.currency,
-                 "rules": [{"rule_id": rule.rule_id, "points": points,
-                            "rate": str(rule.points_per_unit), "rounding": rule.rounding}]},
-    )
+                 "rule": {"rule_id": r.rule_id, "kind": r.kind, "points": r.points, "why": r.note},
+                 "lines": [{"sku": lines[i].sku, "points": str(p)} for i, p in sorted(r.lines.items()) if p]},
+    ) for r in fired]
+
+
+Rebate.model_rebuild()
