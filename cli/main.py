@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from cli import earn as earn_cli
 from cli import ledger as ledger_cli
 from cli.simulate import build_feed, publish
 from deploy.local.infra import StackError
@@ -63,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
                             "print its hot spots (slows the ledger a little)")
     bench.add_argument("--keep", action="store_true", help="ledger: keep the bench's schema and topics")
     ledger_cli.add_parser(sub)
+    earn_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "ledger":
             return asyncio.run(ledger_cli.run(args))
+        if args.command == "earn":
+            return earn_cli.explain(args)
+        if args.command == "programme":
+            return earn_cli.check(args)
         if args.command == "stack":
             return _stack(args.action)
         if args.command == "simulate":

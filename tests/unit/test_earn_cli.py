@@ -1,0 +1,39 @@
+"""`jifen earn explain` and `jifen programme check`, run as a user runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from services.earn.settings import EarnSettings
+from tests.support import jifen
+
+EVENT = {"specversion": "1.0", "id": "e-1", "source": "pos://store-9", "type": "jifen.purchase.completed.v1",
+         "time": "2026-11-07T10:00:00+08:00",  # a Saturday in Shanghai: the example's weekend campaign runs
+         "data": {"program_id": "retail", "member_id": "m1", "order_id": "o-1", "channel": "pos", "currency": "CNY",
+                  "total": "125", "lines": [
+                      {"sku": "FM-MILK-1L", "category": "dairy", "quantity": "2", "unit_price": "12.5", "total": "25"},
+                      {"sku": "gc", "category": "gift_card", "quantity": "1", "unit_price": "100", "total": "100"}]}}
+
+
+async def test_explain_prints_each_rule_and_the_total_without_posting(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_bytes(orjson.dumps(EVENT))
+    code, out, err = await jifen("earn", "explain", str(event))
+    assert code == 0, err
+    assert "programme retail version 1" in out
+    rules = {line.split()[1]: int(line.split()[3]) for line in out.splitlines() if line.strip().startswith("✔")}
+    # 25 yuan of own-brand milk: base 25, ×3 adds 50, the weekend ×2 adds 25; the gift card earns nothing.
+    assert rules == {"base": 25, "own-brand-x3": 50, "weekend-double": 25}
+    assert "= 100 points in 3 credit(s)" in out
+
+
+async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
+    shipped = sorted(str(p) for p in EarnSettings().programmes_dir.glob("*.yaml"))
+    code, out, _ = await jifen("programme", "check", *shipped)
+    assert code == 0 and out.count("✔") == len(shipped)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("program_id: x\nname: y\nversion: 0\n")
+    code, _, err = await jifen("programme", "check", str(bad))
+    assert code == 1 and "bad.yaml: line 3: version" in err
