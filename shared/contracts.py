@@ -182,10 +182,19 @@ class ExpireLot(LedgerCommand):
 
 
 class ReverseEntry(LedgerCommand):
-    """Correct an earlier entry (a refund reverses its earn). `amount` defaults to all that is not yet reversed."""
+    """Correct an earlier entry (a refund reverses its earn), named by its id or by the idempotency key of the
+    command that posted it (its entry on this member's account). `amount` defaults to all not yet reversed."""
 
-    entry_id: int = Field(gt=0)
+    entry_id: int | None = Field(default=None, gt=0)
+    # Left out of the dump when unset, so reversals by id keep the payload hash they had before keys existed.
+    entry_key: Id | None = Field(default=None, exclude_if=lambda key: key is None)
     amount: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_entry(self) -> ReverseEntry:
+        if (self.entry_id is None) == (self.entry_key is None):
+            raise ValueError("a reversal names its entry by exactly one of entry_id and entry_key")
+        return self
 
 
 NonBlank = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.ledger import domain, repository
 from services.ledger.domain import Entry, HoldState, MemberBook, Resolution
-from services.ledger.rules import Journal, Outcome, Refused
+from services.ledger.rules import Journal, Outcome, Refused, posted_by
 from shared import envelope
 from shared.consumer import Inbound, Rejections, Retryable
 from shared.contracts import (
@@ -84,6 +84,7 @@ class ApplyCommands:
         needs_lots: set[tuple[str, str]] = set()  # credits need only the tip; everything else the open lots
         hold_ids: list[str] = []
         entry_ids: list[int] = []
+        entry_keys: list[tuple[str, tuple[str, str]]] = []  # (command key, member) named by reversals
         for c in commands:
             member = (c.program_id, c.member_id)
             members.add(member)
@@ -98,13 +99,17 @@ class ApplyCommands:
             elif kind in HOLD_COMMANDS:
                 hold_ids.append(c.hold_id)  # type: ignore[attr-defined]
             elif kind is ReverseEntry:
-                entry_ids.append(c.entry_id)  # type: ignore[attr-defined]
+                if c.entry_id is not None:  # type: ignore[attr-defined]
+                    entry_ids.append(c.entry_id)  # type: ignore[attr-defined]
+                else:
+                    entry_keys.append((c.entry_key, member))  # type: ignore[attr-defined]
         keys: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
         keys += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
         rows = await repository.accounts(uow.db, keys)
         accounts = {(k[0], k[2]): repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
         complete = {a.id for key, a in accounts.items() if key in needs_lots or a.debt > 0}
-        loaded = await repository.load_books(uow.db, list(accounts.values()), complete, hold_ids, entry_ids)
+        loaded = await repository.load_books(uow.db, list(accounts.values()), complete, hold_ids, entry_ids,
+                                             [(key, accounts[member].id) for key, member in entry_keys])
         books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
         journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"])
         results: list[tuple[Inbound, bytes, Outcome | None, tuple[str, str] | None]] = []
@@ -241,8 +246,10 @@ def _apply_one(journal: Journal, books: dict[tuple[str, str], MemberBook], loade
             return journal.expire_hold(book, cmd)
         case ExpireLot():
             return journal.expire_lot(book, cmd)
-        case ReverseEntry():
-            return journal.reverse(book, cmd, loaded.targets.get(cmd.entry_id))
+        case ReverseEntry(entry_id=int() as entry_id):
+            return journal.reverse(book, cmd, loaded.targets.get(entry_id))
+        case ReverseEntry(entry_key=str() as key):
+            return journal.reverse(book, cmd, posted_by(key, loaded.posted_by.get((key, book.account.id), [])))
         case AdjustPoints():
             return journal.adjust(book, cmd)
         case TransferPoints():

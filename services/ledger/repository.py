@@ -82,13 +82,16 @@ class Loaded:
 
     books: dict[int, MemberBook]
     hold_ids_taken: set[str]  # every referenced hold id that exists, whoever it belongs to
-    targets: dict[int, StoredEntry]  # entries named by reversals
+    targets: dict[int, StoredEntry]  # entries named by reversals, by id or by command key
+    posted_by: dict[tuple[str, int], list[StoredEntry]]  # the same targets by (command key, account id)
 
 
 async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], complete: set[int],
-                     hold_ids: Sequence[str], entry_ids: Sequence[int]) -> Loaded:
+                     hold_ids: Sequence[str], entry_ids: Sequence[int],
+                     entry_keys: Sequence[tuple[str, int]]) -> Loaded:
     """Books for the given accounts. Accounts in `complete` get their open lots, open and referenced holds and
-    outstanding debts; the others only their tip (enough to credit a member who owes nothing)."""
+    outstanding debts; the others only their tip (enough to credit a member who owes nothing). Reversal targets
+    are loaded by id and by (command key, account id), each entry once however many reversals name it."""
     books = {a.id: MemberBook(a, complete=a.id in complete) for a in accounts_}
     full = sorted(complete)
     lots: dict[int, LotState] = {}
@@ -150,21 +153,33 @@ async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], compl
             if r["outstanding"] > 0:
                 books[r["account_id"]].debts.append(DebtState(r["entry_id"], int(r["outstanding"])))
     targets: dict[int, StoredEntry] = {}
-    if entry_ids:
+    posted_by: dict[tuple[str, int], list[StoredEntry]] = {}
+    if entry_ids or entry_keys:
+        # By id, and by the (command_key) index then account; an entry named both ways is loaded once, so two
+        # reversals of it in one batch share one StoredEntry and see each other.
         for r in await db.fetch(
-                """SELECT e.id, e.account_id, e.kind, e.amount, e.to_account_id = e.account_id AS incoming,
+                """SELECT e.id, e.account_id, e.kind, e.amount, e.command_key,
+                          e.to_account_id = e.account_id AS incoming,
                           coalesce((SELECT sum(c.amount) FROM entries c WHERE c.corrects_entry_id = e.id), 0)
                               AS reversed
-                   FROM entries e WHERE e.id = ANY($1::bigint[])""", list(entry_ids)):
-            targets[r["id"]] = StoredEntry(r["id"], r["account_id"], r["kind"], r["amount"], r["incoming"],
-                                           int(r["reversed"]), [])
+                   FROM entries e
+                   WHERE e.id IN (SELECT unnest($1::bigint[])
+                                  UNION
+                                  SELECT x.id FROM entries x JOIN unnest($2::text[], $3::bigint[]) AS u(k, a)
+                                      ON x.command_key = u.k AND x.account_id = u.a)
+                   ORDER BY e.id""",
+                list(entry_ids), [k for k, _ in entry_keys], [a for _, a in entry_keys]):
+            target = StoredEntry(r["id"], r["account_id"], r["kind"], r["amount"], r["incoming"], int(r["reversed"]),
+                                 [])
+            targets[target.id] = target
+            posted_by.setdefault((r["command_key"], target.account_id), []).append(target)
         for r in await db.fetch(
                 """SELECT a.entry_id, a.lot_id, a.amount, l.available_at, l.expires_at
                    FROM allocations a JOIN lots l ON l.id = a.lot_id
                    WHERE a.entry_id = ANY($1::bigint[]) AND a.by_entry_id = a.entry_id ORDER BY a.id""",
                 list(targets)):
             targets[r["entry_id"]].allocations.append((r["lot_id"], r["amount"], r["available_at"], r["expires_at"]))
-    return Loaded(books, taken, targets)
+    return Loaded(books, taken, targets, posted_by)
 
 
 async def assign_ids(db: asyncpg.Connection, changes: Changes) -> None:
@@ -276,7 +291,7 @@ async def member_book(db: asyncpg.Connection, program_id: str, member_id: str) -
     if row is None:
         return None
     account = member_account(row)
-    loaded = await load_books(db, [account], {account.id}, [], [])
+    loaded = await load_books(db, [account], {account.id}, [], [], [])
     return loaded.books[account.id]
 
 

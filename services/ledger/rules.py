@@ -65,6 +65,20 @@ class StoredEntry:
     allocations: list[tuple[int, int, datetime, datetime | None]]  # (lot id, amount, available_at, expires_at)
 
 
+def posted_by(key: str, entries: list[StoredEntry]) -> StoredEntry | None:
+    """The entry a reversal names by command key, among that command's entries on the member's account: the one
+    entry, or the one reversible entry (a capture also posts the expiry of lots that lapsed while held)."""
+    if len(entries) <= 1:
+        return entries[0] if entries else None
+    reversible = [e for e in entries if e.kind in REVERSIBLE_CREDITS or e.kind in REVERSIBLE_DEBITS]
+    if len(reversible) == 1:
+        return reversible[0]
+    raise Refused("entry_not_found",
+                  f"command {key!r} posted {len(entries)} entries on this member's account "
+                  f"({', '.join(f'{e.id} {e.kind}' for e in entries)}), {len(reversible)} of them reversible: "
+                  "name the entry by entry_id")
+
+
 @dataclass
 class Outcome:
     """What one command did: its entries, the hold it placed, the holds it resolved; and a rejection when
@@ -152,7 +166,8 @@ class Journal:
 
     def reverse(self, book: MemberBook, cmd: ReverseEntry, target: StoredEntry | None) -> Outcome:
         if target is None or target.account_id != book.account.id:
-            raise Refused("entry_not_found", f"entry {cmd.entry_id} is not an entry of this member in this programme")
+            named = f"entry {cmd.entry_id}" if cmd.entry_id is not None else f"the entry of command {cmd.entry_key!r}"
+            raise Refused("entry_not_found", f"{named} is not a stored entry of this member in this programme")
         if target.kind not in REVERSIBLE_CREDITS and target.kind not in REVERSIBLE_DEBITS:
             raise Refused("not_reversible", f"entry {target.id} is a {target.kind!r} entry, which is not reversed")
         remaining = target.amount - target.reversed

@@ -115,15 +115,22 @@ async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(wo
     assert [(lot["amount"], lot["expires_at"]) for lot in gift_in[0]["lots"]] == [
         (15, expiry.isoformat().replace("+00:00", "Z"))]
 
-    # A manual adjustment without a reason is bad input: answered in the DLQ, never applied.
+    # A manual adjustment without a reason, and a reversal naming no entry, are bad input: answered in the DLQ,
+    # never applied.
     bad_adjustment = envelope.encode("adj-bad", "test", COMMAND_TYPE_OF[AdjustPoints], t0, {
         "idempotency_key": "adj-bad", "program_id": "default", "member_id": "m2", "occurred_at": t0.isoformat(),
         "cause": {"source_event_id": "test|adj-bad"}, "direction": "credit", "amount": 5, "reason": "  ",
         "actor": "agent-7"})
-    await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS), [(b"m2", bad_adjustment, STRUCTURED)])
+    bad_reversal = envelope.encode("refund-bad", "test", COMMAND_TYPE_OF[ReverseEntry], t0, {
+        "idempotency_key": "refund-bad", "program_id": "default", "member_id": "m2", "occurred_at": t0.isoformat(),
+        "cause": {"source_event_id": "test|refund-bad"}, "amount": 5})
+    await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS),
+               [(b"m2", bad_adjustment, STRUCTURED), (b"m2", bad_reversal, STRUCTURED)])
     await send_commands(
         world,
-        ReverseEntry(**base("refund-1", "m2", t0), entry_id=earn_id),  # the purchase is refunded: 100 back
+        # The purchase is refunded: earn knows the key it credited with, not the entry id. 100 back.
+        ReverseEntry(**base("refund-1", "m2", t0), entry_key="earn-1"),
+        ReverseEntry(**base("refund-x", "m3", t0), entry_key="earn-1"),  # a key names the entry on m3's account
         PostDebit(**base("spend-2", "m2", t0), amount=1),  # refused: the member owes points
         AdjustPoints(**base("adj-1", "m2", t0), direction="credit", amount=50, reason="service recovery",
                      actor="agent-7"),
@@ -131,14 +138,16 @@ async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(wo
     found = await balance_when(ledger, "m2", lambda b: b["lifetime_earned"] == 50, "the adjustment")
     # 100 earned, 80 spent, 15 given, 100 reversed: -95; the 50 adjustment repays part of it.
     assert (found["balance"], found["debt"], found["available"]) == (-45, 45, -45)
-    events = await outcomes(world, expect=7)
-    assert [(r["idempotency_key"], r["reason"]) for r in of_type(events, "command.rejected")] == [
-        ("spend-2", "negative_balance")]
+    events = await outcomes(world, expect=8)
+    assert sorted((r["idempotency_key"], r["reason"]) for r in of_type(events, "command.rejected")) == [
+        ("refund-x", "entry_not_found"), ("spend-2", "negative_balance")]
     reversal = [e for e in of_type(events, "entry.posted") if e["kind"] == "reversal"]
-    assert reversal[0]["corrects_entry_id"] == earn_id and reversal[0]["amount"] == -100
-    dlq = await read_all(world.infra.bootstrap, world.topic(topics.dlq(topics.LEDGER_COMMANDS)), expect=1)
-    assert [headers_of(r)["jifen-dlq-reason"] for r in dlq] == ["invalid_data"]
+    assert [(e["corrects_entry_id"], e["amount"], e["idempotency_key"]) for e in reversal] == [
+        (earn_id, -100, "refund-1")]
+    dlq = await read_all(world.infra.bootstrap, world.topic(topics.dlq(topics.LEDGER_COMMANDS)), expect=2)
+    assert [headers_of(r)["jifen-dlq-reason"] for r in dlq] == ["invalid_data", "invalid_data"]
     assert "reason" in headers_of(dlq[0])["jifen-dlq-detail"]
+    assert "exactly one of entry_id and entry_key" in headers_of(dlq[1])["jifen-dlq-detail"]
 
     # `jifen ledger verify` passes on what the service wrote...
     verify = ("ledger", "verify", "--database-url", world.database_url)

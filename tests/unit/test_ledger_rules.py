@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ledger.domain import GENESIS_HASH, Account, DebtState, Entry, LotState, MemberBook
-from services.ledger.rules import Journal, Outcome, Refused, StoredEntry
+from services.ledger.rules import Journal, Outcome, Refused, StoredEntry, posted_by
 from shared.contracts import (
     AdjustPoints,
     CaptureHold,
@@ -102,6 +102,10 @@ def expire_lot(lot_id: int | None, when: datetime = NOW) -> ExpireLot:
 def reverse(entry_id: int | None, amount: int | None = None, when: datetime = NOW) -> ReverseEntry:
     assert entry_id is not None
     return ReverseEntry(**common(when=when), entry_id=entry_id, amount=amount)
+
+
+def reverse_key(entry_key: str, amount: int | None = None) -> ReverseEntry:
+    return ReverseEntry(**common(), entry_key=entry_key, amount=amount)
 
 
 def adjust(direction: str, amount: int, expires: datetime | None = None) -> AdjustPoints:
@@ -486,6 +490,46 @@ def test_a_reversal_of_an_entry_of_someone_else_or_of_nobody_is_refused() -> Non
         with refused("entry_not_found"):
             journal.reverse(book, reverse(theirs.id), target)
     assert (book.account.balance, other.account.balance) == (100, 100)
+
+
+def test_a_key_names_the_one_entry_its_command_posted_on_the_account() -> None:
+    book, journal = new_book(), at()
+    cmd = earn(100)
+    earned = only(journal.credit(book, cmd))
+    store(journal)
+    target = posted_by(cmd.idempotency_key, [stored(earned, journal)])
+    reversal = only(journal.reverse(book, reverse_key(cmd.idempotency_key, 30), target))
+    assert (reversal.kind, reversal.amount, reversal.corrects_entry_id) == ("reversal", 30, earned.id)
+    assert posted_by("earn:unknown", []) is None
+    with pytest.raises(Refused, match=r"^entry_not_found: the entry of command 'earn:unknown' is not a stored entry"):
+        journal.reverse(book, reverse_key("earn:unknown"), None)
+    assert book.account.balance == 70
+
+
+def test_a_key_whose_command_posted_two_entries_names_the_reversible_one() -> None:
+    """A capture of a hold whose lot lapsed meanwhile posts a redeem and an expiry under one key."""
+    book, journal = new_book(), at()
+    journal.credit(book, earn(100, expires=NOW + timedelta(minutes=5)))
+    journal.place_hold(book, hold("h", 100), set())
+    later = at(NOW + timedelta(minutes=10))
+    cmd = capture("h", 60, later.now)
+    redeemed, lapsed = later.capture(book, cmd).entries
+    store(journal)
+    store(later)
+    assert (redeemed.kind, lapsed.kind) == ("redeem", "expire")
+    candidates = [stored(lapsed, later), stored(redeemed, later)]
+    assert posted_by(cmd.idempotency_key, candidates) is candidates[1]
+
+
+def test_a_key_that_names_two_reversible_entries_is_refused_and_asks_for_the_id() -> None:
+    def entry(entry_id: int, kind: str) -> StoredEntry:
+        return StoredEntry(entry_id, 10, kind, 10, kind == "earn", 0, [])
+
+    with pytest.raises(Refused, match=r"^entry_not_found: command 'k' posted 2 entries .*\(7 earn, 8 redeem\), "
+                                      r"2 of them reversible: name the entry by entry_id"):
+        posted_by("k", [entry(7, "earn"), entry(8, "redeem")])
+    with refused("entry_not_found"):
+        posted_by("k", [entry(7, "expire"), entry(8, "transfer_in")])
 
 
 def test_points_released_after_their_earn_was_reversed_pay_the_debt_it_left() -> None:
