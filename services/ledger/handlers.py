@@ -111,7 +111,9 @@ class ApplyCommands:
         loaded = await repository.load_books(uow.db, list(accounts.values()), complete, hold_ids, entry_ids,
                                              [(key, accounts[member].id) for key, member in entry_keys])
         books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
-        journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"])
+        # Two entries at most per command (a capture and the expiry of lots that lapsed while held; a transfer).
+        journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"],
+                          entry_ids=await repository.reserve_entry_ids(uow.db, 2 * len(commands)))
         results: list[tuple[Inbound, bytes, Outcome | None, tuple[str, str] | None]] = []
         for (item, digest), cmd in zip(fresh, commands, strict=True):
             try:
@@ -249,7 +251,9 @@ def _apply_one(journal: Journal, books: dict[tuple[str, str], MemberBook], loade
         case ReverseEntry(entry_id=int() as entry_id):
             return journal.reverse(book, cmd, loaded.targets.get(entry_id))
         case ReverseEntry(entry_key=str() as key):
-            return journal.reverse(book, cmd, posted_by(key, loaded.posted_by.get((key, book.account.id), [])))
+            # A stored entry, or one an earlier command of this batch posted (a refund right behind its purchase).
+            named = loaded.posted_by.get((key, book.account.id)) or journal.posted_here(book.account.id, key)
+            return journal.reverse(book, cmd, posted_by(key, named))
         case AdjustPoints():
             return journal.adjust(book, cmd)
         case TransferPoints():

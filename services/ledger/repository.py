@@ -182,14 +182,23 @@ async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], compl
     return Loaded(books, taken, targets, posted_by)
 
 
+async def reserve_entry_ids(db: asyncpg.Connection, count: int) -> list[int]:
+    """Entry ids for a batch, taken before its rules run (unused ones are left as gaps; ids are not a sequence
+    that must be gapless, each account's `seq` is)."""
+    ids: list[int] = await db.fetchval(
+        "SELECT array(SELECT nextval('entries_id_seq') FROM generate_series(1, $1))", count)
+    return ids[::-1]  # popped from the end: ascending in posting order
+
+
 async def assign_ids(db: asyncpg.Connection, changes: Changes) -> None:
-    """Give new entries and lots their ids up front, so allocations can name them in the same batch."""
+    """Ids for the lots (and any entry beyond the reserved ids), so allocations can name them in the batch."""
+    unnamed = [e for e in changes.entries if e.id is None]
     row = await db.fetchrow(
         """SELECT array(SELECT nextval('entries_id_seq') FROM generate_series(1, $1)) AS entries,
                   array(SELECT nextval('lots_id_seq') FROM generate_series(1, $2)) AS lots""",
-        len(changes.entries), len(changes.lots))
+        len(unnamed), len(changes.lots))
     assert row is not None
-    for entry, entry_id in zip(changes.entries, row["entries"], strict=True):
+    for entry, entry_id in zip(unnamed, row["entries"], strict=True):
         entry.id = entry_id
     for lot, lot_id in zip(changes.lots, row["lots"], strict=True):
         lot.id = lot_id

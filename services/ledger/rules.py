@@ -98,6 +98,23 @@ class Journal:
     system_account: Callable[[str, str], int]  # (program_id, kind) -> account id
     changes: Changes = field(default_factory=Changes)
     touched: set[int] = field(default_factory=set)  # member account ids whose state moved
+    # Ids reserved for this batch's entries, so an entry can be named (reversed) by a later command of the batch.
+    entry_ids: list[int] = field(default_factory=list)
+    _posted_here: dict[int, StoredEntry] = field(default_factory=dict)
+
+    def posted_here(self, account_id: int, key: str) -> list[StoredEntry]:
+        """Entries this batch posted on the account for command `key`, as a reversal sees stored ones."""
+        found = []
+        for entry in self.changes.entries:
+            if entry.command_key != key or entry.account_id != account_id or entry.id is None:
+                continue
+            if entry.id not in self._posted_here:
+                spent = [(a.lot.id or 0, a.amount, a.lot.available_at, a.lot.expires_at)
+                         for a in self.changes.allocations if a.debit is entry and a.by is entry]
+                self._posted_here[entry.id] = StoredEntry(entry.id, entry.account_id, entry.kind, entry.amount,
+                                                          entry.to_account_id == entry.account_id, 0, spent)
+            found.append(self._posted_here[entry.id])
+        return found
 
     # --- commands ----------------------------------------------------------------------------------
 
@@ -362,7 +379,8 @@ class Journal:
             from_account_id=from_id, to_account_id=to_id, amount=amount, balance_after=balance_after, kind=kind,
             command_key=cmd.idempotency_key, cause=cause or cmd.cause,  # type: ignore[arg-type]
             details=details if details is not None else cmd.details, occurred_at=cmd.occurred_at,
-            posted_at=self.now, prev_hash=account.last_hash, hash=digest, corrects_entry_id=corrects, hold_id=hold_id)
+            posted_at=self.now, prev_hash=account.last_hash, hash=digest, corrects_entry_id=corrects, hold_id=hold_id,
+            id=self.entry_ids.pop() if self.entry_ids else None)
         account.seq, account.balance, account.last_hash = seq, balance_after, digest
         self.changes.entries.append(entry)
         self.touched.add(account.id)

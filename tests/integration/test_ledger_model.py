@@ -76,15 +76,21 @@ class Harness:
 
     def apply(self, cmd: LedgerCommand) -> list[dict[str, Any]]:
         """Apply one command as a batch of one; returns the outcomes it published (decoded)."""
-        self.steps += 1
-        event = CloudEvent(id=uuid.uuid4().hex, source="model", type=COMMAND_TYPE_OF[type(cmd)], time=self.now,
-                           data=cmd.model_dump(mode="json"))
-        record = ConsumerRecord("commands", 0, self.steps, 0, 0, cmd.member_id.encode(), b"", None, 0, 0, [])
-        item = Inbound(record, event, cmd)
+        return self.apply_batch([cmd])
+
+    def apply_batch(self, commands: list[LedgerCommand]) -> list[dict[str, Any]]:
+        """Apply commands as one batch, as the consumer would; returns the outcomes published (decoded)."""
+        items = []
+        for cmd in commands:
+            self.steps += 1
+            event = CloudEvent(id=uuid.uuid4().hex, source="model", type=COMMAND_TYPE_OF[type(cmd)], time=self.now,
+                               data=cmd.model_dump(mode="json"))
+            record = ConsumerRecord("commands", 0, self.steps, 0, 0, cmd.member_id.encode(), b"", None, 0, 0, [])
+            items.append(Inbound(record, event, cmd))
 
         async def go() -> list[dict[str, Any]]:
             async with UnitOfWork(self.engine, "ledger") as uow:
-                await self.handler([item], uow, Rejections())
+                await self.handler(items, uow, Rejections())
                 messages = list(uow.messages)
                 await uow.commit()
             return [orjson.loads(m.value) for m in messages]
@@ -354,5 +360,36 @@ def test_a_reversal_by_key_of_a_capture_names_its_redeem_not_the_expiry(harness:
     assert outcome(harness.apply(cmd(ReverseEntry, "refund-2", member="bob", entry_key="capture-1")))[0] == \
         "entry_not_found"
     assert outcome(harness.apply(cmd(ReverseEntry, "refund-3", entry_key="capture-9")))[0] == "entry_not_found"
+    report = harness.run(verify(harness.conn, program))
+    assert report.ok, "\n".join(report.problems)
+
+
+def test_a_reversal_by_key_in_the_same_batch_as_its_credit_finds_it(harness: Harness) -> None:
+    """A refund right behind its purchase can reach the ledger in the same batch as the credit it reverses."""
+    program = f"p{uuid.uuid4().hex[:12]}"
+
+    def cmd(kind: type[LedgerCommand], key: str, **fields: Any) -> Any:
+        return kind(idempotency_key=key, program_id=program, member_id="ann", occurred_at=harness.now,
+                    cause=Cause(source_event_id=f"test|{key}"), **fields)
+
+    outcomes = harness.apply_batch([
+        cmd(PostCredit, "earn-1", amount=100, available_at=harness.now + timedelta(days=14)),  # still pending
+        cmd(PostCredit, "earn-2", amount=50),
+        cmd(PostDebit, "spend-1", amount=30),
+        cmd(ReverseEntry, "refund-1a", entry_key="earn-1", amount=40),
+        cmd(ReverseEntry, "refund-1b", entry_key="earn-1"),  # the rest: 60
+        cmd(ReverseEntry, "refund-1c", entry_key="earn-1", amount=1),  # nothing left
+        cmd(ReverseEntry, "refund-s", entry_key="spend-1"),  # the 30 come back
+    ])
+    posted = [m["data"] for m in outcomes if m["type"] == "jifen.ledger.entry.posted.v1"]
+    rejected = [m["data"]["reason"] for m in outcomes if m["type"] == "jifen.ledger.command.rejected.v1"]
+    assert [(e["kind"], e["amount"]) for e in posted] == [
+        ("earn", 100), ("earn", 50), ("redeem", -30), ("cancel", -40), ("cancel", -60), ("reversal", 30)]
+    assert posted[3]["corrects_entry_id"] == posted[0]["entry_id"] == posted[4]["corrects_entry_id"]
+    assert posted[5]["corrects_entry_id"] == posted[2]["entry_id"]
+    assert rejected == ["reversal_exceeds_entry"]
+    book = harness.run(repository.member_book(harness.conn, program, "ann"))
+    assert book is not None and (book.account.balance, book.available(harness.now), book.pending(harness.now)) == (
+        50, 50, 0)
     report = harness.run(verify(harness.conn, program))
     assert report.ok, "\n".join(report.problems)
