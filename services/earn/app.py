@@ -23,7 +23,6 @@ def create_app(settings: EarnSettings | None = None) -> FastAPI:
     catalogue = Catalogue.load(settings.programmes_dir)
     commands_topic = settings.topic(topics.LEDGER_COMMANDS)
     spec = ServiceSpec(
-        # No migrations of its own yet: earn keeps only the shared inbox and outbox so far.
         name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
         topics=EARN_TOPICS, types=dict(INBOUND_TYPES), handled_types=HANDLED,
         make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)))

@@ -271,7 +271,16 @@ def expires_at(programme: Programme, occurred_at: datetime) -> datetime | None:
 def credits_for_purchase(programme: Programme, event_id: str, occurred_at: datetime,
                          purchase: PurchaseCompleted) -> list[PostCredit]:
     """One ledger credit per rule that yields points, each explaining itself in `details`."""
-    fired = [r for r in rule_points(programme, occurred_at, purchase) if r.points > 0]
+    return credits_from(programme, event_id, occurred_at, purchase, fired_rules(programme, occurred_at, purchase))
+
+
+def fired_rules(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted) -> list[RulePoints]:
+    return [r for r in rule_points(programme, occurred_at, purchase) if r.points > 0]
+
+
+def credits_from(programme: Programme, event_id: str, occurred_at: datetime, purchase: PurchaseCompleted,
+                 fired: list[RulePoints]) -> list[PostCredit]:
+    """The credits of rules that fired, in their order."""
     when_available = available_at(programme, occurred_at, purchase.channel)
     when_expires = expires_at(programme, occurred_at)
     lines = lines_of(purchase)

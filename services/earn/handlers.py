@@ -6,16 +6,26 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from services.earn.domain import credits_for_purchase
+from services.earn import repository
+from services.earn.domain import Programme, credits_from, fired_rules, lines_of
 from services.earn.programmes import Catalogue
+from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
+from services.earn.repository import NewOrder
 from shared import envelope
 from shared.consumer import Inbound, Rejections
-from shared.contracts import COMMAND_TYPE_OF, PurchaseCompleted
+from shared.contracts import (
+    COMMAND_TYPE_OF,
+    Cause,
+    LedgerCommand,
+    PurchaseCompleted,
+    PurchaseRefunded,
+    ReverseEntry,
+)
 from shared.outbox import OutboxMessage
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
-HANDLED = {"jifen.purchase.completed.v1"}
+HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1"}
 
 
 class EarnMetrics:
@@ -31,26 +41,115 @@ class EarnFromEvents:
     metrics: EarnMetrics
 
     async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
+        batch = Batch(uow, rejections, await repository.order_events(
+            uow.db, [(i.data.program_id, i.data.order_id) for i in items if isinstance(i.data, PurchaseCompleted)]))
+        # In order: a refund may follow its purchase within the batch.
         for item in items:
-            purchase = item.data
-            assert isinstance(purchase, PurchaseCompleted)
-            # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
-            programme = self.catalogue.at(purchase.program_id, item.event.time)
-            if programme is None:
-                known = purchase.program_id in self.catalogue.versions
-                rejections.reject(item, "unknown_program",
-                                  f"programme {purchase.program_id!r} was not in effect at {item.event.time}" if known
-                                  else f"no programme {purchase.program_id!r}")
-                continue
-            if programme.currency is not None and purchase.currency != programme.currency:
-                rejections.reject(item, "currency_not_accepted",
-                                  f"programme {programme.program_id!r} earns on {programme.currency}, "
-                                  f"not {purchase.currency}")
-                continue
-            for credit in credits_for_purchase(programme, item.event.event_id, item.event.time, purchase):
-                uow.publish(OutboxMessage(
-                    topic=self.commands_topic, key=credit.member_id.encode(),
-                    value=envelope.encode(credit.idempotency_key, SOURCE, COMMAND_TYPE_OF[type(credit)],
-                                          item.event.time, credit.model_dump(mode="json"), subject=credit.member_id),
-                    headers=envelope.STRUCTURED_HEADERS))
-                self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
+            if isinstance(item.data, PurchaseCompleted):
+                self._purchase(item, item.data, batch)
+            elif isinstance(item.data, PurchaseRefunded):
+                await self._refund(item, item.data, batch)
+        await batch.flush()
+
+    def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
+        # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
+        programme = self._programme(item, purchase.program_id, batch.rejections)
+        if programme is None:
+            return
+        if programme.currency is not None and purchase.currency != programme.currency:
+            batch.rejections.reject(item, "currency_not_accepted", f"programme {programme.program_id!r} earns on "
+                                                                   f"{programme.currency}, not {purchase.currency}")
+            return
+        key = (purchase.program_id, purchase.order_id)
+        if key in batch.recorded and batch.recorded[key] != item.event.event_id:
+            # Another event for an order already credited (a till resending with a new id): crediting it would
+            # count the order twice.
+            batch.rejections.reject(item, "duplicate_order", f"order {purchase.order_id!r} was credited by event "
+                                                             f"{batch.recorded[key]!r}")
+            return
+        if key in batch.recorded:
+            return  # a replay that passed the inbox (it was cleared): its credits were sent before
+        fired = fired_rules(programme, item.event.time, purchase)
+        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired)
+        earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines) for r, c in zip(fired, credits, strict=True)]
+        order = Order(purchase.order_id, purchase.member_id, purchase.total,
+                      [(line.sku, line.total) for line in lines_of(purchase)], earned)
+        batch.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))
+        for credit in credits:
+            batch.uow.publish(self._command(credit, item))
+            self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
+
+    async def _refund(self, item: Inbound, refund: PurchaseRefunded, batch: Batch) -> None:
+        if self._programme(item, refund.program_id, batch.rejections) is None:
+            return
+        found = await batch.order(refund.program_id, refund.order_id)
+        if found is None:
+            batch.rejections.reject(item, "unknown_order", f"no order {refund.order_id!r} in programme "
+                                                           f"{refund.program_id!r} earned points here")
+            return
+        order, earlier = found
+        if refund.member_id != order.member_id:
+            batch.rejections.reject(item, "member_mismatch", f"order {order.order_id!r} belongs to another member")
+            return
+        try:
+            back = points_to_take_back(order, earlier, refund)
+        except RefundRefused as refused:
+            batch.rejections.reject(item, refused.reason, refused.detail)
+            return
+        keys = {e.rule_id: e.credit_key for e in order.earned}
+        for rule_id, points in back.items():
+            cmd = ReverseEntry(
+                idempotency_key=f"refund:{item.event.event_id}:{rule_id}", program_id=refund.program_id,
+                member_id=order.member_id, entry_key=keys[rule_id], amount=points, occurred_at=item.event.time,
+                cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund"),
+                details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
+            batch.uow.publish(self._command(cmd, item))
+        earlier.append(refund)
+        await repository.add_refund(batch.uow.db, refund.program_id, refund, item.event.event_id, back,
+                                    item.event.time)
+
+    def _programme(self, item: Inbound, program_id: str, rejections: Rejections) -> Programme | None:
+        programme = self.catalogue.at(program_id, item.event.time)
+        if programme is None:
+            known = program_id in self.catalogue.versions
+            rejections.reject(item, "unknown_program",
+                              f"programme {program_id!r} was not in effect at {item.event.time}" if known
+                              else f"no programme {program_id!r}")
+        return programme
+
+    def _command(self, cmd: LedgerCommand, item: Inbound) -> OutboxMessage:
+        return OutboxMessage(
+            topic=self.commands_topic, key=cmd.member_id.encode(),
+            value=envelope.encode(cmd.idempotency_key, SOURCE, COMMAND_TYPE_OF[type(cmd)], item.event.time,
+                                  cmd.model_dump(mode="json"), subject=cmd.member_id),
+            headers=envelope.STRUCTURED_HEADERS)
+
+
+class Batch:
+    """A batch's view of orders: those recorded before, and those it adds (written before any refund reads)."""
+
+    def __init__(self, uow: UnitOfWork, rejections: Rejections, recorded: dict[tuple[str, str], str]) -> None:
+        self.uow = uow
+        self.rejections = rejections
+        self.recorded = recorded
+        self.new: list[NewOrder] = []
+        self.orders: dict[tuple[str, str], tuple[Order, list[PurchaseRefunded]]] = {}
+
+    def add_order(self, new: NewOrder) -> None:
+        self.new.append(new)
+        self.recorded[(new.program_id, new.order.order_id)] = new.event_id
+        self.orders[(new.program_id, new.order.order_id)] = (new.order, [])
+
+    async def order(self, program_id: str, order_id: str) -> tuple[Order, list[PurchaseRefunded]] | None:
+        await self.flush()
+        key = (program_id, order_id)
+        if key not in self.orders:
+            found = await repository.order_with_refunds(self.uow.db, program_id, order_id)
+            if found is None:
+                return None
+            self.orders[key] = found
+        return self.orders[key]
+
+    async def flush(self) -> None:
+        await repository.add_orders(self.uow.db, self.new)
+        self.new = []

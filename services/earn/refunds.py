@@ -1,9 +1,10 @@
 """Refunds: take back exactly what the refunded lines earned, rule by rule. Pure: no I/O, no clock.
 
-What each rule gave each line of an order is kept when the order earns (`Earned`). A refund names lines (by
-SKU) or only a total (then it refunds every line in proportion). Refunds add up: after each one, each rule's
-points to take back are floor(Σ line points × share of the line refunded so far), less what earlier refunds
-took. Refunding every line in full therefore takes back each rule's points exactly, and no other order's.
+What each rule gave each line of an order is kept when the order earns (`Earned`). A refund names lines
+(by SKU) or only a total, which is then spread over what is not refunded yet, in proportion. Refunds add
+up: after each one, each rule's points to take back are floor(Σ line points × share of the line refunded
+so far), less what earlier refunds took. Refunding every line in full therefore takes back each rule's
+points exactly, and no other order's.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def refunded_shares(order: Order, refunds: list[PurchaseRefunded]) -> dict[int, 
     for refund in refunds:
         if refund.lines:
             _spread_lines(order, refund.lines, by_line)
-        else:  # no lines: every line in proportion to the refunded share of the order
-            share = Fraction(refund.total) / Fraction(order.total) if order.total else Fraction(1)
-            for i, (_, total) in enumerate(order.lines):
-                by_line[i] += Fraction(total) * share
+        else:  # no lines: spread over what is not refunded yet, in proportion to it
+            remaining = {i: Fraction(total) - by_line[i] for i, (_, total) in enumerate(order.lines)}
+            left = sum(remaining.values(), Fraction(0))
+            for i, rest in remaining.items():
+                by_line[i] += Fraction(refund.total) * rest / left if left else Fraction(0)
     shares = {}
     for i, (sku, total) in enumerate(order.lines):
         if by_line[i] > total:

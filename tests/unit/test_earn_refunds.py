@@ -94,3 +94,13 @@ def test_refunding_every_line_in_any_pieces_returns_the_order_to_zero(
             assert points > 0
             taken[rule] = taken.get(rule, 0) + points
     assert taken == {k: v for k, v in earned.items() if v}
+
+
+def test_a_refund_by_total_after_a_line_refund_takes_back_the_rest_of_the_other_lines() -> None:
+    order, _ = order_of(line("milk", "10", "dairy"), line("bread", "20"))
+    milk = refund("10", line("milk", "10"), refund_id="r1")
+    rest = refund("20", refund_id="r2")
+    assert points_to_take_back(order, [], milk) == {"base": 10, "dairy-x2": 10}
+    assert points_to_take_back(order, [milk], rest) == {"base": 20}
+    with pytest.raises(RefundRefused):
+        points_to_take_back(order, [milk, rest], refund("0.01", refund_id="r3"))

@@ -1,0 +1,93 @@
+"""Earn's tables: orders with what each rule earned per line, and the refunds taken back from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.earn.refunds import Earned, Order
+from shared.contracts import PurchaseLine, PurchaseRefunded
+
+
+def _json(value: Any) -> Any:
+    """jsonb as read: text on a bare asyncpg connection, already decoded on the engine's (SQLAlchemy sets a codec)."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+@dataclass
+class NewOrder:
+    program_id: str
+    order: Order
+    event_id: str
+    occurred_at: datetime
+
+
+async def order_events(db: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The purchase event already recorded for each (programme, order) that has one."""
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        """SELECT o.program_id, o.order_id, o.event_id FROM orders o
+           JOIN unnest($1::text[], $2::text[]) AS k(p, o) ON o.program_id = k.p AND o.order_id = k.o""",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["program_id"], r["order_id"]): r["event_id"] for r in rows}
+
+
+async def add_orders(db: asyncpg.Connection, orders: Sequence[NewOrder]) -> None:
+    if not orders:
+        return
+    await db.execute(
+        """INSERT INTO orders (program_id, order_id, member_id, event_id, total, lines, occurred_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::jsonb[],
+                                $7::timestamptz[])""",
+        [o.program_id for o in orders], [o.order.order_id for o in orders], [o.order.member_id for o in orders],
+        [o.event_id for o in orders], [o.order.total for o in orders],
+        [orjson.dumps([[sku, str(total)] for sku, total in o.order.lines]).decode() for o in orders],
+        [o.occurred_at for o in orders])
+    earnings = [(o.program_id, o.order.order_id, e) for o in orders for e in o.order.earned]
+    if earnings:
+        await db.execute(
+            """INSERT INTO order_earnings (program_id, order_id, rule_id, credit_key, points, line_points)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])""",
+            [p for p, _, _ in earnings], [o for _, o, _ in earnings], [e.rule_id for _, _, e in earnings],
+            [e.credit_key for _, _, e in earnings], [e.points for _, _, e in earnings],
+            [orjson.dumps({str(i): str(v) for i, v in e.line_points.items()}).decode() for _, _, e in earnings])
+
+
+async def order_with_refunds(db: asyncpg.Connection, program_id: str,
+                             order_id: str) -> tuple[Order, list[PurchaseRefunded]] | None:
+    row = await db.fetchrow("SELECT member_id, total, lines FROM orders WHERE program_id = $1 AND order_id = $2",
+                            program_id, order_id)
+    if row is None:
+        return None
+    earned = [Earned(r["rule_id"], r["credit_key"], r["points"],
+                     {int(i): Decimal(v) for i, v in _json(r["line_points"]).items()})
+              for r in await db.fetch("""SELECT rule_id, credit_key, points, line_points FROM order_earnings
+                                         WHERE program_id = $1 AND order_id = $2 ORDER BY rule_id""",
+                                      program_id, order_id)]
+    lines = [(sku, Decimal(total)) for sku, total in _json(row["lines"])]
+    refunds = [
+        PurchaseRefunded(program_id=program_id, member_id=row["member_id"], order_id=order_id,
+                         refund_id=r["refund_id"], currency="XXX", total=r["total"],
+                         lines=[PurchaseLine(sku=sku, quantity=Decimal(1), unit_price=Decimal(t), total=Decimal(t))
+                                for sku, t in _json(r["lines"])] if r["lines"] else None)
+        for r in await db.fetch("""SELECT refund_id, total, lines FROM refunds
+                                   WHERE program_id = $1 AND order_id = $2 ORDER BY occurred_at, refund_id""",
+                                program_id, order_id)]
+    return Order(order_id, row["member_id"], row["total"], lines, earned), refunds
+
+
+async def add_refund(db: asyncpg.Connection, program_id: str, refund: PurchaseRefunded, event_id: str,
+                     taken_back: dict[str, int], occurred_at: datetime) -> None:
+    await db.execute(
+        """INSERT INTO refunds (program_id, refund_id, order_id, event_id, total, lines, taken_back, occurred_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        program_id, refund.refund_id, refund.order_id, event_id, refund.total,
+        orjson.dumps([[ln.sku, str(ln.total)] for ln in refund.lines]).decode() if refund.lines else None,
+        orjson.dumps(taken_back).decode(), occurred_at)
