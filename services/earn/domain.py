@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.earn.activity import Activity
 from shared.contracts import Cause, PostCredit, PurchaseCompleted, PurchaseLine
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -160,6 +161,7 @@ class Programme(BaseModel):
     purchase: PurchaseRules
     pending: Pending = Pending()
     expiry: Expiry = Expiry()
+    activity: Activity = Activity()  # check-ins, tasks and behaviours
 
     @field_validator("timezone")
     @classmethod

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from services.earn import repository
-from services.earn.domain import Programme, credits_from, fired_rules, lines_of
+from services.earn.activity import Award, checkin_awards, period_of, streak_length, task_award
+from services.earn.domain import Programme, credits_from, earn_key, expires_at, fired_rules, lines_of
 from services.earn.programmes import Catalogue
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from services.earn.repository import NewOrder
@@ -16,22 +17,28 @@ from shared.consumer import Inbound, Rejections
 from shared.contracts import (
     COMMAND_TYPE_OF,
     Cause,
+    CheckinRecorded,
     LedgerCommand,
+    PostCredit,
     PurchaseCompleted,
     PurchaseRefunded,
     ReverseEntry,
+    TaskCompleted,
 )
 from shared.outbox import OutboxMessage
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
-HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1"}
+HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1", "jifen.checkin.recorded.v1",
+           "jifen.task.completed.v1"}
 
 
 class EarnMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.points = Counter("jifen_earn_points", "Points requested from the ledger", ["program", "rule"],
                               registry=registry)
+        self.skipped = Counter("jifen_earn_skipped", "Events that earned nothing by a rule (a cap, a second "
+                               "check-in the same day)", ["program", "reason"], registry=registry)
 
 
 @dataclass
@@ -49,7 +56,64 @@ class EarnFromEvents:
                 self._purchase(item, item.data, batch)
             elif isinstance(item.data, PurchaseRefunded):
                 await self._refund(item, item.data, batch)
+            elif isinstance(item.data, CheckinRecorded):
+                await self._checkin(item, item.data, batch)
+            elif isinstance(item.data, TaskCompleted):
+                await self._task(item, item.data, batch)
         await batch.flush()
+
+    async def _checkin(self, item: Inbound, checkin: CheckinRecorded, batch: Batch) -> None:
+        programme = self._programme(item, checkin.program_id, batch.rejections)
+        if programme is None:
+            return
+        rule = programme.activity.checkin
+        if rule is None:
+            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward check-ins")
+            return
+        lookback = max([366 if s.repeat else s.days for s in rule.streaks], default=0)
+        earlier = await repository.check_in(batch.uow.db, checkin.program_id, checkin.member_id, checkin.day,
+                                            item.event.event_id, lookback)
+        if earlier is None:
+            self.metrics.skipped.labels(programme.program_id, "already_checked_in").inc()
+            return  # once per member per day: the second check-in of a day earns nothing, and that is no error
+        streak = streak_length(checkin.day, earlier)
+        for award in checkin_awards(rule, streak):
+            self._award(item, programme, checkin.member_id, award, "checkin", batch,
+                        {"day": checkin.day.isoformat(), "streak": streak})
+
+    async def _task(self, item: Inbound, task: TaskCompleted, batch: Batch) -> None:
+        programme = self._programme(item, task.program_id, batch.rejections)
+        if programme is None:
+            return
+        rule = next((t for t in programme.activity.tasks if t.task_type == task.task_type), None)
+        if rule is None:
+            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} has no rule for tasks "
+                                                     f"of type {task.task_type!r}")
+            return
+        award = task_award(rule, used=0)
+        if rule.cap is not None:
+            period = period_of(rule.cap, item.event.time, programme.zone)
+            if not await repository.use_rule(batch.uow.db, task.program_id, task.member_id, rule.rule_id, period,
+                                             rule.cap.count):
+                award = task_award(rule, used=rule.cap.count)
+                await repository.record_capped(batch.uow.db, task.program_id, task.member_id, rule.rule_id,
+                                               item.event.event_id, period, award.why, item.event.time)
+                self.metrics.skipped.labels(programme.program_id, "capped").inc()
+                return
+        self._award(item, programme, task.member_id, award, "task", batch,
+                    {"task_id": task.task_id, "task_type": task.task_type})
+
+    def _award(self, item: Inbound, programme: Programme, member_id: str, award: Award, reason: str, batch: Batch,
+               details: dict[str, object]) -> None:
+        credit = PostCredit(
+            idempotency_key=earn_key(item.event.event_id, award.rule_id), program_id=programme.program_id,
+            member_id=member_id, amount=award.points, occurred_at=item.event.time, available_at=item.event.time,
+            expires_at=expires_at(programme, item.event.time),
+            cause=Cause(source_event_id=item.event.event_id, rule_id=award.rule_id, rule_version=programme.version,
+                        reason=reason),
+            details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
+        batch.uow.publish(self._command(credit, item))
+        self.metrics.points.labels(programme.program_id, award.rule_id).inc(award.points)
 
     def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
         # Judged by the programme version in effect when the purchase happened, so a replay earns the same.

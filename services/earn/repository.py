@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -91,3 +91,37 @@ async def add_refund(db: asyncpg.Connection, program_id: str, refund: PurchaseRe
         program_id, refund.refund_id, refund.order_id, event_id, refund.total,
         orjson.dumps([[ln.sku, str(ln.total)] for ln in refund.lines]).decode() if refund.lines else None,
         orjson.dumps(taken_back).decode(), occurred_at)
+
+
+async def check_in(db: asyncpg.Connection, program_id: str, member_id: str, day: date, event_id: str,
+                   lookback_days: int) -> set[date] | None:
+    """Record the day's check-in; None if the member checked in that day already, else the earlier days within
+    the lookback (to measure the streak)."""
+    added = await db.fetchval(
+        """INSERT INTO checkins (program_id, member_id, day, event_id) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING RETURNING 1""", program_id, member_id, day, event_id)
+    if added is None:
+        return None
+    rows = await db.fetch(
+        """SELECT day FROM checkins WHERE program_id = $1 AND member_id = $2 AND day < $3 AND day >= $4""",
+        program_id, member_id, day, day - timedelta(days=lookback_days))
+    return {r["day"] for r in rows}
+
+
+async def use_rule(db: asyncpg.Connection, program_id: str, member_id: str, rule_id: str, period: str,
+                   cap: int) -> bool:
+    """Count one use of a capped rule in its period, unless the cap is full (then False, nothing counted)."""
+    used = await db.fetchval(
+        """INSERT INTO rule_usage (program_id, member_id, rule_id, period, used) VALUES ($1, $2, $3, $4, 1)
+           ON CONFLICT (program_id, member_id, rule_id, period)
+           DO UPDATE SET used = rule_usage.used + 1 WHERE rule_usage.used < $5
+           RETURNING used""", program_id, member_id, rule_id, period, cap)
+    return used is not None
+
+
+async def record_capped(db: asyncpg.Connection, program_id: str, member_id: str, rule_id: str, event_id: str,
+                        period: str, why: str, at: datetime) -> None:
+    await db.execute(
+        """INSERT INTO capped (program_id, member_id, rule_id, event_id, period, why, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+        program_id, member_id, rule_id, event_id, period, why, at)

@@ -1,0 +1,108 @@
+"""Earning from activity: daily check-ins with streak bonuses, and tasks or behaviours from a catalogue with caps
+per period. Pure: no I/O, no clock; what a member did before comes in as `Usage` and `streak`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Streak(Rule):
+    """`bonus` points on the `days`-th consecutive day of checking in (and every `days` days after, if `repeat`)."""
+
+    days: int = Field(ge=2, le=366)
+    bonus: int = Field(gt=0)
+    repeat: bool = False
+
+
+class Checkin(Rule):
+    rule_id: str = "checkin"
+    points: int = Field(gt=0)
+    streaks: list[Streak] = Field(default_factory=list)
+
+
+class Cap(Rule):
+    """At most `count` credits per member per `per` period (`ever`: once in a lifetime when count is 1)."""
+
+    per: Literal["day", "week", "month", "year", "ever"]
+    count: int = Field(gt=0)
+
+
+class Task(Rule):
+    """Points for a completed task or behaviour of one `task_type` (kpi, training, survey, share, profile,
+    review, …), with an optional cap."""
+
+    rule_id: str
+    task_type: str
+    points: int = Field(gt=0)
+    cap: Cap | None = None
+
+
+class Activity(Rule):
+    checkin: Checkin | None = None
+    tasks: list[Task] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_rule_per_task_type(self) -> Activity:
+        types = [t.task_type for t in self.tasks]
+        repeated = sorted({t for t in types if types.count(t) > 1})
+        if repeated:
+            raise ValueError(f"one rule per task type: {', '.join(repeated)} repeated")
+        return self
+
+
+def period_of(cap: Cap, at: datetime, zone: ZoneInfo) -> str:
+    """The cap's period an event falls in, in the programme's time zone (weeks start on Monday)."""
+    local = at.astimezone(zone).date()
+    if cap.per == "day":
+        return local.isoformat()
+    if cap.per == "week":
+        return (local - timedelta(days=local.weekday())).isoformat()
+    if cap.per == "month":
+        return f"{local.year}-{local.month:02d}"
+    if cap.per == "year":
+        return str(local.year)
+    return "ever"
+
+
+@dataclass(frozen=True)
+class Award:
+    """What an activity earns: a rule id, the points, and why (or why not: `capped`)."""
+
+    rule_id: str
+    points: int
+    why: str
+    capped: bool = False
+
+
+def checkin_awards(rule: Checkin, streak: int) -> list[Award]:
+    """The check-in's points, plus each streak bonus due on this day of a `streak`-day run (1 = today only)."""
+    awards = [Award(rule.rule_id, rule.points, "daily check-in")]
+    for s in rule.streaks:
+        if streak == s.days or (s.repeat and streak > 0 and streak % s.days == 0):
+            awards.append(Award(f"{rule.rule_id}-streak-{s.days}", s.bonus, f"{streak} days in a row"))
+    return awards
+
+
+def streak_length(day: date, earlier_days: set[date]) -> int:
+    """How many consecutive days end with `day`, given the member's earlier check-in days."""
+    length, current = 1, day - timedelta(days=1)
+    while current in earlier_days:
+        length += 1
+        current -= timedelta(days=1)
+    return length
+
+
+def task_award(task: Task, used: int) -> Award:
+    """The task's points, or a capped award of none once `used` credits fill the cap's period."""
+    if task.cap is not None and used >= task.cap.count:
+        return Award(task.rule_id, 0, f"cap reached: {task.cap.count} per {task.cap.per}", capped=True)
+    return Award(task.rule_id, task.points, f"task {task.task_type}")
