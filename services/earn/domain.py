@@ -158,7 +158,7 @@ class Programme(BaseModel):
     effective_from: datetime
     timezone: str = "UTC"
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: any currency, 1:1
-    purchase: PurchaseRules
+    purchase: PurchaseRules | None = None  # None: purchases earn nothing in this programme
     pending: Pending = Pending()
     expiry: Expiry = Expiry()
     activity: Activity = Activity()  # check-ins, tasks and behaviours
@@ -212,6 +212,8 @@ def lines_of(purchase: PurchaseCompleted) -> list[PurchaseLine]:
 def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted) -> list[RulePoints]:
     """Every rule's points for this purchase, in a stable order: base, multipliers, bonuses, campaigns, rebates."""
     rules = programme.purchase
+    if rules is None:
+        return []
     lines = lines_of(purchase)
     eligible = {i: line for i, line in enumerate(lines) if not (rules.exclude and rules.exclude.matches(line))}
     base = {i: line.total * rules.base.points_per_unit for i, line in eligible.items()}

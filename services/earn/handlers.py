@@ -120,6 +120,9 @@ class EarnFromEvents:
         programme = self._programme(item, purchase.program_id, batch.rejections)
         if programme is None:
             return
+        if programme.purchase is None:
+            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward purchases")
+            return
         if programme.currency is not None and purchase.currency != programme.currency:
             batch.rejections.reject(item, "currency_not_accepted", f"programme {programme.program_id!r} earns on "
                                                                    f"{programme.currency}, not {purchase.currency}")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class Catalogue:
     folder: Path
     versions: dict[str, list[Programme]] = field(default_factory=dict)
     check_every_s: float = 2.0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stamp: tuple[tuple[str, int, float], ...] = ()
     _checked: float = 0.0
 
@@ -100,6 +101,7 @@ class Catalogue:
             return False
         try:
             versions = load_folder(self.folder)
+            self._refuse_rewriting_history(versions)
         except ProgrammeError as exc:
             log.error("programme folder not reloaded; the versions in force stay", extra={"error": str(exc)})
             self._stamp = stamp  # report once per change, not on every event
@@ -107,6 +109,21 @@ class Catalogue:
         self.versions, self._stamp = versions, stamp
         log.info("programmes reloaded", extra={"versions": {p: [v.version for v in vs] for p, vs in versions.items()}})
         return True
+
+    def _refuse_rewriting_history(self, versions: dict[str, list[Programme]]) -> None:
+        """A version added while running must take effect in the future: one that starts in the past would judge
+        events already credited differently on a replay. Correct the past with adjustments instead."""
+        now = self.clock()
+        known = {(p.program_id, p.version): p for p in self}
+        for programme in (p for found in versions.values() for p in found):
+            before = known.get((programme.program_id, programme.version))
+            if before is not None and before != programme and before.effective_from <= now:
+                raise ProgrammeError(f"programme {programme.program_id!r} version {programme.version} is in effect "
+                                     "already and was changed: add a new version instead")
+            if before is None and programme.effective_from < now:
+                raise ProgrammeError(f"programme {programme.program_id!r} version {programme.version} would take "
+                                     f"effect in the past ({programme.effective_from.isoformat()}); give it a "
+                                     "future effective_from")
 
     def _files_stamp(self) -> tuple[tuple[str, int, float], ...]:
         return tuple((p.name, p.stat().st_size, p.stat().st_mtime) for p in sorted(self.folder.glob("*.y*ml")))

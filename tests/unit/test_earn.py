@@ -175,13 +175,27 @@ def test_an_event_is_judged_by_the_version_in_effect_at_its_own_time(tmp_path: P
 def test_a_new_version_dropped_in_the_folder_is_used_without_a_restart(tmp_path: Path) -> None:
     write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "1")
     catalogue = Catalogue.load(tmp_path)
-    catalogue.check_every_s = 0
+    catalogue.check_every_s, catalogue.clock = 0, lambda: SATURDAY
     assert catalogue.at("shop", MONDAY).version == 1  # type: ignore[union-attr]
-    v2 = write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")
+    v2 = write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")  # takes effect after "now" (Saturday)
     os.utime(v2, (time.time() + 5, time.time() + 5))
     assert catalogue.at("shop", MONDAY).version == 2  # type: ignore[union-attr]
+    assert catalogue.at("shop", SATURDAY).version == 1  # type: ignore[union-attr]
     (tmp_path / "shop.v3.yaml").write_text("program_id: shop\nversion: oops\n")  # broken: the old ones stay
     assert catalogue.at("shop", MONDAY).version == 2  # type: ignore[union-attr]
+
+
+def test_a_version_that_would_rewrite_history_is_not_loaded(tmp_path: Path) -> None:
+    write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "1")
+    catalogue = Catalogue.load(tmp_path)
+    catalogue.check_every_s, catalogue.clock = 0, lambda: MONDAY
+    past = write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")  # before "now" (Monday)
+    os.utime(past, (time.time() + 5, time.time() + 5))
+    assert catalogue.at("shop", MONDAY).version == 1  # type: ignore[union-attr]
+    past.unlink()
+    edited = write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "3")  # v1 changed while in effect
+    os.utime(edited, (time.time() + 10, time.time() + 10))
+    assert points(catalogue.at("shop", MONDAY), purchase("10")) == {"base": 10}  # type: ignore[arg-type]
 
 
 def test_a_broken_programme_file_is_named_with_its_line_and_field(tmp_path: Path) -> None:
