@@ -3,6 +3,7 @@ per period. Pure: no I/O, no clock; what a member did before comes in as `Usage`
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -49,6 +50,7 @@ class Task(Rule):
 class Activity(Rule):
     checkin: Checkin | None = None
     tasks: list[Task] = Field(default_factory=list)
+    birthday: Birthday | None = None
 
     @model_validator(mode="after")
     def _one_rule_per_task_type(self) -> Activity:
@@ -106,3 +108,28 @@ def task_award(task: Task, used: int) -> Award:
     if task.cap is not None and used >= task.cap.count:
         return Award(task.rule_id, 0, f"cap reached: {task.cap.count} per {task.cap.per}", capped=True)
     return Award(task.rule_id, task.points, f"task {task.task_type}")
+
+
+class Birthday(Rule):
+    """`points` once a year on the member's birthday (in the programme's time zone). A birthday set less than
+    `min_days_since_set` days before does not pay that year, so changing it to today earns nothing."""
+
+    rule_id: str = "birthday"
+    points: int = Field(gt=0)
+    min_days_since_set: int = Field(default=30, ge=0, le=366)
+
+
+def birthday_today(birthday: str, today: date) -> bool:
+    """Whether a birthday ("MM-DD") falls on `today`; 29 February is kept on 28 February in other years."""
+    month, day = (int(part) for part in birthday.split("-"))
+    if (month, day) == (2, 29) and not calendar.isleap(today.year):
+        return (today.month, today.day) == (2, 28)
+    return (today.month, today.day) == (month, day)
+
+
+def birthday_pays(rule: Birthday, birthday: str, set_at: datetime, now: datetime, zone: ZoneInfo) -> bool:
+    today = now.astimezone(zone).date()
+    return birthday_today(birthday, today) and now - set_at >= timedelta(days=rule.min_days_since_set)
+
+
+Activity.model_rebuild()

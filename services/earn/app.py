@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.earn.birthdays import BirthdayBonus
 from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
 from services.earn.programmes import Catalogue
 from services.earn.settings import EarnSettings
 from shared import topics
 from shared.contracts import INBOUND_TYPES
-from shared.service import ServiceSpec, build_app
+from shared.service import Runtime, ServiceSpec, build_app
 
 # Earn owns these topics; types it does not handle yet go to the DLQ as `unsupported_type`,
 # where they wait to be replayed when their rules land.
 EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _birthdays(runtime: Runtime, settings: EarnSettings, catalogue: Catalogue, commands_topic: str) -> None:
+    assert runtime.engine is not None
+    await BirthdayBonus(runtime.engine, settings.schema_name, catalogue, commands_topic, utc_now,
+                        interval_s=settings.birthday_interval_s).run()
 
 
 def create_app(settings: EarnSettings | None = None) -> FastAPI:
@@ -25,7 +37,8 @@ def create_app(settings: EarnSettings | None = None) -> FastAPI:
     spec = ServiceSpec(
         name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
         topics=EARN_TOPICS, types=dict(INBOUND_TYPES), handled_types=HANDLED,
-        make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)))
+        make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)),
+        background=[lambda runtime: _birthdays(runtime, settings, catalogue, commands_topic)])
     app, _runtime = build_app(spec, settings, "Jifen earn")
 
     @app.get("/v1/programs", tags=["earn"])

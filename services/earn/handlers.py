@@ -19,6 +19,7 @@ from shared.contracts import (
     Cause,
     CheckinRecorded,
     LedgerCommand,
+    MemberEnrolled,
     PostCredit,
     PurchaseCompleted,
     PurchaseRefunded,
@@ -30,7 +31,7 @@ from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
 HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1", "jifen.checkin.recorded.v1",
-           "jifen.task.completed.v1"}
+           "jifen.task.completed.v1", "jifen.member.enrolled.v1"}
 
 
 class EarnMetrics:
@@ -60,6 +61,8 @@ class EarnFromEvents:
                 await self._checkin(item, item.data, batch)
             elif isinstance(item.data, TaskCompleted):
                 await self._task(item, item.data, batch)
+            elif isinstance(item.data, MemberEnrolled):
+                await self._enrol(item, item.data, batch)
         await batch.flush()
 
     async def _checkin(self, item: Inbound, checkin: CheckinRecorded, batch: Batch) -> None:
@@ -80,6 +83,12 @@ class EarnFromEvents:
         for award in checkin_awards(rule, streak):
             self._award(item, programme, checkin.member_id, award, "checkin", batch,
                         {"day": checkin.day.isoformat(), "streak": streak})
+
+    async def _enrol(self, item: Inbound, member: MemberEnrolled, batch: Batch) -> None:
+        if self._programme(item, member.program_id, batch.rejections) is None:
+            return
+        await repository.enrol(batch.uow.db, member.program_id, member.member_id, member.birthday,
+                               member.enrolled_at or item.event.time, item.event.time)
 
     async def _task(self, item: Inbound, task: TaskCompleted, batch: Batch) -> None:
         programme = self._programme(item, task.program_id, batch.rejections)

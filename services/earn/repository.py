@@ -125,3 +125,33 @@ async def record_capped(db: asyncpg.Connection, program_id: str, member_id: str,
         """INSERT INTO capped (program_id, member_id, rule_id, event_id, period, why, at)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
         program_id, member_id, rule_id, event_id, period, why, at)
+
+
+async def enrol(db: asyncpg.Connection, program_id: str, member_id: str, birthday: str | None,
+                enrolled_at: datetime, at: datetime) -> None:
+    """Record or update a member; the birthday's set time moves only when the birthday changes."""
+    await db.execute(
+        """INSERT INTO members (program_id, member_id, birthday, birthday_set_at, enrolled_at)
+           VALUES ($1, $2, $3, CASE WHEN $3::text IS NULL THEN NULL ELSE $5::timestamptz END, $4)
+           ON CONFLICT (program_id, member_id) DO UPDATE SET
+               birthday = coalesce(EXCLUDED.birthday, members.birthday),
+               birthday_set_at = CASE WHEN EXCLUDED.birthday IS NOT NULL
+                                           AND EXCLUDED.birthday IS DISTINCT FROM members.birthday
+                                      THEN EXCLUDED.birthday_set_at ELSE members.birthday_set_at END""",
+        program_id, member_id, birthday, enrolled_at, at)
+
+
+async def birthdays_due(db: asyncpg.Connection, program_id: str, days: Sequence[str], year: int,
+                        limit: int) -> list[asyncpg.Record]:
+    """Members of the programme whose birthday is one of `days` (MM-DD) and not paid for `year`."""
+    return await db.fetch(
+        """SELECT m.member_id, m.birthday, m.birthday_set_at FROM members m
+           WHERE m.program_id = $1 AND m.birthday = ANY($2::text[])
+             AND NOT EXISTS (SELECT 1 FROM birthdays_paid p WHERE p.program_id = m.program_id
+                             AND p.member_id = m.member_id AND p.year = $3)
+           ORDER BY m.member_id LIMIT $4""", program_id, list(days), year, limit)
+
+
+async def birthday_paid(db: asyncpg.Connection, program_id: str, member_id: str, year: int) -> None:
+    await db.execute("INSERT INTO birthdays_paid (program_id, member_id, year) VALUES ($1, $2, $3) "
+                     "ON CONFLICT DO NOTHING", program_id, member_id, year)

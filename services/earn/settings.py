@@ -9,3 +9,5 @@ class EarnSettings(Settings):
     http_port: int = 8101
     schema_name: str = "earn"
     programmes_dir: Path = Path(__file__).parent / "programmes"
+    # How often earn looks for birthdays due (it also looks once at start).
+    birthday_interval_s: float = 3600.0
