@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+Period = Literal["day", "week", "month", "year", "ever"]
+
 
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,7 +35,7 @@ class Checkin(Rule):
 class Cap(Rule):
     """At most `count` credits per member per `per` period (`ever`: once in a lifetime when count is 1)."""
 
-    per: Literal["day", "week", "month", "year", "ever"]
+    per: Period
     count: int = Field(gt=0)
 
 
@@ -61,16 +63,16 @@ class Activity(Rule):
         return self
 
 
-def period_of(cap: Cap, at: datetime, zone: ZoneInfo) -> str:
-    """The cap's period an event falls in, in the programme's time zone (weeks start on Monday)."""
+def period_of(per: Period, at: datetime, zone: ZoneInfo) -> str:
+    """The period (of a cap or budget) an event falls in, in the programme's time zone; weeks start on Monday."""
     local = at.astimezone(zone).date()
-    if cap.per == "day":
+    if per == "day":
         return local.isoformat()
-    if cap.per == "week":
+    if per == "week":
         return (local - timedelta(days=local.weekday())).isoformat()
-    if cap.per == "month":
+    if per == "month":
         return f"{local.year}-{local.month:02d}"
-    if cap.per == "year":
+    if per == "year":
         return str(local.year)
     return "ever"
 
@@ -133,3 +135,23 @@ def birthday_pays(rule: Birthday, birthday: str, set_at: datetime, now: datetime
 
 
 Activity.model_rebuild()
+
+
+class PointsCap(Rule):
+    """At most `points` per member per period from one rule; what goes over is cut, and the credit says so."""
+
+    rule_id: str
+    per: Period
+    points: int = Field(gt=0)
+
+
+class Budget(Rule):
+    """At most `points` per period for the whole programme, all members and rules together."""
+
+    per: Period
+    points: int = Field(gt=0)
+
+
+def granted(wanted: int, used: int, limit: int) -> int:
+    """What a limit still lets through of `wanted`, given what was `used` in the period."""
+    return max(0, min(wanted, limit - used))

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.earn.activity import Activity
+from services.earn.activity import Activity, Budget, PointsCap
 from shared.contracts import Cause, PostCredit, PurchaseCompleted, PurchaseLine
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -162,6 +162,8 @@ class Programme(BaseModel):
     pending: Pending = Pending()
     expiry: Expiry = Expiry()
     activity: Activity = Activity()  # check-ins, tasks and behaviours
+    caps: list[PointsCap] = Field(default_factory=list)  # points per member per rule per period
+    budget: Budget | None = None  # points per period for the whole programme
 
     @field_validator("timezone")
     @classmethod

@@ -54,7 +54,7 @@ class EarnFromEvents:
         # In order: a refund may follow its purchase within the batch.
         for item in items:
             if isinstance(item.data, PurchaseCompleted):
-                self._purchase(item, item.data, batch)
+                await self._purchase(item, item.data, batch)
             elif isinstance(item.data, PurchaseRefunded):
                 await self._refund(item, item.data, batch)
             elif isinstance(item.data, CheckinRecorded):
@@ -81,7 +81,7 @@ class EarnFromEvents:
             return  # once per member per day: the second check-in of a day earns nothing, and that is no error
         streak = streak_length(checkin.day, earlier)
         for award in checkin_awards(rule, streak):
-            self._award(item, programme, checkin.member_id, award, "checkin", batch,
+            await self._award(item, programme, checkin.member_id, award, "checkin", batch,
                         {"day": checkin.day.isoformat(), "streak": streak})
 
     async def _enrol(self, item: Inbound, member: MemberEnrolled, batch: Batch) -> None:
@@ -101,7 +101,7 @@ class EarnFromEvents:
             return
         award = task_award(rule, used=0)
         if rule.cap is not None:
-            period = period_of(rule.cap, item.event.time, programme.zone)
+            period = period_of(rule.cap.per, item.event.time, programme.zone)
             if not await repository.use_rule(batch.uow.db, task.program_id, task.member_id, rule.rule_id, period,
                                              rule.cap.count):
                 award = task_award(rule, used=rule.cap.count)
@@ -109,11 +109,35 @@ class EarnFromEvents:
                                                item.event.event_id, period, award.why, item.event.time)
                 self.metrics.skipped.labels(programme.program_id, "capped").inc()
                 return
-        self._award(item, programme, task.member_id, award, "task", batch,
+        await self._award(item, programme, task.member_id, award, "task", batch,
                     {"task_id": task.task_id, "task_type": task.task_type})
 
-    def _award(self, item: Inbound, programme: Programme, member_id: str, award: Award, reason: str, batch: Batch,
-               details: dict[str, object]) -> None:
+    async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound, batch: Batch) -> PostCredit | None:
+        """The credit as the programme's caps and budget let it through: cut (saying what and why), or None."""
+        wanted, amount, cuts = credit.amount, credit.amount, []
+        for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
+            period = period_of(cap.per, item.event.time, programme.zone)
+            amount = await repository.take_points(batch.uow.db, programme.program_id, credit.member_id, cap.rule_id,
+                                                  period, amount, cap.points)
+            if amount < wanted:
+                cuts.append(f"{cap.points} points per member per {cap.per} from {cap.rule_id}")
+        if programme.budget is not None and amount > 0:
+            period = period_of(programme.budget.per, item.event.time, programme.zone)
+            before = amount
+            amount = await repository.take_budget(batch.uow.db, programme.program_id, period, amount,
+                                                  programme.budget.points)
+            if amount < before:
+                cuts.append(f"the programme's budget of {programme.budget.points} points per {programme.budget.per}")
+        if amount == wanted:
+            return credit
+        self.metrics.skipped.labels(programme.program_id, "capped").inc()
+        if amount == 0:
+            return None
+        details = {**(credit.details or {}), "capped": {"wanted": wanted, "granted": amount, "why": cuts}}
+        return credit.model_copy(update={"amount": amount, "details": details})
+
+    async def _award(self, item: Inbound, programme: Programme, member_id: str, award: Award, reason: str,
+                     batch: Batch, details: dict[str, object]) -> None:
         credit = PostCredit(
             idempotency_key=earn_key(item.event.event_id, award.rule_id), program_id=programme.program_id,
             member_id=member_id, amount=award.points, occurred_at=item.event.time, available_at=item.event.time,
@@ -121,10 +145,14 @@ class EarnFromEvents:
             cause=Cause(source_event_id=item.event.event_id, rule_id=award.rule_id, rule_version=programme.version,
                         reason=reason),
             details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
+        limited = await self._limit(programme, credit, item, batch)
+        if limited is None:
+            return
+        credit = limited
         batch.uow.publish(self._command(credit, item))
-        self.metrics.points.labels(programme.program_id, award.rule_id).inc(award.points)
+        self.metrics.points.labels(programme.program_id, award.rule_id).inc(credit.amount)
 
-    def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
+    async def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
         # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
         programme = self._programme(item, purchase.program_id, batch.rejections)
         if programme is None:
@@ -147,7 +175,10 @@ class EarnFromEvents:
             return  # a replay that passed the inbox (it was cleared): its credits were sent before
         fired = fired_rules(programme, item.event.time, purchase)
         credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired)
-        earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines) for r, c in zip(fired, credits, strict=True)]
+        limited = [await self._limit(programme, credit, item, batch) for credit in credits]
+        earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines)
+                  for r, c in zip(fired, limited, strict=True) if c is not None]
+        credits = [c for c in limited if c is not None]
         order = Order(purchase.order_id, purchase.member_id, purchase.total,
                       [(line.sku, line.total) for line in lines_of(purchase)], earned)
         batch.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.earn.activity import granted
 from services.earn.refunds import Earned, Order
 from shared.contracts import PurchaseLine, PurchaseRefunded
 
@@ -155,3 +156,30 @@ async def birthdays_due(db: asyncpg.Connection, program_id: str, days: Sequence[
 async def birthday_paid(db: asyncpg.Connection, program_id: str, member_id: str, year: int) -> None:
     await db.execute("INSERT INTO birthdays_paid (program_id, member_id, year) VALUES ($1, $2, $3) "
                      "ON CONFLICT DO NOTHING", program_id, member_id, year)
+
+
+async def take_points(db: asyncpg.Connection, program_id: str, member_id: str, rule_id: str, period: str,
+                      wanted: int, limit: int) -> int:
+    """Grant what a member's cap on a rule still allows of `wanted` in the period, and count it."""
+    used = await db.fetchval(
+        """SELECT points FROM points_usage WHERE program_id = $1 AND member_id = $2 AND rule_id = $3 AND period = $4
+           FOR UPDATE""", program_id, member_id, rule_id, period) or 0
+    given = granted(wanted, used, limit)
+    await db.execute(
+        """INSERT INTO points_usage (program_id, member_id, rule_id, period, points) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (program_id, member_id, rule_id, period) DO UPDATE SET points = points_usage.points + $5""",
+        program_id, member_id, rule_id, period, given)
+    return given
+
+
+async def take_budget(db: asyncpg.Connection, program_id: str, period: str, wanted: int, limit: int) -> int:
+    """Grant what the programme's budget still allows of `wanted` in the period, and count it. The row lock
+    serialises members sharing the budget: one short critical section per credit."""
+    await db.execute("INSERT INTO budgets (program_id, period, points) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+                     program_id, period)
+    used = await db.fetchval("SELECT points FROM budgets WHERE program_id = $1 AND period = $2 FOR UPDATE",
+                             program_id, period)
+    given = granted(wanted, used, limit)
+    await db.execute("UPDATE budgets SET points = points + $3 WHERE program_id = $1 AND period = $2",
+                     program_id, period, given)
+    return given
