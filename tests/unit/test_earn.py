@@ -24,6 +24,7 @@ from services.earn.domain import (
 )
 from services.earn.programmes import Catalogue, ProgrammeError, load_file
 from services.earn.settings import EarnSettings
+from services.ledger.domain import payload_hash
 from shared.contracts import PurchaseCompleted, PurchaseLine
 
 SATURDAY = datetime(2026, 11, 7, 10, tzinfo=UTC)
@@ -230,3 +231,24 @@ def test_points_are_never_negative_and_each_rule_is_the_floor_of_its_exact_sum(
     for r in rule_points(shop, MONDAY, order):
         exact = sum(r.lines.values(), Decimal(0))
         assert 0 <= r.points <= exact < r.points + 1
+
+
+@given(st.lists(st.tuples(amounts, st.sampled_from([None, "food", "dairy", "wine"]),
+                          st.sampled_from(["milk", "tea", "bread"])), min_size=0, max_size=5),
+       st.sampled_from(["pos", "online", "app"]), st.datetimes(min_value=datetime(2026, 1, 1),
+                                                              max_value=datetime(2026, 12, 31), timezones=st.just(UTC)))
+def test_a_replayed_event_earns_identical_credits_so_the_ledger_sees_a_replay(
+        spec: list[tuple[Decimal, str | None, str]], channel: str, at: datetime) -> None:
+    shop = programme(multipliers=[{"rule_id": "dairy-x2", "categories": ["dairy"], "multiplier": "2"}],
+                     bonuses=[{"rule_id": "tea", "skus": ["tea"], "points": 3}],
+                     campaigns=[{"rule_id": "weekend", "multiplier": "1.5", "starts": "2026-01-01T00:00:00Z",
+                                 "ends": "2027-01-01T00:00:00Z", "weekdays": ["sat", "sun"]}],
+                     rebates=[{"rule_id": "rebate", "min_total": "50", "percent": "2"}])
+    order = purchase(str(sum((a for a, _, _ in spec), Decimal(0))),
+                     *[line(sku, str(a), c) for a, c, sku in spec], channel=channel)
+    # The event as it would be read again from Kafka: its JSON, parsed anew.
+    again = PurchaseCompleted.model_validate_json(order.model_dump_json())
+    first = credits_for_purchase(shop, "pos://s|e1", at, order)
+    second = credits_for_purchase(shop, "pos://s|e1", at, again)
+    assert first == second
+    assert [payload_hash(c) for c in first] == [payload_hash(c) for c in second]
