@@ -162,6 +162,19 @@ def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAP
     return app, runtime
 
 
+async def every(interval_s: float, job: Callable[[], Coroutine[Any, Any, object]], what: str) -> None:
+    """Run a service's periodic job (the ledger's sweeper, earn's birthdays) until cancelled; a failed round (the
+    database down) is logged and the next round tries again."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(f"{what} failed; retrying next round", extra={"error": repr(exc), "retry_in_s": interval_s})
+        await asyncio.sleep(interval_s)
+
+
 def _tune_gc(young_threshold: int) -> None:
     """A batch's objects live until the batch ends, so they survive the young collections and, with Python's
     defaults, are rescanned by a middle-generation collection every ten of them, over and over within one

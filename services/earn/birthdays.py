@@ -4,7 +4,6 @@ second run, or a second earn process, cannot pay it twice."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from services.earn.programmes import Catalogue
 from shared import envelope
 from shared.contracts import COMMAND_TYPE_OF, Cause, PostCredit
 from shared.outbox import OutboxMessage
+from shared.service import every
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,4 @@ class BirthdayBonus:
         return paid
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.pay_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be down; the next round tries again
-                log.warning("birthday round failed; retrying next round", extra={"error": repr(exc)})
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.pay_due, "birthday round")

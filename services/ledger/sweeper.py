@@ -8,7 +8,6 @@ key the ledger already has is not sent again; one in flight may be, and is then 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import envelope
 from shared.contracts import COMMAND_TYPE_OF, Cause, ExpireHold, ExpireLot, LedgerCommand
 from shared.outbox import OutboxMessage
+from shared.service import every
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,4 @@ class Sweeper:
         return total
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be down; the next round tries again
-                log.warning("sweep failed; retrying next round", extra={"error": repr(exc)})
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.sweep, "sweep")
