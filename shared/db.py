@@ -15,6 +15,12 @@ SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
 
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key for a name (`migrate:ledger`, `outbox:earn`, ...): the first 8 bytes of its
+    SHA-256, so every process derives the same key."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def make_engine(settings: Settings, schema: str, pool_size: int = 5) -> AsyncEngine:
     return create_async_engine(
         settings.sqlalchemy_url,
@@ -32,7 +38,7 @@ async def migrate(dsn: str, schema: str, service_migrations: Path) -> list[str]:
     An advisory lock makes concurrent starts of the same service apply each migration once.
     """
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema}, timeout=10)
-    lock = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    lock = advisory_key(f"migrate:{schema}")
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", lock)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from shared import envelope
+from shared.contracts import COMMAND_TYPE_OF, LedgerCommand
+from shared.db import advisory_key
 from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,16 @@ class OutboxMessage:
     key: bytes | None
     value: bytes
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
+
+
+def ledger_command(cmd: LedgerCommand, topic: str, source: str, at: datetime, subject: str) -> OutboxMessage:
+    """A ledger command as the outbox row that sends it: a structured CloudEvent whose id is the command's key,
+    keyed by member so the ledger applies a member's commands in order."""
+    return OutboxMessage(
+        topic=topic, key=cmd.member_id.encode(),
+        value=envelope.encode(cmd.idempotency_key, source, COMMAND_TYPE_OF[type(cmd)], at,
+                              cmd.model_dump(mode="json"), subject=subject),
+        headers=envelope.STRUCTURED_HEADERS)
 
 
 def channel(schema: str) -> str:
@@ -63,7 +76,7 @@ class OutboxRelay:
         self.metrics = metrics
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self.lock_key = int.from_bytes(hashlib.sha256(f"outbox:{schema}".encode()).digest()[:8], "big", signed=True)
+        self.lock_key = advisory_key(f"outbox:{schema}")
         self.is_leader = False
         self._wake = asyncio.Event()
 

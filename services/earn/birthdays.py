@@ -4,7 +4,6 @@ second run, or a second earn process, cannot pay it twice."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from services.earn import repository
 from services.earn.activity import birthday_pays
 from services.earn.domain import expires_at
 from services.earn.programmes import Catalogue
-from shared import envelope
-from shared.contracts import COMMAND_TYPE_OF, Cause, PostCredit
-from shared.outbox import OutboxMessage
+from shared.contracts import Cause, PostCredit
+from shared.db import advisory_key
+from shared.outbox import ledger_command
 from shared.service import every
 from shared.uow import UnitOfWork
 
@@ -39,7 +38,7 @@ class BirthdayBonus:
     async def pay_due(self) -> int:
         """Pay every birthday due now; returns how many were paid."""
         now, paid = self.clock(), 0
-        lock = int.from_bytes(hashlib.sha256(f"birthdays:{self.schema}".encode()).digest()[:8], "big", signed=True)
+        lock = advisory_key(f"birthdays:{self.schema}")
         for program_id in list(self.catalogue.versions):
             programme = self.catalogue.at(program_id, now)
             rule = programme.activity.birthday if programme is not None else None
@@ -67,11 +66,8 @@ class BirthdayBonus:
                             cause=Cause(source_event_id=f"{SOURCE}|{key}", rule_id=rule.rule_id,
                                         rule_version=programme.version, reason="birthday"),
                             details={"rule": {"rule_id": rule.rule_id, "points": rule.points, "why": "birthday"}})
-                        uow.publish(OutboxMessage(
-                            topic=self.commands_topic, key=credit.member_id.encode(),
-                            value=envelope.encode(key, SOURCE, COMMAND_TYPE_OF[PostCredit], now,
-                                                  credit.model_dump(mode="json"), subject=credit.member_id),
-                            headers=envelope.STRUCTURED_HEADERS))
+                        uow.publish(ledger_command(credit, self.commands_topic, SOURCE, now,
+                                                  subject=credit.member_id))
                         paid += 1
                     await uow.commit()
                 if len(due) < self.batch_size:

@@ -12,10 +12,8 @@ from services.earn.domain import Programme, credits_from, earn_key, expires_at, 
 from services.earn.programmes import Catalogue
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from services.earn.repository import NewOrder
-from shared import envelope
 from shared.consumer import Inbound, Rejections
 from shared.contracts import (
-    COMMAND_TYPE_OF,
     Cause,
     CheckinRecorded,
     LedgerCommand,
@@ -26,7 +24,7 @@ from shared.contracts import (
     ReverseEntry,
     TaskCompleted,
 )
-from shared.outbox import OutboxMessage
+from shared.outbox import OutboxMessage, ledger_command
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
@@ -225,11 +223,7 @@ class EarnFromEvents:
         return programme
 
     def _command(self, cmd: LedgerCommand, item: Inbound) -> OutboxMessage:
-        return OutboxMessage(
-            topic=self.commands_topic, key=cmd.member_id.encode(),
-            value=envelope.encode(cmd.idempotency_key, SOURCE, COMMAND_TYPE_OF[type(cmd)], item.event.time,
-                                  cmd.model_dump(mode="json"), subject=cmd.member_id),
-            headers=envelope.STRUCTURED_HEADERS)
+        return ledger_command(cmd, self.commands_topic, SOURCE, item.event.time, subject=cmd.member_id)
 
 
 class Batch:

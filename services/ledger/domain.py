@@ -137,9 +137,6 @@ class MemberBook:
     def __post_init__(self) -> None:
         self.read_version = self.account.version
 
-    def open_lots(self) -> list[LotState]:
-        return [lot for lot in self.lots if lot.used < lot.amount]
-
     def spendable_free(self, now: datetime) -> int:
         return sum(lot.free for lot in self.lots if lot.free > 0 and lot.spendable(now))
 

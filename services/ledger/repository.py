@@ -23,6 +23,12 @@ from services.ledger.rules import StoredEntry
 
 AccountKey = tuple[str, str, str]  # (program_id, kind, member_id)
 
+# A lot's remainder is derived, never stored: what allocations took, and what open holds keep. One definition for
+# the rules' reads and the sweeper (verify counts on its own, so that it checks rather than repeats).
+LOT_USED = "coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0)"
+LOT_RESERVED = """coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
+                     AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = r.hold_id)), 0)"""
+
 
 async def known_commands(db: asyncpg.Connection, keys: Sequence[str]) -> dict[str, bytes]:
     rows = await db.fetch("SELECT idempotency_key, payload_hash FROM commands WHERE idempotency_key = ANY($1::text[])",
@@ -97,11 +103,8 @@ async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], compl
     lots: dict[int, LotState] = {}
     if full:
         for r in await db.fetch(
-                """SELECT l.id, l.account_id, l.entry_id, l.amount, l.available_at, l.expires_at, l.origin_lot_id,
-                          coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0) AS used,
-                          coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
-                                      AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = r.hold_id)),
-                                   0) AS reserved
+                f"""SELECT l.id, l.account_id, l.entry_id, l.amount, l.available_at, l.expires_at, l.origin_lot_id,
+                           {LOT_USED} AS used, {LOT_RESERVED} AS reserved
                    FROM lots l
                    WHERE l.account_id = ANY($1::bigint[])
                      AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
@@ -323,9 +326,7 @@ async def entries_page(db: asyncpg.Connection, program_id: str, member_id: str, 
     lots: dict[int, list[asyncpg.Record]] = {}
     if rows:
         for r in await db.fetch(
-                """SELECT l.id, l.entry_id, l.amount, l.available_at, l.expires_at,
-                          l.amount - coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0)
-                              AS unspent
+                f"""SELECT l.id, l.entry_id, l.amount, l.available_at, l.expires_at, l.amount - {LOT_USED} AS unspent
                    FROM lots l WHERE l.entry_id = ANY($1::bigint[]) ORDER BY l.id""", [r["id"] for r in rows]):
             lots.setdefault(r["entry_id"], []).append(r)
     return rows, lots

@@ -8,7 +8,6 @@ key the ledger already has is not sent again; one in flight may be, and is then 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,9 +18,10 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import envelope
-from shared.contracts import COMMAND_TYPE_OF, Cause, ExpireHold, ExpireLot, LedgerCommand
-from shared.outbox import OutboxMessage
+from services.ledger.repository import LOT_RESERVED, LOT_USED
+from shared.contracts import Cause, ExpireHold, ExpireLot, LedgerCommand
+from shared.db import advisory_key
+from shared.outbox import ledger_command
 from shared.service import every
 from shared.uow import UnitOfWork
 
@@ -42,16 +42,13 @@ Cursor = tuple[datetime, str] | None
 async def due_lots(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[LedgerCommand]:
     """Lots past their expiry with unreserved points left and no expiry command yet, in expiry order."""
     rows = await db.fetch(
-        """SELECT l.id, l.expires_at, a.program_id, a.member_id
+        f"""SELECT l.id, l.expires_at, a.program_id, a.member_id
            FROM lots l JOIN accounts a ON a.id = l.account_id
            WHERE l.expires_at <= $1
              AND ($3::timestamptz IS NULL OR (l.expires_at, l.id) > ($3, $4::bigint))
              AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
              AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = 'expire:' || l.id)
-             AND l.amount > coalesce((SELECT sum(x.amount) FROM allocations x WHERE x.lot_id = l.id), 0)
-                          + coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
-                                        AND NOT EXISTS (SELECT 1 FROM hold_resolutions s
-                                                        WHERE s.hold_id = r.hold_id)), 0)
+             AND l.amount > {LOT_USED} + {LOT_RESERVED}
            ORDER BY l.expires_at, l.id LIMIT $2""",
         now, limit, after[0] if after else None, int(after[1]) if after else 0)
     return [ExpireLot(idempotency_key=f"expire:{r['id']}", program_id=r["program_id"], member_id=r["member_id"],
@@ -89,14 +86,6 @@ async def due_commands(db: asyncpg.Connection, now: datetime, limit: int = 100_0
     return await due_lots(db, now, limit) + await due_holds(db, now, limit)
 
 
-def command_message(cmd: LedgerCommand, topic: str, now: datetime) -> OutboxMessage:
-    return OutboxMessage(
-        topic=topic, key=cmd.member_id.encode(),
-        value=envelope.encode(cmd.idempotency_key, SOURCE, COMMAND_TYPE_OF[type(cmd)], now,
-                              cmd.model_dump(mode="json"), subject=cmd.idempotency_key),
-        headers=envelope.STRUCTURED_HEADERS)
-
-
 @dataclass
 class Sweeper:
     engine: AsyncEngine
@@ -109,7 +98,7 @@ class Sweeper:
 
     @property
     def lock_key(self) -> int:
-        return int.from_bytes(hashlib.sha256(f"sweeper:{self.schema}".encode()).digest()[:8], "big", signed=True)
+        return advisory_key(f"sweeper:{self.schema}")
 
     async def sweep(self) -> int:
         """Send every due command, a batch per transaction, walking forward by expiry; returns how many."""
@@ -124,7 +113,8 @@ class Sweeper:
                         return total
                     commands = await find(uow.db, now, self.batch_size, after)
                     for cmd in commands:
-                        uow.publish(command_message(cmd, self.commands_topic, now))
+                        uow.publish(ledger_command(cmd, self.commands_topic, SOURCE, now,
+                                                   subject=cmd.idempotency_key))
                     await uow.commit()
                 self.metrics.sent.labels(kind).inc(len(commands))
                 total += len(commands)
