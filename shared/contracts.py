@@ -101,6 +101,19 @@ class MemberEnrolled(Contract):
     enrolled_at: datetime | None = None
 
 
+class PointsAwarded(Contract):
+    """A manual award (goodwill from customer service, a manager's bonus). Earn pays it only when the event's
+    CloudEvents `source` is one the programme trusts, and at most the programme's limit per award; `award_id`
+    is the award's own id, so a resubmitted form with a new event id is not paid twice."""
+
+    program_id: ProgramId = "default"
+    member_id: Id
+    award_id: Id
+    points: int = Field(gt=0)
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+    awarded_by: Id
+
+
 INBOUND_TYPES: dict[str, type[Contract]] = {
     "jifen.purchase.completed.v1": PurchaseCompleted,
     "jifen.purchase.refunded.v1": PurchaseRefunded,
@@ -108,6 +121,7 @@ INBOUND_TYPES: dict[str, type[Contract]] = {
     "jifen.checkin.recorded.v1": CheckinRecorded,
     "jifen.referral.accepted.v1": ReferralAccepted,
     "jifen.member.enrolled.v1": MemberEnrolled,
+    "jifen.points.awarded.v1": PointsAwarded,  # on jifen.tasks
 }
 
 
@@ -298,3 +312,20 @@ class CommandRejected(Contract):
     command_type: str
     reason: str
     detail: str
+
+
+# --- tier changes (jifen.tiers) -----------------------------------------------------------------------
+
+TIER_CHANGED = "jifen.tier.changed.v1"
+
+
+class TierChanged(Contract):
+    """A member's tier changed, as of the event's `time`. `earn_multiplier` multiplies the base points of the
+    member's purchases from then on (1: the tier earns nothing extra); earn keeps the history, so a purchase is
+    judged by the tier the member held when it happened."""
+
+    program_id: ProgramId = "default"
+    member_id: Id
+    tier: Id
+    previous_tier: Id | None = None
+    earn_multiplier: Decimal = Field(default=Decimal(1), ge=1, le=100)

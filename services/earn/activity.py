@@ -49,10 +49,30 @@ class Task(Rule):
     cap: Cap | None = None
 
 
+class ManualAwards(Rule):
+    """Points awarded by hand (goodwill from customer service, a manager's bonus): paid only when the event's
+    CloudEvents `source` is one of `sources`, and at most `max_points` per award."""
+
+    rule_id: str = "manual"
+    sources: frozenset[str] = Field(min_length=1)
+    max_points: int = Field(gt=0)
+
+
+def award_refusal(rule: ManualAwards, source: str, points: int) -> tuple[str, str] | None:
+    """Why a manual award may not be paid (a DLQ reason and detail), or None when it may."""
+    if source not in rule.sources:
+        return "untrusted_source", (f"source {source!r} may not award points here; the programme trusts "
+                                    f"{', '.join(sorted(rule.sources))}")
+    if points > rule.max_points:
+        return "award_too_large", f"{points} points is more than the {rule.max_points} one award may give"
+    return None
+
+
 class Activity(Rule):
     checkin: Checkin | None = None
     tasks: list[Task] = Field(default_factory=list)
     birthday: Birthday | None = None
+    manual: ManualAwards | None = None  # None: manual awards are refused
 
     @model_validator(mode="after")
     def _one_rule_per_task_type(self) -> Activity:

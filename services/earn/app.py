@@ -12,12 +12,12 @@ from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
 from services.earn.programmes import Catalogue
 from services.earn.settings import EarnSettings
 from shared import topics
-from shared.contracts import INBOUND_TYPES
+from shared.contracts import INBOUND_TYPES, TIER_CHANGED, TierChanged
 from shared.service import Runtime, ServiceSpec, build_app
 
-# Earn owns these topics; types it does not handle yet go to the DLQ as `unsupported_type`,
-# where they wait to be replayed when their rules land.
-EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS]
+# Earn owns these topics (and reads the tiers service's announcements); types it does not handle go to the DLQ
+# as `unsupported_type`, where they wait to be replayed when their rules land.
+EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS, topics.TIERS]
 
 
 def utc_now() -> datetime:
@@ -36,7 +36,7 @@ def create_app(settings: EarnSettings | None = None) -> FastAPI:
     commands_topic = settings.topic(topics.LEDGER_COMMANDS)
     spec = ServiceSpec(
         name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
-        topics=EARN_TOPICS, types=dict(INBOUND_TYPES), handled_types=HANDLED,
+        topics=EARN_TOPICS, types={**INBOUND_TYPES, TIER_CHANGED: TierChanged}, handled_types=HANDLED,
         make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)),
         background=[lambda runtime: _birthdays(runtime, settings, catalogue, commands_topic)])
     app, _runtime = build_app(spec, settings, "Jifen earn")

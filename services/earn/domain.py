@@ -1,8 +1,8 @@
 """Earn rules: how a purchase becomes points under a programme version. Pure: no I/O, no clock.
 
-A purchase is judged line by line. Each rule that fires (base rate, product or category multiplier, fixed
-bonus, campaign, rebate) gives points per line as exact decimals; a rule's credit is the floor of its sum,
-so a fraction of a point is never credited and each rule's points are explainable on their own. Each rule
+A purchase is judged line by line. Each rule that fires (base rate, the member's tier, product or category
+multiplier, fixed bonus, campaign, rebate) gives points per line as exact decimals; a rule's credit is the floor
+of its sum, so a fraction of a point is never credited and each rule's points are explainable on their own. Each rule
 that yields points becomes one ledger credit with key `earn:{event_id}:{rule_id}`, and keeps the points
 per line, so a refund can take back exactly what the refunded lines earned.
 """
@@ -10,6 +10,7 @@ per line, so a refund can take back exactly what the refunded lines earned.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -64,8 +65,34 @@ class Bonus(Match):
     per: Literal["line", "unit"] = "unit"
 
 
+@dataclass(frozen=True)
+class MemberTier:
+    """The tier a member held when a purchase happened, as the tiers service announced it."""
+
+    tier: str
+    multiplier: Decimal = Decimal(1)
+
+
+def tier_at(history: Sequence[tuple[datetime, MemberTier]], at: datetime) -> MemberTier | None:
+    """The tier in effect at `at` (the last to take effect at or before it), given a history oldest first."""
+    held = None
+    for since, tier in history:
+        if since > at:
+            break
+        held = tier
+    return held
+
+
+class TierRate(Rule):
+    """The member's tier multiplier (from the tiers stream) on the base points of every eligible line; like the
+    other multipliers the base points count once and this rule adds the rest. No tier known: multiplier 1."""
+
+    rule_id: str = "tier"
+
+
 class Campaign(Match):
-    """A multiplier for a while: within [starts, ends), on given weekdays, channels and stores (empty: any).
+    """A multiplier for a while: within [starts, ends), on given weekdays, channels, stores and member tiers
+    (empty: any; a campaign limited to tiers never runs for a member without one).
     A campaign with neither SKUs nor categories applies only to lines that have a category, so a plain purchase
     (no lines, no category) never gets it."""
 
@@ -76,6 +103,7 @@ class Campaign(Match):
     weekdays: frozenset[Weekday] = frozenset()
     channels: frozenset[Literal["pos", "online", "app"]] = frozenset()
     stores: frozenset[str] = frozenset()
+    tiers: frozenset[str] = frozenset()
 
     @model_validator(mode="after")
     def _window(self) -> Campaign:
@@ -83,12 +111,13 @@ class Campaign(Match):
             raise ValueError("ends must be after starts")
         return self
 
-    def runs(self, at: datetime, tz: ZoneInfo, purchase: PurchaseCompleted) -> bool:
+    def runs(self, at: datetime, tz: ZoneInfo, purchase: PurchaseCompleted, tier: MemberTier | None) -> bool:
         local = at.astimezone(tz)
         return (self.starts <= at < self.ends
                 and (not self.weekdays or WEEKDAYS[local.weekday()] in self.weekdays)
                 and (not self.channels or purchase.channel in self.channels)
-                and (not self.stores or purchase.store_id in self.stores))
+                and (not self.stores or purchase.store_id in self.stores)
+                and (not self.tiers or (tier is not None and tier.tier in self.tiers)))
 
     def applies_to(self, line: PurchaseLine) -> bool:
         if not self.skus and not self.categories:
@@ -117,11 +146,13 @@ class PurchaseRules(Rule):
     bonuses: list[Bonus] = Field(default_factory=list)
     campaigns: list[Campaign] = Field(default_factory=list)
     rebates: list[Rebate] = Field(default_factory=list)
+    tier: TierRate | None = TierRate()  # None: this programme ignores tier multipliers
 
     @model_validator(mode="after")
     def _unique_rule_ids(self) -> PurchaseRules:
-        ids = [self.base.rule_id] + [r.rule_id for group in (self.multipliers, self.bonuses, self.campaigns,
-                                                              self.rebates) for r in group]
+        groups = (self.multipliers, self.bonuses, self.campaigns, self.rebates)
+        ids = [self.base.rule_id, *([self.tier.rule_id] if self.tier else []),
+               *(r.rule_id for group in groups for r in group)]
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
             raise ValueError(f"rule ids must be unique within a programme: {', '.join(repeated)}")
@@ -211,8 +242,10 @@ def lines_of(purchase: PurchaseCompleted) -> list[PurchaseLine]:
     return [PurchaseLine(sku="*", quantity=Decimal(1), unit_price=purchase.total, total=purchase.total)]
 
 
-def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted) -> list[RulePoints]:
-    """Every rule's points for this purchase, in a stable order: base, multipliers, bonuses, campaigns, rebates."""
+def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted,
+                tier: MemberTier | None = None) -> list[RulePoints]:
+    """Every rule's points for this purchase, in a stable order: base, tier, multipliers, bonuses, campaigns,
+    rebates. `tier` is the member's tier when the purchase happened (None: no tier known)."""
     rules = programme.purchase
     if rules is None:
         return []
@@ -221,6 +254,10 @@ def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseC
     base = {i: line.total * rules.base.points_per_unit for i, line in eligible.items()}
     result = [RulePoints(rules.base.rule_id, "base", _floor(sum(base.values(), Decimal(0))), base,
                          f"{rules.base.points_per_unit} per unit of currency, {rules.base.rounding}")]
+    if rules.tier is not None and tier is not None and tier.multiplier > 1:
+        extra = {i: points * (tier.multiplier - 1) for i, points in base.items()}
+        result.append(RulePoints(rules.tier.rule_id, "tier", _floor(sum(extra.values(), Decimal(0))), extra,
+                                 f"×{tier.multiplier} for tier {tier.tier}"))
     # The highest matching product or category multiplier per line.
     best: dict[int, Multiplier] = {}
     for i, line in eligible.items():
@@ -237,7 +274,7 @@ def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseC
         result.append(RulePoints(b.rule_id, "bonus", _floor(sum(given.values(), Decimal(0))), given,
                                  f"{b.points} per {b.per}"))
     for c in rules.campaigns:
-        running = c.runs(occurred_at, programme.zone, purchase)
+        running = c.runs(occurred_at, programme.zone, purchase, tier)
         extra = {i: base[i] * (c.multiplier - 1) for i, line in eligible.items() if running and c.applies_to(line)}
         result.append(RulePoints(c.rule_id, "campaign", _floor(sum(extra.values(), Decimal(0))), extra,
                                  f"×{c.multiplier} from {c.starts.isoformat()} to {c.ends.isoformat()}"))
@@ -274,18 +311,20 @@ def expires_at(programme: Programme, occurred_at: datetime) -> datetime | None:
     return end_of_day.astimezone(UTC)
 
 
-def credits_for_purchase(programme: Programme, event_id: str, occurred_at: datetime,
-                         purchase: PurchaseCompleted) -> list[PostCredit]:
+def credits_for_purchase(programme: Programme, event_id: str, occurred_at: datetime, purchase: PurchaseCompleted,
+                         tier: MemberTier | None = None) -> list[PostCredit]:
     """One ledger credit per rule that yields points, each explaining itself in `details`."""
-    return credits_from(programme, event_id, occurred_at, purchase, fired_rules(programme, occurred_at, purchase))
+    return credits_from(programme, event_id, occurred_at, purchase,
+                        fired_rules(programme, occurred_at, purchase, tier), tier)
 
 
-def fired_rules(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted) -> list[RulePoints]:
-    return [r for r in rule_points(programme, occurred_at, purchase) if r.points > 0]
+def fired_rules(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted,
+                tier: MemberTier | None = None) -> list[RulePoints]:
+    return [r for r in rule_points(programme, occurred_at, purchase, tier) if r.points > 0]
 
 
 def credits_from(programme: Programme, event_id: str, occurred_at: datetime, purchase: PurchaseCompleted,
-                 fired: list[RulePoints]) -> list[PostCredit]:
+                 fired: list[RulePoints], tier: MemberTier | None = None) -> list[PostCredit]:
     """The credits of rules that fired, in their order."""
     when_available = available_at(programme, occurred_at, purchase.channel)
     when_expires = expires_at(programme, occurred_at)
@@ -297,7 +336,8 @@ def credits_from(programme: Programme, event_id: str, occurred_at: datetime, pur
         cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase"),
         details={"order_id": purchase.order_id, "total": str(purchase.total), "currency": purchase.currency,
                  "rule": {"rule_id": r.rule_id, "kind": r.kind, "points": r.points, "why": r.note},
-                 "lines": [{"sku": lines[i].sku, "points": str(p)} for i, p in sorted(r.lines.items()) if p]},
+                 "lines": [{"sku": lines[i].sku, "points": str(p)} for i, p in sorted(r.lines.items()) if p],
+                 **({"tier": tier.tier} if tier is not None else {})},
     ) for r in fired]
 
 

@@ -7,29 +7,41 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from services.earn import repository
-from services.earn.activity import Award, checkin_awards, period_of, streak_length, task_award
-from services.earn.domain import Programme, credits_from, earn_key, expires_at, fired_rules, lines_of
+from services.earn.activity import Award, award_refusal, checkin_awards, period_of, streak_length, task_award
+from services.earn.domain import (
+    MemberTier,
+    Programme,
+    credits_from,
+    earn_key,
+    expires_at,
+    fired_rules,
+    lines_of,
+    tier_at,
+)
 from services.earn.programmes import Catalogue
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
-from services.earn.repository import NewOrder
+from services.earn.repository import NewOrder, TierHistory
 from shared.consumer import Inbound, Rejections
 from shared.contracts import (
+    TIER_CHANGED,
     Cause,
     CheckinRecorded,
     LedgerCommand,
     MemberEnrolled,
+    PointsAwarded,
     PostCredit,
     PurchaseCompleted,
     PurchaseRefunded,
     ReverseEntry,
     TaskCompleted,
+    TierChanged,
 )
 from shared.outbox import OutboxMessage, ledger_command
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
 HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1", "jifen.checkin.recorded.v1",
-           "jifen.task.completed.v1", "jifen.member.enrolled.v1"}
+           "jifen.task.completed.v1", "jifen.member.enrolled.v1", "jifen.points.awarded.v1", TIER_CHANGED}
 
 
 class EarnMetrics:
@@ -47,8 +59,10 @@ class EarnFromEvents:
     metrics: EarnMetrics
 
     async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
-        batch = Batch(uow, rejections, await repository.order_events(
-            uow.db, [(i.data.program_id, i.data.order_id) for i in items if isinstance(i.data, PurchaseCompleted)]))
+        purchases = [i.data for i in items if isinstance(i.data, PurchaseCompleted)]
+        batch = Batch(uow, rejections,
+                      await repository.order_events(uow.db, [(p.program_id, p.order_id) for p in purchases]),
+                      await repository.tier_histories(uow.db, [(p.program_id, p.member_id) for p in purchases]))
         # In order: a refund may follow its purchase within the batch.
         for item in items:
             if isinstance(item.data, PurchaseCompleted):
@@ -61,7 +75,43 @@ class EarnFromEvents:
                 await self._task(item, item.data, batch)
             elif isinstance(item.data, MemberEnrolled):
                 await self._enrol(item, item.data, batch)
+            elif isinstance(item.data, PointsAwarded):
+                await self._manual(item, item.data, batch)
+            elif isinstance(item.data, TierChanged):
+                await self._tier(item, item.data, batch)
         await batch.flush()
+
+    async def _tier(self, item: Inbound, change: TierChanged, batch: Batch) -> None:
+        # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
+        tier = MemberTier(change.tier, change.earn_multiplier)
+        await repository.add_tier(batch.uow.db, change.program_id, change.member_id, item.event.time,
+                                  item.event.event_id, tier)
+        history = batch.tiers.setdefault((change.program_id, change.member_id), [])
+        history.append((item.event.time, tier))
+        history.sort(key=lambda held: held[0])
+
+    async def _manual(self, item: Inbound, award: PointsAwarded, batch: Batch) -> None:
+        programme = self._programme(item, award.program_id, batch.rejections)
+        if programme is None:
+            return
+        rule = programme.activity.manual
+        if rule is None:
+            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} takes no manual awards")
+            return
+        refused = award_refusal(rule, item.event.source, award.points)
+        if refused is not None:
+            batch.rejections.reject(item, *refused)
+            return
+        paid_by = await repository.record_award(batch.uow.db, award, item.event.event_id, item.event.source,
+                                                item.event.time)
+        if paid_by == item.event.event_id:
+            return  # a replay that passed the inbox (it was cleared): its credit was sent before
+        if paid_by is not None:
+            batch.rejections.reject(item, "duplicate_award", f"award {award.award_id!r} was paid by event {paid_by!r}")
+            return
+        await self._award(item, programme, award.member_id, Award(rule.rule_id, award.points, award.reason),
+                          "manual", batch, {"award_id": award.award_id, "awarded_by": award.awarded_by,
+                                            "source": item.event.source})
 
     async def _checkin(self, item: Inbound, checkin: CheckinRecorded, batch: Batch) -> None:
         programme = self._programme(item, checkin.program_id, batch.rejections)
@@ -171,8 +221,10 @@ class EarnFromEvents:
             return
         if key in batch.recorded:
             return  # a replay that passed the inbox (it was cleared): its credits were sent before
-        fired = fired_rules(programme, item.event.time, purchase)
-        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired)
+        # The tier the member held when the purchase happened, as announced by the tiers service (None: none yet).
+        tier = tier_at(batch.tiers.get((purchase.program_id, purchase.member_id), ()), item.event.time)
+        fired = fired_rules(programme, item.event.time, purchase, tier)
+        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier)
         limited = [await self._limit(programme, credit, item, batch) for credit in credits]
         earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines)
                   for r, c in zip(fired, limited, strict=True) if c is not None]
@@ -229,10 +281,12 @@ class EarnFromEvents:
 class Batch:
     """A batch's view of orders: those recorded before, and those it adds (written before any refund reads)."""
 
-    def __init__(self, uow: UnitOfWork, rejections: Rejections, recorded: dict[tuple[str, str], str]) -> None:
+    def __init__(self, uow: UnitOfWork, rejections: Rejections, recorded: dict[tuple[str, str], str],
+                 tiers: TierHistory) -> None:
         self.uow = uow
         self.rejections = rejections
         self.recorded = recorded
+        self.tiers = tiers
         self.new: list[NewOrder] = []
         self.orders: dict[tuple[str, str], tuple[Order, list[PurchaseRefunded]]] = {}
 

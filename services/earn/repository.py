@@ -12,8 +12,11 @@ import asyncpg
 import orjson
 
 from services.earn.activity import granted
+from services.earn.domain import MemberTier
 from services.earn.refunds import Earned, Order
-from shared.contracts import PurchaseLine, PurchaseRefunded
+from shared.contracts import PointsAwarded, PurchaseLine, PurchaseRefunded
+
+TierHistory = dict[tuple[str, str], list[tuple[datetime, MemberTier]]]
 
 
 def _json(value: Any) -> Any:
@@ -183,3 +186,41 @@ async def take_budget(db: asyncpg.Connection, program_id: str, period: str, want
     await db.execute("UPDATE budgets SET points = points + $3 WHERE program_id = $1 AND period = $2",
                      program_id, period, given)
     return given
+
+
+async def tier_histories(db: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> TierHistory:
+    """Each (programme, member)'s tiers with the time each took effect, oldest first (members with none: absent)."""
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        """SELECT t.program_id, t.member_id, t.effective_at, t.tier, t.multiplier FROM member_tiers t
+           JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(p, m)
+             ON t.program_id = k.p AND t.member_id = k.m
+           ORDER BY t.effective_at, t.event_id""", [k[0] for k in keys], [k[1] for k in keys])
+    history: TierHistory = {}
+    for r in rows:
+        history.setdefault((r["program_id"], r["member_id"]), []).append(
+            (r["effective_at"], MemberTier(r["tier"], r["multiplier"])))
+    return history
+
+
+async def add_tier(db: asyncpg.Connection, program_id: str, member_id: str, effective_at: datetime, event_id: str,
+                   tier: MemberTier) -> None:
+    await db.execute(
+        """INSERT INTO member_tiers (program_id, member_id, effective_at, event_id, tier, multiplier)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        program_id, member_id, effective_at, event_id, tier.tier, tier.multiplier)
+
+
+async def record_award(db: asyncpg.Connection, award: PointsAwarded, event_id: str, source: str,
+                       at: datetime) -> str | None:
+    """Record a manual award as paid; if its award id was paid before, the event that paid it (else None)."""
+    added = await db.fetchval(
+        """INSERT INTO manual_awards (program_id, award_id, event_id, member_id, points, source, awarded_by, reason, at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING 1""",
+        award.program_id, award.award_id, event_id, award.member_id, award.points, source, award.awarded_by,
+        award.reason, at)
+    if added is not None:
+        return None
+    return await db.fetchval("SELECT event_id FROM manual_awards WHERE program_id = $1 AND award_id = $2",
+                             award.program_id, award.award_id)

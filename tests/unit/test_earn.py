@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 
 from services.earn.domain import (
     BaseRate,
+    MemberTier,
     Programme,
     credits_for_purchase,
     expires_at,
     purchase_points,
     rule_points,
+    tier_at,
 )
 from services.earn.programmes import Catalogue, ProgrammeError, load_file
 from services.earn.settings import EarnSettings
@@ -48,8 +50,9 @@ def programme(**purchase_rules: Any) -> Programme:
                                      "purchase": rules})
 
 
-def points(p: Programme, order: PurchaseCompleted, at: datetime = MONDAY) -> dict[str, int]:
-    return {r.rule_id: r.points for r in rule_points(p, at, order) if r.points}
+def points(p: Programme, order: PurchaseCompleted, at: datetime = MONDAY,
+           tier: MemberTier | None = None) -> dict[str, int]:
+    return {r.rule_id: r.points for r in rule_points(p, at, order, tier) if r.points}
 
 
 @pytest.mark.parametrize(("total", "rate", "expected"), [
@@ -103,6 +106,47 @@ RULES: list[tuple[str, dict[str, Any], PurchaseCompleted, datetime, dict[str, in
 def test_purchase_rules(rules: dict[str, Any], order: PurchaseCompleted, at: datetime,
                         expected: dict[str, int]) -> None:
     assert points(programme(**rules), order, at) == expected
+
+
+GOLD = MemberTier("gold", Decimal("1.5"))
+VIP_CAMPAIGN = {"campaigns": [{"rule_id": "gold-x2", "multiplier": "2", "starts": "2026-01-01T00:00:00Z",
+                               "ends": "2027-01-01T00:00:00Z", "tiers": ["gold"]}]}
+TIER_RULES: list[tuple[str, dict[str, Any], PurchaseCompleted, MemberTier | None, dict[str, int]]] = [
+    ("the tier multiplier adds the rest of ×1.5 to the base points of eligible lines",
+     {"exclude": {"categories": ["gift_card"]}},
+     purchase("121", line("a", "101", "food"), line("g", "20", "gift_card")), GOLD, {"base": 101, "tier": 50}),
+    ("with no tier known the multiplier is 1", {}, purchase("100"), None, {"base": 100}),
+    ("a tier whose multiplier is 1 earns nothing extra", {}, purchase("100"), MemberTier("basic"), {"base": 100}),
+    ("a programme may ignore tiers", {"tier": None}, purchase("100"), GOLD, {"base": 100}),
+    ("a campaign limited to a tier runs for its members", VIP_CAMPAIGN, purchase("10", line("a", "10", "food")), GOLD,
+     {"base": 10, "tier": 5, "gold-x2": 10}),
+    ("and not for other tiers", VIP_CAMPAIGN, purchase("10", line("a", "10", "food")), MemberTier("silver"),
+     {"base": 10}),
+    ("nor for a member without a tier", VIP_CAMPAIGN, purchase("10", line("a", "10", "food")), None, {"base": 10}),
+]
+
+
+@pytest.mark.parametrize(("rules", "order", "tier", "expected"), [r[1:] for r in TIER_RULES],
+                         ids=[r[0] for r in TIER_RULES])
+def test_tier_rules(rules: dict[str, Any], order: PurchaseCompleted, tier: MemberTier | None,
+                    expected: dict[str, int]) -> None:
+    assert points(programme(**rules), order, MONDAY, tier) == expected
+
+
+def test_a_purchase_is_judged_by_the_tier_held_when_it_happened() -> None:
+    history = [(MONDAY - timedelta(days=30), MemberTier("silver", Decimal("1.2"))), (MONDAY, GOLD)]
+    assert tier_at(history, MONDAY - timedelta(days=31)) is None
+    assert tier_at(history, MONDAY - timedelta(seconds=1)) == history[0][1]
+    assert tier_at(history, MONDAY) == GOLD
+    credits = credits_for_purchase(programme(), "pos://s1|e1", MONDAY, purchase("10"), GOLD)
+    assert [(c.cause.rule_id, c.amount) for c in credits] == [("base", 10), ("tier", 5)]
+    assert credits[1].details is not None
+    assert credits[1].details["tier"] == "gold" and credits[1].details["rule"]["why"] == "×1.5 for tier gold"
+
+
+def test_a_tier_rule_id_may_not_repeat_another_rule() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        programme(multipliers=[{"rule_id": "tier", "skus": ["a"], "multiplier": "2"}])
 
 
 def test_every_credit_explains_itself_and_is_keyed_by_its_rule() -> None:
@@ -218,9 +262,13 @@ def test_two_files_claiming_one_version_are_refused(tmp_path: Path) -> None:
 amounts = st.decimals(min_value=0, max_value=10**6, places=2)
 
 
-@given(st.lists(st.tuples(amounts, st.sampled_from([None, "food", "dairy", "wine", "gift_card"])), max_size=6))
+tiers = st.one_of(st.none(), st.builds(MemberTier, st.sampled_from(["silver", "gold"]),
+                                       st.decimals(min_value=1, max_value=5, places=2)))
+
+
+@given(st.lists(st.tuples(amounts, st.sampled_from([None, "food", "dairy", "wine", "gift_card"])), max_size=6), tiers)
 def test_points_are_never_negative_and_each_rule_is_the_floor_of_its_exact_sum(
-        spec: list[tuple[Decimal, str | None]]) -> None:
+        spec: list[tuple[Decimal, str | None]], tier: MemberTier | None) -> None:
     shop = programme(exclude={"categories": ["gift_card"]},
                      multipliers=[{"rule_id": "dairy-x2", "categories": ["dairy"], "multiplier": "2"}],
                      rebates=[{"rule_id": "rebate", "min_total": "50", "percent": "3.5"}],
@@ -228,7 +276,7 @@ def test_points_are_never_negative_and_each_rule_is_the_floor_of_its_exact_sum(
                                  "ends": "2027-01-01T00:00:00Z"}])
     order = purchase(str(sum((a for a, _ in spec), Decimal(0))),
                      *[line(f"sku{i}", str(a), c) for i, (a, c) in enumerate(spec)])
-    for r in rule_points(shop, MONDAY, order):
+    for r in rule_points(shop, MONDAY, order, tier):
         exact = sum(r.lines.values(), Decimal(0))
         assert 0 <= r.points <= exact < r.points + 1
 
@@ -236,9 +284,10 @@ def test_points_are_never_negative_and_each_rule_is_the_floor_of_its_exact_sum(
 @given(st.lists(st.tuples(amounts, st.sampled_from([None, "food", "dairy", "wine"]),
                           st.sampled_from(["milk", "tea", "bread"])), min_size=0, max_size=5),
        st.sampled_from(["pos", "online", "app"]), st.datetimes(min_value=datetime(2026, 1, 1),
-                                                              max_value=datetime(2026, 12, 31), timezones=st.just(UTC)))
+                                                              max_value=datetime(2026, 12, 31), timezones=st.just(UTC)),
+       tiers)
 def test_a_replayed_event_earns_identical_credits_so_the_ledger_sees_a_replay(
-        spec: list[tuple[Decimal, str | None, str]], channel: str, at: datetime) -> None:
+        spec: list[tuple[Decimal, str | None, str]], channel: str, at: datetime, tier: MemberTier | None) -> None:
     shop = programme(multipliers=[{"rule_id": "dairy-x2", "categories": ["dairy"], "multiplier": "2"}],
                      bonuses=[{"rule_id": "tea", "skus": ["tea"], "points": 3}],
                      campaigns=[{"rule_id": "weekend", "multiplier": "1.5", "starts": "2026-01-01T00:00:00Z",
@@ -248,7 +297,7 @@ def test_a_replayed_event_earns_identical_credits_so_the_ledger_sees_a_replay(
                      *[line(sku, str(a), c) for a, c, sku in spec], channel=channel)
     # The event as it would be read again from Kafka: its JSON, parsed anew.
     again = PurchaseCompleted.model_validate_json(order.model_dump_json())
-    first = credits_for_purchase(shop, "pos://s|e1", at, order)
-    second = credits_for_purchase(shop, "pos://s|e1", at, again)
+    first = credits_for_purchase(shop, "pos://s|e1", at, order, tier)
+    second = credits_for_purchase(shop, "pos://s|e1", at, again, tier)
     assert first == second
     assert [payload_hash(c) for c in first] == [payload_hash(c) for c in second]

@@ -7,7 +7,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.earn.activity import Cap, Checkin, Streak, Task, checkin_awards, period_of, streak_length, task_award
+from services.earn.activity import (
+    Cap,
+    Checkin,
+    ManualAwards,
+    Streak,
+    Task,
+    award_refusal,
+    checkin_awards,
+    period_of,
+    streak_length,
+    task_award,
+)
 from services.earn.programmes import Catalogue
 from services.earn.settings import EarnSettings
 
@@ -55,6 +66,29 @@ def test_a_task_earns_until_its_cap_is_full_and_then_says_why_not() -> None:
     awards = [task_award(review, used) for used in range(4)]
     assert [(a.points, a.capped) for a in awards] == [(5, False), (5, False), (5, False), (0, True)]
     assert awards[-1].why == "cap reached: 3 per day"
+
+
+MANUAL = ManualAwards(sources=frozenset({"crm://service-desk", "hr://portal"}), max_points=500)
+
+
+@pytest.mark.parametrize(("source", "points", "refusal"), [
+    ("crm://service-desk", 500, None),
+    ("hr://portal", 1, None),
+    ("pos://store-1", 10, "untrusted_source"),  # a till may not hand out points by hand
+    ("crm://service-desk-2", 10, "untrusted_source"),  # sources match exactly, not by prefix
+    ("crm://service-desk", 501, "award_too_large"),
+])
+def test_manual_awards_are_paid_only_from_trusted_sources_within_the_limit(source: str, points: int,
+                                                                            refusal: str | None) -> None:
+    refused = award_refusal(MANUAL, source, points)
+    assert (refused[0] if refused else None) == refusal
+    if refused:
+        assert source in refused[1] or str(MANUAL.max_points) in refused[1]
+
+
+def test_a_manual_award_rule_must_trust_some_source() -> None:
+    with pytest.raises(ValueError, match="sources"):
+        ManualAwards(sources=frozenset(), max_points=10)
 
 
 def test_the_default_programme_rewards_the_documented_activity() -> None:

@@ -29,6 +29,18 @@ async def test_explain_prints_each_rule_and_the_total_without_posting(tmp_path: 
     assert "= 100 points in 3 credit(s)" in out
 
 
+async def test_explain_judges_the_event_as_for_a_member_of_a_given_tier(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_bytes(orjson.dumps(EVENT))
+    code, out, err = await jifen("earn", "explain", str(event), "--tier", "gold:1.5")
+    assert code == 0, err
+    rules = {line.split()[1]: int(line.split()[3]) for line in out.splitlines() if line.strip().startswith("✔")}
+    assert rules == {"base": 25, "tier": 12, "own-brand-x3": 50, "weekend-double": 25}  # ×1.5 adds 12.5, floored
+    assert "tier gold ×1.5" in out
+    code, _, err = await jifen("earn", "explain", str(event), "--tier", "gold:half")
+    assert code == 2 and "gold:1.5" in err
+
+
 async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
     shipped = sorted(str(p) for p in EarnSettings().programmes_dir.glob("*.yaml"))
     code, out, _ = await jifen("programme", "check", *shipped)

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.earn.domain import Programme, lines_of, rule_points
+from services.earn.domain import MemberTier, Programme, lines_of, rule_points
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from shared.contracts import PurchaseCompleted, PurchaseLine, PurchaseRefunded
 
 WHEN = datetime(2026, 11, 9, 10, tzinfo=UTC)
+GOLD = MemberTier("gold", Decimal("1.25"))  # a gold member's tier points are taken back like every other rule's
 SHOP = Programme.model_validate({
     "program_id": "shop", "name": "Shop", "version": 1, "effective_from": "2026-01-01T00:00:00Z",
     "purchase": {"base": {"points_per_unit": "1"},
@@ -26,11 +27,11 @@ def line(sku: str, total: str, category: str | None = None) -> PurchaseLine:
                         total=Decimal(total))
 
 
-def order_of(*lines: PurchaseLine) -> tuple[Order, dict[str, int]]:
+def order_of(*lines: PurchaseLine, tier: MemberTier | None = None) -> tuple[Order, dict[str, int]]:
     purchase = PurchaseCompleted(member_id="m1", order_id="o1", channel="pos", currency="CNY",
                                  total=sum((ln.total for ln in lines), Decimal(0)), lines=list(lines))
     earned = [Earned(r.rule_id, f"earn:e:{r.rule_id}", r.points, r.lines)
-              for r in rule_points(SHOP, WHEN, purchase) if r.points]
+              for r in rule_points(SHOP, WHEN, purchase, tier) if r.points]
     order = Order("o1", "m1", purchase.total, [(ln.sku, ln.total) for ln in lines_of(purchase)], earned)
     return order, {e.rule_id: e.points for e in earned}
 
@@ -78,7 +79,7 @@ money = st.decimals(min_value="0.01", max_value=1000, places=2)
 def test_refunding_every_line_in_any_pieces_returns_the_order_to_zero(
         spec: list[tuple[Decimal, str | None]], cuts: list[int]) -> None:
     lines = [line(f"sku{i}", str(total), category) for i, (total, category) in enumerate(spec)]
-    order, earned = order_of(*lines)
+    order, earned = order_of(*lines, tier=GOLD)
     # Refund each line in pieces proportional to `cuts`, the last piece taking the rest exactly.
     refunds: list[PurchaseRefunded] = []
     for ln in lines:
