@@ -20,7 +20,7 @@ from services.earn.domain import (
 )
 from services.earn.programmes import Catalogue
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
-from services.earn.repository import NewOrder, TierHistory
+from services.earn.repository import BudgetKey, CapKey, NewOrder, TierHistory, Usage
 from shared.consumer import Inbound, Rejections
 from shared.contracts import (
     TIER_CHANGED,
@@ -40,6 +40,7 @@ from shared.outbox import OutboxMessage, ledger_command
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn"
+EARNING = (PurchaseCompleted, TaskCompleted, CheckinRecorded, PointsAwarded)  # events that may draw on limits
 HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1", "jifen.checkin.recorded.v1",
            "jifen.task.completed.v1", "jifen.member.enrolled.v1", "jifen.points.awarded.v1", TIER_CHANGED}
 
@@ -63,6 +64,7 @@ class EarnFromEvents:
         batch = Batch(uow, rejections,
                       await repository.order_events(uow.db, [(p.program_id, p.order_id) for p in purchases]),
                       await repository.tier_histories(uow.db, [(p.program_id, p.member_id) for p in purchases]))
+        await batch.usage.load(*self._limits_used(items))
         # In order: a refund may follow its purchase within the batch.
         for item in items:
             if isinstance(item.data, PurchaseCompleted):
@@ -80,6 +82,22 @@ class EarnFromEvents:
             elif isinstance(item.data, TierChanged):
                 await self._tier(item, item.data, batch)
         await batch.flush()
+
+    def _limits_used(self, items: list[Inbound]) -> tuple[list[CapKey], list[BudgetKey]]:
+        """The caps and budgets the batch's events may draw on, to read them all in one go."""
+        caps: list[CapKey] = []
+        budgets: list[BudgetKey] = []
+        for item in items:
+            if not isinstance(item.data, EARNING):
+                continue
+            programme = self.catalogue.at(item.data.program_id, item.event.time)
+            if programme is None:
+                continue
+            caps += [(programme.program_id, item.data.member_id, cap.rule_id,
+                      period_of(cap.per, item.event.time, programme.zone)) for cap in programme.caps]
+            if programme.budget is not None:
+                budgets.append((programme.program_id, period_of(programme.budget.per, item.event.time, programme.zone)))
+        return caps, budgets
 
     async def _tier(self, item: Inbound, change: TierChanged, batch: Batch) -> None:
         # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
@@ -165,15 +183,14 @@ class EarnFromEvents:
         wanted, amount, cuts = credit.amount, credit.amount, []
         for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
             period = period_of(cap.per, item.event.time, programme.zone)
-            amount = await repository.take_points(batch.uow.db, programme.program_id, credit.member_id, cap.rule_id,
-                                                  period, amount, cap.points)
+            amount = await batch.usage.take_cap((programme.program_id, credit.member_id, cap.rule_id, period), amount,
+                                                cap.points)
             if amount < wanted:
                 cuts.append(f"{cap.points} points per member per {cap.per} from {cap.rule_id}")
         if programme.budget is not None and amount > 0:
             period = period_of(programme.budget.per, item.event.time, programme.zone)
             before = amount
-            amount = await repository.take_budget(batch.uow.db, programme.program_id, period, amount,
-                                                  programme.budget.points)
+            amount = await batch.usage.take_budget((programme.program_id, period), amount, programme.budget.points)
             if amount < before:
                 cuts.append(f"the programme's budget of {programme.budget.points} points per {programme.budget.per}")
         if amount == wanted:
@@ -287,6 +304,7 @@ class Batch:
         self.rejections = rejections
         self.recorded = recorded
         self.tiers = tiers
+        self.usage = Usage(uow.db)
         self.new: list[NewOrder] = []
         self.orders: dict[tuple[str, str], tuple[Order, list[PurchaseRefunded]]] = {}
 
@@ -308,3 +326,4 @@ class Batch:
     async def flush(self) -> None:
         await repository.add_orders(self.uow.db, self.new)
         self.new = []
+        await self.usage.flush()

@@ -14,6 +14,7 @@ import orjson
 from services.earn.activity import granted
 from services.earn.domain import MemberTier
 from services.earn.refunds import Earned, Order
+from shared.consumer import Retryable
 from shared.contracts import PointsAwarded, PurchaseLine, PurchaseRefunded
 
 TierHistory = dict[tuple[str, str], list[tuple[datetime, MemberTier]]]
@@ -161,31 +162,105 @@ async def birthday_paid(db: asyncpg.Connection, program_id: str, member_id: str,
                      "ON CONFLICT DO NOTHING", program_id, member_id, year)
 
 
-async def take_points(db: asyncpg.Connection, program_id: str, member_id: str, rule_id: str, period: str,
-                      wanted: int, limit: int) -> int:
-    """Grant what a member's cap on a rule still allows of `wanted` in the period, and count it."""
-    used = await db.fetchval(
-        """SELECT points FROM points_usage WHERE program_id = $1 AND member_id = $2 AND rule_id = $3 AND period = $4
-           FOR UPDATE""", program_id, member_id, rule_id, period) or 0
-    given = granted(wanted, used, limit)
-    await db.execute(
-        """INSERT INTO points_usage (program_id, member_id, rule_id, period, points) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (program_id, member_id, rule_id, period) DO UPDATE SET points = points_usage.points + $5""",
-        program_id, member_id, rule_id, period, given)
-    return given
+CapKey = tuple[str, str, str, str]  # program, member, rule, period
+BudgetKey = tuple[str, str]  # program, period
 
 
-async def take_budget(db: asyncpg.Connection, program_id: str, period: str, wanted: int, limit: int) -> int:
-    """Grant what the programme's budget still allows of `wanted` in the period, and count it. The row lock
-    serialises members sharing the budget: one short critical section per credit."""
-    await db.execute("INSERT INTO budgets (program_id, period, points) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-                     program_id, period)
-    used = await db.fetchval("SELECT points FROM budgets WHERE program_id = $1 AND period = $2 FOR UPDATE",
-                             program_id, period)
-    given = granted(wanted, used, limit)
-    await db.execute("UPDATE budgets SET points = points + $3 WHERE program_id = $1 AND period = $2",
-                     program_id, period, given)
-    return given
+class CapRaced(Retryable):
+    """Another consumer (during a rebalance, or another earn sharing a budget) used a limit this batch read
+    before it: the batch must be retried, reading the limit anew."""
+
+
+class Usage:
+    """A batch's view of caps and budgets: each used row is read once, locked (`FOR UPDATE`), and what the batch
+    grants is written back in one statement per table at the end. A row that did not exist cannot be locked;
+    the write-back then checks the limit in the database and raises `CapRaced` if a concurrent writer got there
+    first, so a limit holds however consumers overlap."""
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self.db = db
+        self.caps: dict[CapKey, int] = {}
+        self.budgets: dict[BudgetKey, int] = {}
+        self.cap_limits: dict[CapKey, int] = {}
+        self.budget_limits: dict[BudgetKey, int] = {}
+        self.cap_added: dict[CapKey, int] = {}
+        self.budget_added: dict[BudgetKey, int] = {}
+
+    async def load(self, caps: Sequence[CapKey], budgets: Sequence[BudgetKey]) -> None:
+        """Read (and lock) the rows the batch may use, in key order so that batches lock in one order."""
+        caps = sorted(set(caps) - self.caps.keys())
+        budgets = sorted(set(budgets) - self.budgets.keys())
+        if caps:
+            rows = await self.db.fetch(
+                """SELECT u.program_id, u.member_id, u.rule_id, u.period, u.points FROM points_usage u
+                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(p, m, r, d)
+                     ON u.program_id = k.p AND u.member_id = k.m AND u.rule_id = k.r AND u.period = k.d
+                   ORDER BY 1, 2, 3, 4 FOR UPDATE OF u""", *(list(column) for column in zip(*caps, strict=True)))
+            self.caps.update(dict.fromkeys(caps, 0))
+            self.caps.update({(r["program_id"], r["member_id"], r["rule_id"], r["period"]): r["points"] for r in rows})
+        if budgets:
+            rows = await self.db.fetch(
+                """SELECT b.program_id, b.period, b.points FROM budgets b
+                   JOIN unnest($1::text[], $2::text[]) AS k(p, d) ON b.program_id = k.p AND b.period = k.d
+                   ORDER BY 1, 2 FOR UPDATE OF b""", *(list(column) for column in zip(*budgets, strict=True)))
+            self.budgets.update(dict.fromkeys(budgets, 0))
+            self.budgets.update({(r["program_id"], r["period"]): r["points"] for r in rows})
+
+    async def take_cap(self, key: CapKey, wanted: int, limit: int) -> int:
+        """Grant what a member's cap on a rule still allows of `wanted` in the period, and count it."""
+        await self.load([key], [])
+        given = granted(wanted, self.caps[key], limit)
+        self.caps[key] += given
+        self.cap_added[key] = self.cap_added.get(key, 0) + given
+        self.cap_limits[key] = limit
+        return given
+
+    async def take_budget(self, key: BudgetKey, wanted: int, limit: int) -> int:
+        """Grant what the programme's budget still allows of `wanted` in the period, and count it."""
+        await self.load([], [key])
+        given = granted(wanted, self.budgets[key], limit)
+        self.budgets[key] += given
+        self.budget_added[key] = self.budget_added.get(key, 0) + given
+        self.budget_limits[key] = limit
+        return given
+
+    async def flush(self) -> None:
+        caps = sorted(k for k, added in self.cap_added.items() if added)
+        if caps:
+            over = await self.db.fetchval(
+                """WITH added AS (
+                       INSERT INTO points_usage (program_id, member_id, rule_id, period, points)
+                       SELECT p, m, r, d, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                                                 AS k(p, m, r, d, n)
+                       ON CONFLICT (program_id, member_id, rule_id, period)
+                       DO UPDATE SET points = points_usage.points + EXCLUDED.points
+                       RETURNING program_id, member_id, rule_id, period, points)
+                   SELECT count(*) FROM added a
+                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[]) AS k(p, m, r, d, cap)
+                     ON a.program_id = k.p AND a.member_id = k.m AND a.rule_id = k.r AND a.period = k.d
+                   WHERE a.points > k.cap""",
+                *(list(column) for column in zip(*caps, strict=True)), [self.cap_added[k] for k in caps],
+                [self.cap_limits[k] for k in caps])
+            if over:
+                raise CapRaced(f"{over} cap(s) were used by another consumer during this batch")
+        budgets = sorted(k for k, added in self.budget_added.items() if added)
+        if budgets:
+            over = await self.db.fetchval(
+                """WITH added AS (
+                       INSERT INTO budgets (program_id, period, points)
+                       SELECT p, d, n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(p, d, n)
+                       ON CONFLICT (program_id, period) DO UPDATE SET points = budgets.points + EXCLUDED.points
+                       RETURNING program_id, period, points)
+                   SELECT count(*) FROM added a
+                   JOIN unnest($1::text[], $2::text[], $4::bigint[]) AS k(p, d, cap)
+                     ON a.program_id = k.p AND a.period = k.d
+                   WHERE a.points > k.cap""",
+                *(list(column) for column in zip(*budgets, strict=True)), [self.budget_added[k] for k in budgets],
+                [self.budget_limits[k] for k in budgets])
+            if over:
+                raise CapRaced(f"{over} budget(s) were used by another consumer during this batch")
+        self.cap_added.clear()
+        self.budget_added.clear()
 
 
 async def tier_histories(db: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> TierHistory:
