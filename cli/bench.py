@@ -11,6 +11,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +56,7 @@ RAW_INSERT = f"""INSERT INTO bench.bench_raw_entries ({ENTRY_COLUMNS})
 
 @dataclass
 class Throughput:
+    purchases: int
     entries: int
     seconds: float
     send_seconds: float
@@ -63,6 +65,11 @@ class Throughput:
 
     @property
     def per_s(self) -> float:
+        """Purchases per second, end to end."""
+        return self.purchases / self.seconds
+
+    @property
+    def entries_per_s(self) -> float:
         return self.entries / self.seconds
 
     @property
@@ -230,15 +237,19 @@ async def settle(conn: asyncpg.Connection) -> None:
     print(f"    (outboxes still not empty after {SETTLE_TIMEOUT_S:.0f}s; carrying on)")
 
 
-async def throughput(settings: Settings, conn: asyncpg.Connection, count: int) -> Throughput | None:
+async def throughput(settings: Settings, conn: asyncpg.Connection, count: int,
+                     entries_of: Callable[[Feed], int] | None = None) -> Throughput | None:
+    """Send `count` purchases flat out and time them until the ledger holds every entry they cause: one each
+    (the base rule), or `entries_of(feed)` when the programme pays several credits per purchase."""
     run_id = f"bench{uuid.uuid4().hex[:8]}"
     feed = purchases(count, run_id)
-    print(f"  run {run_id}: {count:,} purchases, sent flat out", flush=True)
+    expected = entries_of(feed) if entries_of else feed.expected_credits
+    print(f"  run {run_id}: {count:,} purchases ({expected:,} ledger entries expected), sent flat out", flush=True)
     after_id = await last_entry_id(conn)
     # The clock includes the producer's connection (tens of ms), which publish opens before its first send.
     started = time.monotonic()
     sender = asyncio.create_task(publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES)))
-    took = await wait_for_entries(conn, run_id, after_id, feed.expected_credits, started, sender)
+    took = await wait_for_entries(conn, run_id, after_id, expected, started, sender)
     if took is None:
         sender.cancel()
         return None
@@ -247,7 +258,8 @@ async def throughput(settings: Settings, conn: asyncpg.Connection, count: int) -
         """SELECT count(*) AS n, min(posted_at) AS first, max(posted_at) AS last,
                   count(DISTINCT posted_at) AS batches
            FROM ledger.entries WHERE id > $1 AND source_event_id LIKE $2""", after_id, f"sim://{run_id}/%")
-    return Throughput(row["n"], took, send_s, (row["last"] - row["first"]).total_seconds(), row["batches"])
+    return Throughput(len(feed.messages), row["n"], took, send_s, (row["last"] - row["first"]).total_seconds(),
+                      row["batches"])
 
 
 async def publish_stamped(feed: Feed, bootstrap: str, topic: str, rate: float) -> float:
@@ -315,6 +327,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         codes.append(await run_ledger_bench(args))
     if args.mode in ("history", "all"):
         codes.append(await run_history_bench(args))
+    if args.mode in ("rules", "all"):
+        from cli.bench_rules import run_rules_bench
+
+        codes.append(await run_rules_bench(args))
     return max(codes)
 
 

@@ -36,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every purchase to settle")
     bench = sub.add_parser("bench", help="throughput (and latency) against raw baselines: the pipeline or the ledger")
-    bench.add_argument("--mode", choices=["pipeline", "ledger", "history", "all"], default="pipeline",
+    bench.add_argument("--mode", choices=["pipeline", "ledger", "history", "rules", "all"], default="pipeline",
                        help="pipeline: purchases → earn → ledger (default); ledger: the ledger alone on preloaded "
-                            "commands; history: balance and entry pages of a member with a long history; all: "
-                            "every mode")
+                            "commands; history: balance and entry pages of a member with a long history; rules: "
+                            "the pipeline under the base rule alone, the default programme and every purchase "
+                            "rule (restarts the stack's earn); all: every mode")
     bench.add_argument("--history-entries", type=int, default=100_000,
                        help="history: entries of the member (default %(default)s)")
-    bench.add_argument("--count", type=int, default=200_000, help="pipeline: purchases for the throughput run")
+    bench.add_argument("--count", type=int, default=200_000,
+                       help="pipeline, rules: purchases for each throughput run (default %(default)s)")
     bench.add_argument("--rate", type=float, default=1000.0, help="pipeline: offered rate for the latency run")
     bench.add_argument("--latency-count", type=int, default=30_000, help="pipeline: purchases for the latency run")
     bench.add_argument("--credits", type=int, default=100_000,

@@ -64,10 +64,19 @@ class Stack:
             self.kafka.start()
         ensure_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix,
                       int(os.environ.get("JIFEN_PARTITIONS", "6")))
-        env = {**os.environ, "JIFEN_DATABASE_URL": self.settings.database_url if self.external_db
-               else DEFAULT_DATABASE_URL.replace(":5432/", f":{self.postgres.port}/")}
         for service in SERVICES:
-            self.start_service(service, env)
+            self.start_service(service, self.service_env())
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        """The environment the services run with: this one, pointed at the stack's database."""
+        return {**os.environ, "JIFEN_DATABASE_URL": self.settings.database_url if self.external_db
+                else DEFAULT_DATABASE_URL.replace(":5432/", f":{self.postgres.port}/"), **extra}
+
+    def restart_service(self, name: str, **extra_env: str) -> None:
+        """Stop one service and start it again with extra settings (the bench swaps earn's programmes)."""
+        service = next(s for s in SERVICES if s.name == name)
+        stop_pid(self.pid_file(name), name)
+        self.start_service(service, self.service_env(**extra_env))
 
     def start_service(self, service: ServiceProcess, env: dict[str, str], timeout: float = 60.0) -> None:
         pid_file = self.pid_file(service.name)
