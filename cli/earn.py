@@ -1,4 +1,7 @@
-"""`jifen earn explain EVENT` and `jifen programme check FILE`: the earn rules, without posting anything."""
+"""`jifen earn explain EVENT` and `jifen programme check FILE`: the earn rules, without posting anything.
+
+Explain judges one event by the rules alone: what depends on a member's history (a task's cap, a check-in
+streak, points caps and the budget) is named, not computed."""
 
 from __future__ import annotations
 
@@ -9,18 +12,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.earn.domain import MemberTier, credits_for_purchase, rule_points
+from services.earn.activity import Award, award_refusal, checkin_awards, task_award
+from services.earn.domain import MemberTier, Programme, credits_for_purchase, expires_at, rule_points
 from services.earn.programmes import Catalogue, ProgrammeError, load_file
 from services.earn.settings import EarnSettings
-from shared.contracts import PurchaseCompleted
-from shared.envelope import BadMessage, parse
+from shared.contracts import CheckinRecorded, Contract, PointsAwarded, PurchaseCompleted, TaskCompleted
+from shared.envelope import BadMessage, CloudEvent, parse
 
 PURCHASE = "jifen.purchase.completed.v1"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     earn = sub.add_parser("earn", help="earn tools").add_subparsers(dest="earn_command", required=True)
-    explain = earn.add_parser("explain", help="print what an event would earn, rule by rule, without posting it")
+    explain = earn.add_parser("explain", help="print what a purchase, task, check-in or manual award would earn, rule "
+                                              "by rule, without posting it")
     explain.add_argument("event", type=Path, help="a CloudEvent JSON file (structured mode)")
     explain.add_argument("--programmes", type=Path, help="programme folder (default: earn's own)")
     explain.add_argument("--tier", type=_tier, metavar="NAME[:MULTIPLIER]",
@@ -42,35 +47,94 @@ def _tier(value: str) -> MemberTier:
     return tier
 
 
+EXPLAINED: dict[str, type[Contract]] = {PURCHASE: PurchaseCompleted, "jifen.task.completed.v1": TaskCompleted,
+                                         "jifen.checkin.recorded.v1": CheckinRecorded,
+                                         "jifen.points.awarded.v1": PointsAwarded}
+
+
 def explain(args: argparse.Namespace) -> int:
     try:
         event = parse(args.event.read_bytes(), [("content-type", b"application/cloudevents+json")])
-        if event.type != PURCHASE:
-            raise BadMessage("unsupported_type", f"explain knows {PURCHASE}, not {event.type!r}")
-        purchase = PurchaseCompleted.model_validate(event.data)
+        contract = EXPLAINED.get(event.type)
+        if contract is None:
+            raise BadMessage("unsupported_type", f"explain knows {', '.join(EXPLAINED)}; not {event.type!r}")
+        data = contract.model_validate(event.data)
         catalogue = Catalogue.load(args.programmes or EarnSettings().programmes_dir)
     except (OSError, BadMessage, ValidationError, ProgrammeError) as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
-    programme = catalogue.at(purchase.program_id, event.time)
+    program_id: str = data.program_id  # type: ignore[attr-defined]
+    programme = catalogue.at(program_id, event.time)
     if programme is None:
-        print(f"✘ no version of programme {purchase.program_id!r} was in effect at {event.time.isoformat()}",
-              file=sys.stderr)
+        print(f"✘ no version of programme {program_id!r} was in effect at {event.time.isoformat()}", file=sys.stderr)
         return 1
     print(f"{event.event_id} at {event.time.isoformat()}: programme {programme.program_id} "
           f"version {programme.version} (in effect from {programme.effective_from.isoformat()})")
+    if isinstance(data, PurchaseCompleted):
+        return _purchase(programme, event, data, args.tier)
+    awards, refusal = _activity(programme, event, data)
+    if refusal is not None:
+        print(f"  ✘ earns nothing: the event would go to the DLQ as {refusal[0]}: {refusal[1]}")
+        return 1
+    for award in awards:
+        print(f"  ✔ {award.rule_id:<20} {award.points:>8} points   {award.why}")
+    expiry = expires_at(programme, event.time)
+    print(f"  = {sum(a.points for a in awards)} points in {len(awards)} credit(s), available at once, expiring "
+          f"{expiry.isoformat() if expiry else 'never'}")
+    _limits(programme, [a.rule_id for a in awards])
+    return 0
+
+
+def _purchase(programme: Programme, event: CloudEvent, purchase: PurchaseCompleted, tier: MemberTier | None) -> int:
     print(f"  order {purchase.order_id}, {purchase.total} {purchase.currency}, {purchase.channel}, "
-          f"{len(purchase.lines)} line(s)" + (f", tier {args.tier.tier} ×{args.tier.multiplier}" if args.tier else ""))
-    for r in rule_points(programme, event.time, purchase, args.tier):
+          f"{len(purchase.lines)} line(s)" + (f", tier {tier.tier} ×{tier.multiplier}" if tier else ""))
+    for r in rule_points(programme, event.time, purchase, tier):
         mark = "✔" if r.points else "·"
         print(f"  {mark} {r.rule_id:<20} {r.kind:<10} {r.points:>8} points   {r.note}")
-    credits = credits_for_purchase(programme, event.event_id, event.time, purchase, args.tier)
+    credits = credits_for_purchase(programme, event.event_id, event.time, purchase, tier)
     total = sum(c.amount for c in credits)
     first = credits[0] if credits else None
     print(f"  = {total} points in {len(credits)} credit(s)"
           + (f", available {first.available_at.isoformat() if first.available_at else 'at once'}, expiring "
              f"{first.expires_at.isoformat() if first.expires_at else 'never'}" if first else ""))
+    _limits(programme, [c.cause.rule_id or "" for c in credits])
     return 0
+
+
+def _activity(programme: Programme, event: CloudEvent, data: Contract) -> tuple[list[Award], tuple[str, str] | None]:
+    """What a task, check-in or manual award earns by the rules alone, or why it would be refused."""
+    activity = programme.activity
+    if isinstance(data, TaskCompleted):
+        task = next((t for t in activity.tasks if t.task_type == data.task_type), None)
+        if task is None:
+            return [], ("no_rule", f"no rule for tasks of type {data.task_type!r}")
+        if task.cap is not None:
+            print(f"  (at most {task.cap.count} per member per {task.cap.per}: earlier tasks are not known here)")
+        return [task_award(task, used=0)], None
+    if isinstance(data, CheckinRecorded):
+        if activity.checkin is None:
+            return [], ("no_rule", "the programme does not reward check-ins")
+        for streak in activity.checkin.streaks:
+            again = f", and every {streak.days} days after" if streak.repeat else ""
+            print(f"  (+{streak.bonus} on day {streak.days} in a row{again}: earlier check-ins are not known here)")
+        return checkin_awards(activity.checkin, streak=1), None
+    assert isinstance(data, PointsAwarded)
+    if activity.manual is None:
+        return [], ("no_rule", "the programme takes no manual awards")
+    refused = award_refusal(activity.manual, event.source, data.points)
+    if refused is not None:
+        return [], refused
+    return [Award(activity.manual.rule_id, data.points, data.reason)], None
+
+
+def _limits(programme: Programme, rule_ids: list[str]) -> None:
+    for cap in programme.caps:
+        if cap.rule_id in rule_ids:
+            print(f"  (capped at {cap.points} points per member per {cap.per} from {cap.rule_id}: usage is not known "
+                  "here)")
+    if programme.budget is not None:
+        print(f"  (the programme's budget is {programme.budget.points} points per {programme.budget.per}: usage is "
+              "not known here)")
 
 
 def check(args: argparse.Namespace) -> int:

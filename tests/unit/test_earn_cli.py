@@ -41,6 +41,31 @@ async def test_explain_judges_the_event_as_for_a_member_of_a_given_tier(tmp_path
     assert code == 2 and "gold:1.5" in err
 
 
+def award(source: str, points: int) -> dict[str, object]:
+    return {"specversion": "1.0", "id": "a-1", "source": source, "type": "jifen.points.awarded.v1",
+            "time": "2026-11-20T10:00:00+08:00",
+            "data": {"program_id": "staff", "member_id": "sam", "award_id": "b-1", "points": points,
+                     "reason": "Q3 launch", "awarded_by": "mgr-1"}}
+
+
+async def test_explain_judges_tasks_and_manual_awards_and_says_what_would_be_refused(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_bytes(orjson.dumps(award("hr://portal", 800)))
+    code, out, err = await jifen("earn", "explain", str(event))
+    assert code == 0, err
+    assert "✔ manager-bonus" in out and "= 800 points in 1 credit(s)" in out
+    assert "capped at 2000 points per member per month" in out  # named, since usage is not known here
+    event.write_bytes(orjson.dumps(award("pos://store-1", 800)))
+    code, out, _ = await jifen("earn", "explain", str(event))
+    assert code == 1 and "DLQ as untrusted_source" in out
+    task = {**award("hr://portal", 1), "type": "jifen.task.completed.v1",
+            "data": {"program_id": "staff", "member_id": "sam", "task_id": "t", "task_type": "training"}}
+    event.write_bytes(orjson.dumps(task))
+    code, out, err = await jifen("earn", "explain", str(event))
+    assert code == 0, err
+    assert "✔ training-done" in out and "50 points" in out and "at most 2 per member per week" in out
+
+
 async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
     shipped = sorted(str(p) for p in EarnSettings().programmes_dir.glob("*.yaml"))
     code, out, _ = await jifen("programme", "check", *shipped)
