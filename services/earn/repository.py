@@ -168,21 +168,21 @@ BudgetKey = tuple[str, str]  # program, period
 
 class CapRaced(Retryable):
     """Another consumer (during a rebalance, or another earn sharing a budget) used a limit this batch read
-    before it: the batch must be retried, reading the limit anew."""
+    before it: the batch must be retried, reading the limit anew under its lock."""
 
 
 class Usage:
     """A batch's view of caps and budgets: each used row is read once, locked (`FOR UPDATE`), and what the batch
-    grants is written back in one statement per table at the end. A row that did not exist cannot be locked;
-    the write-back then checks the limit in the database and raises `CapRaced` if a concurrent writer got there
-    first, so a limit holds however consumers overlap."""
+    grants is written back in one statement per table at the end. A row that did not exist cannot be locked, so
+    the write-back checks that each row now holds exactly what this batch read plus what it granted; if a
+    concurrent writer got there first it raises `CapRaced` and the batch is retried, so a limit holds however
+    consumers overlap. (The check is on the sum, not on a limit: events of one batch may be judged by programme
+    versions with different limits.)"""
 
     def __init__(self, db: asyncpg.Connection) -> None:
         self.db = db
         self.caps: dict[CapKey, int] = {}
         self.budgets: dict[BudgetKey, int] = {}
-        self.cap_limits: dict[CapKey, int] = {}
-        self.budget_limits: dict[BudgetKey, int] = {}
         self.cap_added: dict[CapKey, int] = {}
         self.budget_added: dict[BudgetKey, int] = {}
 
@@ -212,7 +212,6 @@ class Usage:
         given = granted(wanted, self.caps[key], limit)
         self.caps[key] += given
         self.cap_added[key] = self.cap_added.get(key, 0) + given
-        self.cap_limits[key] = limit
         return given
 
     async def take_budget(self, key: BudgetKey, wanted: int, limit: int) -> int:
@@ -221,13 +220,12 @@ class Usage:
         given = granted(wanted, self.budgets[key], limit)
         self.budgets[key] += given
         self.budget_added[key] = self.budget_added.get(key, 0) + given
-        self.budget_limits[key] = limit
         return given
 
     async def flush(self) -> None:
         caps = sorted(k for k, added in self.cap_added.items() if added)
         if caps:
-            over = await self.db.fetchval(
+            raced = await self.db.fetchval(
                 """WITH added AS (
                        INSERT INTO points_usage (program_id, member_id, rule_id, period, points)
                        SELECT p, m, r, d, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
@@ -236,29 +234,29 @@ class Usage:
                        DO UPDATE SET points = points_usage.points + EXCLUDED.points
                        RETURNING program_id, member_id, rule_id, period, points)
                    SELECT count(*) FROM added a
-                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[]) AS k(p, m, r, d, cap)
+                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[]) AS k(p, m, r, d, total)
                      ON a.program_id = k.p AND a.member_id = k.m AND a.rule_id = k.r AND a.period = k.d
-                   WHERE a.points > k.cap""",
+                   WHERE a.points <> k.total""",
                 *(list(column) for column in zip(*caps, strict=True)), [self.cap_added[k] for k in caps],
-                [self.cap_limits[k] for k in caps])
-            if over:
-                raise CapRaced(f"{over} cap(s) were used by another consumer during this batch")
+                [self.caps[k] for k in caps])
+            if raced:
+                raise CapRaced(f"{raced} cap(s) were used by another consumer during this batch")
         budgets = sorted(k for k, added in self.budget_added.items() if added)
         if budgets:
-            over = await self.db.fetchval(
+            raced = await self.db.fetchval(
                 """WITH added AS (
                        INSERT INTO budgets (program_id, period, points)
                        SELECT p, d, n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(p, d, n)
                        ON CONFLICT (program_id, period) DO UPDATE SET points = budgets.points + EXCLUDED.points
                        RETURNING program_id, period, points)
                    SELECT count(*) FROM added a
-                   JOIN unnest($1::text[], $2::text[], $4::bigint[]) AS k(p, d, cap)
+                   JOIN unnest($1::text[], $2::text[], $4::bigint[]) AS k(p, d, total)
                      ON a.program_id = k.p AND a.period = k.d
-                   WHERE a.points > k.cap""",
+                   WHERE a.points <> k.total""",
                 *(list(column) for column in zip(*budgets, strict=True)), [self.budget_added[k] for k in budgets],
-                [self.budget_limits[k] for k in budgets])
-            if over:
-                raise CapRaced(f"{over} budget(s) were used by another consumer during this batch")
+                [self.budgets[k] for k in budgets])
+            if raced:
+                raise CapRaced(f"{raced} budget(s) were used by another consumer during this batch")
         self.cap_added.clear()
         self.budget_added.clear()
 

@@ -387,3 +387,27 @@ def test_caps_and_the_budget_hold_across_batches_crashes_and_restarts(harness: H
     assert seen["cut by a cap"] >= seen["examples"] // 5, seen
     assert seen["cut by the budget"] >= seen["examples"] // 6, seen
     assert seen["crashed"] >= seen["examples"] // 6, seen
+
+
+def test_a_batch_spanning_a_version_that_lowers_a_cap_is_judged_by_each_events_version(infra: Infra,
+                                                                                     tmp_path: Path) -> None:
+    # Version 2 halves the daily cap within the same day. The batch's write-back must not take the lower limit for
+    # a race (the batch would be retried for ever): each event is judged by its own version's cap.
+    lowered_at = START + timedelta(hours=12)
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(PROGRAMME | {"budget": None}))
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump(PROGRAMME | {
+        "version": 2, "effective_from": lowered_at.isoformat(), "budget": None,
+        "caps": [{"rule_id": "base", "per": "day", "points": 30}]}))
+    harness = Harness(infra, tmp_path)
+    try:
+        feed = [Sent("v1-buy", "ann", lowered_at - timedelta(hours=1), "order-1", Decimal("50")),
+                Sent("v2-buy", "ann", lowered_at + timedelta(hours=1), "order-2", Decimal("10")),
+                Sent("v2-bob", "bob", lowered_at + timedelta(hours=1), "order-3", Decimal("45"))]
+        harness.run(harness.deliver_at_once([sent.record(offset) for offset, sent in enumerate(feed)]))
+        commands = {c["idempotency_key"]: c["amount"] for c in (
+            orjson.loads(r["value"])["data"] for r in harness.run(harness.clean.outbox()) if r["topic"] == COMMANDS)}
+    finally:
+        harness.close()
+    # ann: 50 under v1's cap of 60; then v2's cap of 30 is already spent. bob: 30 of 45 under v2.
+    assert {k.split("|")[1]: v for k, v in commands.items() if k.endswith(":base")} == {
+        "v1-buy:base": 50, "v2-bob:base": 30}
