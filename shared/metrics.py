@@ -33,3 +33,6 @@ class Metrics:
         self.outbox_published = Counter("jifen_outbox_published", "Outbox rows published and acknowledged",
                                         ["service"], registry=r)
         self.ready = Gauge("jifen_ready", "1 when the service can do its work", ["service"], registry=r)
+        self.gc_pause = Histogram("jifen_gc_pause_seconds", "Python's collections of the older generations: the "
+                                  "whole process stops for each", ["service", "generation"],
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)

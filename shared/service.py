@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -127,11 +128,14 @@ def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAP
         relay_task = asyncio.create_task(runtime.relay.run(), name=f"{spec.name}-outbox-relay")
         await broker.start()
         _tune_gc(settings.gc_young_threshold)
+        gc_timer = _gc_timer(runtime.metrics, spec.name)
+        gc.callbacks.append(gc_timer)
         jobs = [asyncio.create_task(job(runtime), name=f"{spec.name}-background") for job in spec.background]
         log.info("service started", extra={"topics": list(spec.topics)})
         try:
             yield
         finally:
+            gc.callbacks.remove(gc_timer)
             for task in jobs:
                 task.cancel()
             await broker.stop()
@@ -173,6 +177,24 @@ async def every(interval_s: float, job: Callable[[], Coroutine[Any, Any, object]
         except Exception as exc:
             log.warning(f"{what} failed; retrying next round", extra={"error": repr(exc), "retry_in_s": interval_s})
         await asyncio.sleep(interval_s)
+
+
+def _gc_timer(metrics: Metrics, service: str) -> Callable[[str, dict[str, int]], None]:
+    """Time every collection of the middle and oldest generations (young ones are too short and too frequent
+    to be worth a histogram observation each)."""
+    pauses = {generation: metrics.gc_pause.labels(service, str(generation)) for generation in (1, 2)}
+    started = 0.0
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if info["generation"] == 0:
+            return
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            pauses[info["generation"]].observe(time.perf_counter() - started)
+
+    return on_collection
 
 
 def _tune_gc(young_threshold: int) -> None:
