@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import traceback
@@ -144,6 +145,10 @@ class BatchConsumer:
             # Partitions moved to another consumer: it replays from the last commit and the inbox dedupes.
             log.warning("offset commit failed; the batch will be replayed elsewhere", extra={"error": repr(exc)})
         self._record_lag(msg, records)
+        # The batch's objects are garbage now. Collecting the middle generation here, between batches, frees the
+        # batch's reference cycles while they are few; left to the collector's threshold they pile up over many
+        # batches and one collection of them stopped the ledger for 250-500 ms, mid-batch.
+        gc.collect(1)
 
     def _record_lag(self, msg: KafkaMessage, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         consumer = getattr(msg, "consumer", None)
