@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from deploy.local.infra import REPO, Kafka, Postgres, create_topics
+from shared import db as shared_db
 from shared.topics import all_topics
 
 
@@ -32,6 +33,20 @@ class Infra:
     admin_dsn: str  # a database we may CREATE DATABASE from
     postgres: Postgres | None = None  # set when the tests own the server (and may restart it)
     stop: Callable[[], None] = lambda: None
+
+    async def new_database(self, prefix: str, schema: str | None = None, migrations: Path | None = None) -> str:
+        """A fresh database of the test server, named `prefix` and a random suffix; with a schema and its
+        migrations, migrated. Returns its URL."""
+        name = f"{prefix}{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        dsn = f"{self.admin_dsn.rpartition('/')[0]}/{name}"
+        if schema is not None and migrations is not None:
+            await shared_db.migrate(dsn, schema, migrations)
+        return dsn
 
 
 def docker_answers() -> bool:
@@ -108,16 +123,10 @@ class World:
 
 
 async def make_world(infra: Infra, partitions: int = 3) -> World:
-    suffix = uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(infra.admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE t_{suffix}")
-    finally:
-        await admin.close()
-    base, _, _ = infra.admin_dsn.rpartition("/")
-    prefix = f"t{suffix}."
+    dsn = await infra.new_database("t_")
+    prefix = f"t{dsn.rpartition('_')[2]}."
     await create_topics(infra.bootstrap, all_topics(prefix), partitions)
-    return World(infra, f"{base}/t_{suffix}", prefix)
+    return World(infra, dsn, prefix)
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ birthday set within the last 30 days, and never twice however often the job runs
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -41,13 +40,7 @@ def test_a_birthday_set_less_than_30_days_before_does_not_pay() -> None:
 
 @pytest.fixture
 async def dsn(infra: Infra) -> AsyncIterator[str]:
-    name = f"earn_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    url = f"{infra.admin_dsn.rpartition('/')[0]}/{name}"
-    await shared_db.migrate(url, "earn", MIGRATIONS)
-    yield url
+    yield await infra.new_database("earn_", "earn", MIGRATIONS)
 
 
 async def test_the_job_pays_each_due_birthday_once(dsn: str) -> None:

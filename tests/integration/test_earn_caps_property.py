@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, replace
@@ -241,14 +240,7 @@ class Harness:
         return self.loop.run_until_complete(coro)
 
     async def _store(self, infra: Infra) -> Store:
-        name = f"earn_caps_{uuid.uuid4().hex[:10]}"
-        admin = await asyncpg.connect(infra.admin_dsn)
-        try:
-            await admin.execute(f"CREATE DATABASE {name}")
-        finally:
-            await admin.close()
-        dsn = f"{infra.admin_dsn.rpartition('/')[0]}/{name}"
-        await shared_db.migrate(dsn, "earn", MIGRATIONS)
+        dsn = await infra.new_database("earn_caps_", "earn", MIGRATIONS)
         return Store(dsn, await asyncpg.connect(dsn, server_settings={"search_path": "earn"}))
 
     async def deliver(self, records: list[ConsumerRecord[bytes, bytes]], plan: list[tuple[int, str]]) -> int:

@@ -300,15 +300,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 async def _database(infra: Infra) -> str:
-    name = f"model_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    dsn = f"{infra.admin_dsn.rpartition('/')[0]}/{name}"
-    await shared_db.migrate(dsn, "ledger", MIGRATIONS)
-    return dsn
+    return await infra.new_database("model_", "ledger", MIGRATIONS)
 
 
 @pytest.fixture
