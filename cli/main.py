@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from cli import asyncapi
 from cli import earn as earn_cli
 from cli import ledger as ledger_cli
 from cli.simulate import build_feed, publish
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--keep", action="store_true", help="ledger: keep the bench's schema and topics")
     ledger_cli.add_parser(sub)
     earn_cli.add_parsers(sub)
+    asyncapi.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "ledger":
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return earn_cli.explain(args)
         if args.command == "programme":
             return earn_cli.check(args)
+        if args.command == "asyncapi":
+            return asyncapi.run(args)
         if args.command == "stack":
             return _stack(args.action)
         if args.command == "simulate":
