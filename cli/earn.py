@@ -16,7 +16,7 @@ from services.earn.activity import Award, award_refusal, checkin_awards, task_aw
 from services.earn.domain import MemberTier, Programme, credits_for_purchase, expires_at, rule_points
 from services.earn.programmes import Catalogue, ProgrammeError, load_file
 from services.earn.settings import EarnSettings
-from shared.contracts import CheckinRecorded, Contract, PointsAwarded, PurchaseCompleted, TaskCompleted
+from shared.contracts import CheckinRecorded, PointsAwarded, PurchaseCompleted, TaskCompleted
 from shared.envelope import BadMessage, CloudEvent, parse
 
 PURCHASE = "jifen.purchase.completed.v1"
@@ -47,7 +47,8 @@ def _tier(value: str) -> MemberTier:
     return tier
 
 
-EXPLAINED: dict[str, type[Contract]] = {PURCHASE: PurchaseCompleted, "jifen.task.completed.v1": TaskCompleted,
+Explained = PurchaseCompleted | TaskCompleted | CheckinRecorded | PointsAwarded
+EXPLAINED: dict[str, type[Explained]] = {PURCHASE: PurchaseCompleted, "jifen.task.completed.v1": TaskCompleted,
                                          "jifen.checkin.recorded.v1": CheckinRecorded,
                                          "jifen.points.awarded.v1": PointsAwarded}
 
@@ -63,10 +64,10 @@ def explain(args: argparse.Namespace) -> int:
     except (OSError, BadMessage, ValidationError, ProgrammeError) as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
-    program_id: str = data.program_id  # type: ignore[attr-defined]
-    programme = catalogue.at(program_id, event.time)
+    programme = catalogue.at(data.program_id, event.time)
     if programme is None:
-        print(f"✘ no version of programme {program_id!r} was in effect at {event.time.isoformat()}", file=sys.stderr)
+        print(f"✘ no version of programme {data.program_id!r} was in effect at {event.time.isoformat()}",
+              file=sys.stderr)
         return 1
     print(f"{event.event_id} at {event.time.isoformat()}: programme {programme.program_id} "
           f"version {programme.version} (in effect from {programme.effective_from.isoformat()})")
@@ -101,7 +102,8 @@ def _purchase(programme: Programme, event: CloudEvent, purchase: PurchaseComplet
     return 0
 
 
-def _activity(programme: Programme, event: CloudEvent, data: Contract) -> tuple[list[Award], tuple[str, str] | None]:
+def _activity(programme: Programme, event: CloudEvent,
+              data: TaskCompleted | CheckinRecorded | PointsAwarded) -> tuple[list[Award], tuple[str, str] | None]:
     """What a task, check-in or manual award earns by the rules alone, or why it would be refused."""
     activity = programme.activity
     if isinstance(data, TaskCompleted):
@@ -118,7 +120,6 @@ def _activity(programme: Programme, event: CloudEvent, data: Contract) -> tuple[
             again = f", and every {streak.days} days after" if streak.repeat else ""
             print(f"  (+{streak.bonus} on day {streak.days} in a row{again}: earlier check-ins are not known here)")
         return checkin_awards(activity.checkin, streak=1), None
-    assert isinstance(data, PointsAwarded)
     if activity.manual is None:
         return [], ("no_rule", "the programme takes no manual awards")
     refused = award_refusal(activity.manual, event.source, data.points)
