@@ -171,96 +171,80 @@ class CapRaced(Retryable):
     before it: the batch must be retried, reading the limit anew under its lock."""
 
 
-class Usage:
-    """A batch's view of caps and budgets: each used row is read once, locked (`FOR UPDATE`), and what the batch
-    grants is written back in one statement per table at the end. A row that did not exist cannot be locked, so
-    the write-back checks that each row now holds exactly what this batch read plus what it granted; if a
-    concurrent writer got there first it raises `CapRaced` and the batch is retried, so a limit holds however
-    consumers overlap. (The check is on the sum, not on a limit: events of one batch may be judged by programme
-    versions with different limits.)"""
+class Limit:
+    """One table of limits a batch draws on (a member's points per rule per period, or a programme's budget per
+    period): each row it uses is read once and locked (`FOR UPDATE`), grants are counted in memory, and the sums
+    are written back in one statement. A row that did not exist cannot be locked, so the write-back checks that
+    each row now holds exactly what this batch read plus what it granted; if a concurrent writer got there first
+    it raises `CapRaced` and the batch is retried, so a limit holds however consumers overlap. (The check is on
+    the sum, not on a limit: events of one batch may be judged by programme versions with different limits.)"""
 
-    def __init__(self, db: asyncpg.Connection) -> None:
-        self.db = db
-        self.caps: dict[CapKey, int] = {}
-        self.budgets: dict[BudgetKey, int] = {}
-        self.cap_added: dict[CapKey, int] = {}
-        self.budget_added: dict[BudgetKey, int] = {}
+    def __init__(self, db: asyncpg.Connection, table: str, key: tuple[str, ...]) -> None:
+        self.db, self.table, self.key = db, table, key
+        self.used: dict[tuple[str, ...], int] = {}  # what the database holds plus what this batch granted
+        self.added: dict[tuple[str, ...], int] = {}  # granted and not yet written back
+        columns = ", ".join(key)
+        keys = ", ".join(f"${n}::text[]" for n in range(1, len(key) + 1))
+        on = " AND ".join(f"t.{c} = k.{c}" for c in key)
+        n = len(key)
+        # The table and column names are this module's constants, never input.
+        self._select = (f"SELECT {', '.join(f't.{c}' for c in key)}, t.points FROM {table} t "
+                        f"JOIN unnest({keys}) AS k({columns}) ON {on} ORDER BY {columns} FOR UPDATE OF t")
+        self._write_back = (
+            f"WITH t AS (INSERT INTO {table} ({columns}, points) SELECT * FROM unnest({keys}, ${n + 1}::bigint[]) "
+            f"ON CONFLICT ({columns}) DO UPDATE SET points = {table}.points + EXCLUDED.points "
+            f"RETURNING {columns}, points) "
+            f"SELECT count(*) FROM t JOIN unnest({keys}, ${n + 2}::bigint[]) AS k({columns}, total) ON {on} "
+            f"WHERE t.points <> k.total")
 
-    async def load(self, caps: Sequence[CapKey], budgets: Sequence[BudgetKey]) -> None:
-        """Read (and lock) the rows the batch may use, in key order so that batches lock in one order."""
-        caps = sorted(set(caps) - self.caps.keys())
-        budgets = sorted(set(budgets) - self.budgets.keys())
-        if caps:
-            rows = await self.db.fetch(
-                """SELECT u.program_id, u.member_id, u.rule_id, u.period, u.points FROM points_usage u
-                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(p, m, r, d)
-                     ON u.program_id = k.p AND u.member_id = k.m AND u.rule_id = k.r AND u.period = k.d
-                   ORDER BY 1, 2, 3, 4 FOR UPDATE OF u""", *(list(column) for column in zip(*caps, strict=True)))
-            self.caps.update(dict.fromkeys(caps, 0))
-            self.caps.update({(r["program_id"], r["member_id"], r["rule_id"], r["period"]): r["points"] for r in rows})
-        if budgets:
-            rows = await self.db.fetch(
-                """SELECT b.program_id, b.period, b.points FROM budgets b
-                   JOIN unnest($1::text[], $2::text[]) AS k(p, d) ON b.program_id = k.p AND b.period = k.d
-                   ORDER BY 1, 2 FOR UPDATE OF b""", *(list(column) for column in zip(*budgets, strict=True)))
-            self.budgets.update(dict.fromkeys(budgets, 0))
-            self.budgets.update({(r["program_id"], r["period"]): r["points"] for r in rows})
+    async def load(self, keys: Sequence[tuple[str, ...]]) -> None:
+        """Read (and lock) rows the batch may use, in key order so that batches lock in one order."""
+        new = sorted(set(keys) - self.used.keys())
+        if not new:
+            return
+        rows = await self.db.fetch(self._select, *(list(column) for column in zip(*new, strict=True)))
+        self.used.update(dict.fromkeys(new, 0))
+        self.used.update({tuple(r)[:-1]: r["points"] for r in rows})
 
-    async def take_cap(self, key: CapKey, wanted: int, limit: int) -> int:
-        """Grant what a member's cap on a rule still allows of `wanted` in the period, and count it."""
-        await self.load([key], [])
-        given = granted(wanted, self.caps[key], limit)
-        self.caps[key] += given
-        self.cap_added[key] = self.cap_added.get(key, 0) + given
-        return given
-
-    async def take_budget(self, key: BudgetKey, wanted: int, limit: int) -> int:
-        """Grant what the programme's budget still allows of `wanted` in the period, and count it."""
-        await self.load([], [key])
-        given = granted(wanted, self.budgets[key], limit)
-        self.budgets[key] += given
-        self.budget_added[key] = self.budget_added.get(key, 0) + given
+    async def take(self, key: tuple[str, ...], wanted: int, limit: int) -> int:
+        """Grant what the limit still allows of `wanted`, and count it."""
+        await self.load([key])
+        given = granted(wanted, self.used[key], limit)
+        self.used[key] += given
+        self.added[key] = self.added.get(key, 0) + given
         return given
 
     async def flush(self) -> None:
-        caps = sorted(k for k, added in self.cap_added.items() if added)
-        if caps:
-            raced = await self.db.fetchval(
-                """WITH added AS (
-                       INSERT INTO points_usage (program_id, member_id, rule_id, period, points)
-                       SELECT p, m, r, d, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                                                 AS k(p, m, r, d, n)
-                       ON CONFLICT (program_id, member_id, rule_id, period)
-                       DO UPDATE SET points = points_usage.points + EXCLUDED.points
-                       RETURNING program_id, member_id, rule_id, period, points)
-                   SELECT count(*) FROM added a
-                   JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::bigint[]) AS k(p, m, r, d, total)
-                     ON a.program_id = k.p AND a.member_id = k.m AND a.rule_id = k.r AND a.period = k.d
-                   WHERE a.points <> k.total""",
-                *(list(column) for column in zip(*caps, strict=True)), [self.cap_added[k] for k in caps],
-                [self.caps[k] for k in caps])
-            if raced:
-                raise CapRaced(f"{raced} cap(s) were used by another consumer during this batch")
-        budgets = sorted(k for k, added in self.budget_added.items() if added)
-        if budgets:
-            raced = await self.db.fetchval(
-                """WITH added AS (
-                       INSERT INTO budgets (program_id, period, points)
-                       SELECT p, d, n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(p, d, n)
-                       ON CONFLICT (program_id, period) DO UPDATE SET points = budgets.points + EXCLUDED.points
-                       RETURNING program_id, period, points)
-                   SELECT count(*) FROM added a
-                   JOIN unnest($1::text[], $2::text[], $4::bigint[]) AS k(p, d, total)
-                     ON a.program_id = k.p AND a.period = k.d
-                   WHERE a.points <> k.total""",
-                *(list(column) for column in zip(*budgets, strict=True)), [self.budget_added[k] for k in budgets],
-                [self.budgets[k] for k in budgets])
-            if raced:
-                raise CapRaced(f"{raced} budget(s) were used by another consumer during this batch")
-        self.cap_added.clear()
-        self.budget_added.clear()
+        added, self.added = self.added, {}
+        keys = sorted(k for k, points in added.items() if points)
+        if not keys:
+            return
+        raced = await self.db.fetchval(self._write_back, *(list(column) for column in zip(*keys, strict=True)),
+                                       [added[k] for k in keys], [self.used[k] for k in keys])
+        if raced:
+            raise CapRaced(f"{raced} row(s) of {self.table} were used by another consumer during this batch")
 
 
+class Usage:
+    """A batch's caps (points per member per rule per period) and budgets (points per programme per period)."""
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self.caps = Limit(db, "points_usage", ("program_id", "member_id", "rule_id", "period"))
+        self.budgets = Limit(db, "budgets", ("program_id", "period"))
+
+    async def load(self, caps: Sequence[CapKey], budgets: Sequence[BudgetKey]) -> None:
+        await self.caps.load(caps)
+        await self.budgets.load(budgets)
+
+    async def take_cap(self, key: CapKey, wanted: int, limit: int) -> int:
+        return await self.caps.take(key, wanted, limit)
+
+    async def take_budget(self, key: BudgetKey, wanted: int, limit: int) -> int:
+        return await self.budgets.take(key, wanted, limit)
+
+    async def flush(self) -> None:
+        await self.caps.flush()
+        await self.budgets.flush()
 async def tier_histories(db: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> TierHistory:
     """Each (programme, member)'s tiers with the time each took effect, oldest first (members with none: absent)."""
     if not keys:
