@@ -14,16 +14,13 @@ from typing import Any
 
 import orjson
 
+from shared.refusal import Refusal
+
 STRUCTURED = "application/cloudevents+json"
 
 
-class BadMessage(Exception):
+class BadMessage(Refusal):
     """A message we cannot accept; `reason` is a stable code, `detail` says what was wrong."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,11 @@ from decimal import Decimal
 from fractions import Fraction
 
 from shared.contracts import PurchaseLine, PurchaseRefunded
+from shared.refusal import Refusal
 
 
-class RefundRefused(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class RefundRefused(Refusal):
+    """A refund that cannot be taken back from its order (unknown line, more than is left)."""
 
 
 @dataclass(frozen=True)

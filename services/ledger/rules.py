@@ -37,19 +37,15 @@ from shared.contracts import (
     ReverseEntry,
     TransferPoints,
 )
+from shared.refusal import Refusal
 
 # Which entries a reversal may correct, and the system account the points go back to or come from.
 REVERSIBLE_CREDITS = {"earn": "issued", "adjust_credit": "adjustments"}
 REVERSIBLE_DEBITS = {"redeem": "redeemed", "adjust_debit": "adjustments"}
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """A command that breaks a rule; nothing was changed."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(eq=False, slots=True)
