@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ EVERY_RULE: dict[str, Any] = {
 }
 
 
-def entries_under(programme: Programme) -> Any:
+def entries_under(programme: Programme) -> Callable[[Feed], int]:
     """How many ledger entries a feed causes under a programme: one per rule that fires, per purchase."""
     def count(feed: Feed) -> int:
         total = 0

@@ -211,11 +211,8 @@ class EarnFromEvents:
                         reason=reason),
             details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
         limited = await self._limit(programme, credit, item, batch)
-        if limited is None:
-            return
-        credit = limited
-        batch.uow.publish(self._command(credit, item))
-        self.metrics.points.labels(programme.program_id, award.rule_id).inc(credit.amount)
+        if limited is not None:
+            self._send(limited, item, batch)
 
     async def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
         # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
@@ -250,8 +247,7 @@ class EarnFromEvents:
                       [(line.sku, line.total) for line in lines_of(purchase)], earned)
         batch.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))
         for credit in credits:
-            batch.uow.publish(self._command(credit, item))
-            self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
+            self._send(credit, item, batch)
 
     async def _refund(self, item: Inbound, refund: PurchaseRefunded, batch: Batch) -> None:
         if self._programme(item, refund.program_id, batch.rejections) is None:
@@ -290,6 +286,10 @@ class EarnFromEvents:
                               f"programme {program_id!r} was not in effect at {item.event.time}" if known
                               else f"no programme {program_id!r}")
         return programme
+
+    def _send(self, credit: PostCredit, item: Inbound, batch: Batch) -> None:
+        batch.uow.publish(self._command(credit, item))
+        self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
 
     def _command(self, cmd: LedgerCommand, item: Inbound) -> OutboxMessage:
         return ledger_command(cmd, self.commands_topic, SOURCE, item.event.time, subject=cmd.member_id)
