@@ -1,72 +1,33 @@
 """`jifen asyncapi`: the topics and message schemas integrators rely on, as an AsyncAPI 2.6 document generated
-from the contracts in shared/contracts.py. docs/asyncapi.yaml is its output; a test keeps the two equal."""
+from the catalogue of channels in shared/contracts/. docs/asyncapi.yaml is its output; a test keeps the two equal."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from shared import topics
-from shared.contracts import (
-    COMMAND_REJECTED,
-    ENTRY_POSTED,
-    HOLD_PLACED,
-    HOLD_RESOLVED,
-    INBOUND_TYPES,
-    LEDGER_COMMAND_TYPES,
-    TIER_CHANGED,
-    CommandRejected,
-    Contract,
-    HoldPlaced,
-    HoldResolved,
-    PointsEntryPosted,
-    TierChanged,
-)
+from shared.contracts import topics
+from shared.contracts.base import Channel, Contract
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
-Direction = Literal["in", "out"]
-
-# Which message types travel on which topic, and who writes them. `in`: systems outside send them to Jifen;
-# `out`: Jifen sends them (AsyncAPI 2's `publish` and `subscribe`, as seen by a client of Jifen).
-CHANNELS: list[tuple[str, Direction, str, list[str]]] = [
-    (topics.PURCHASES, "in", "Purchases and refunds from tills and web shops.",
-     ["jifen.purchase.completed.v1", "jifen.purchase.refunded.v1"]),
-    (topics.TASKS, "in", "Tasks and behaviours from HR and task systems, and manual awards (paid only from the "
-                         "CloudEvents sources a programme trusts).",
-     ["jifen.task.completed.v1", "jifen.points.awarded.v1"]),
-    (topics.CHECKINS, "in", "Daily check-ins.", ["jifen.checkin.recorded.v1"]),
-    (topics.REFERRALS, "in", "Accepted referrals.", ["jifen.referral.accepted.v1"]),
-    (topics.MEMBERS, "in", "Members enrolled or updated (birthday).", ["jifen.member.enrolled.v1"]),
-    (topics.LEDGER_COMMANDS, "in", "Internal: commands to the ledger, the only writer of points. Keyed by "
-                                   "member; each carries an idempotency key derived from its cause.",
-     list(LEDGER_COMMAND_TYPES)),
-    (topics.LEDGER_ENTRIES, "out", "Every entry the ledger posted and every command it refused, with the reason.",
-     [ENTRY_POSTED, HOLD_PLACED, HOLD_RESOLVED, COMMAND_REJECTED]),
-    (topics.TIERS, "out", "Tier changes, effective from the event's time; earn applies `earn_multiplier`.",
-     [TIER_CHANGED]),
-]
-OUTBOUND_TYPES: dict[str, type[Contract]] = {
-    ENTRY_POSTED: PointsEntryPosted, HOLD_PLACED: HoldPlaced, HOLD_RESOLVED: HoldResolved,
-    COMMAND_REJECTED: CommandRejected, TIER_CHANGED: TierChanged,
-}
 DLQ_HEADERS = ("jifen-dlq-reason", "jifen-dlq-detail", "jifen-dlq-error-class", "jifen-dlq-source-topic",
                "jifen-dlq-source-partition", "jifen-dlq-source-offset", "jifen-dlq-service", "jifen-dlq-at")
 
 
-def contract_of(message_type: str) -> tuple[type[Contract], JsonSchemaMode]:
-    if message_type in OUTBOUND_TYPES:
-        return OUTBOUND_TYPES[message_type], "serialization"
-    return {**INBOUND_TYPES, **LEDGER_COMMAND_TYPES}[message_type], "validation"
+def _mode(channel: Channel) -> JsonSchemaMode:
+    # What Jifen accepts is described as it validates; what it sends, as it writes.
+    return "validation" if channel.direction == "in" else "serialization"
 
 
 def document() -> dict[str, Any]:
-    types = [t for _, _, _, names in CHANNELS for t in names]
-    models = {t: contract_of(t) for t in types}
+    """Every channel of the catalogue (shared/contracts/topics.py) with its messages and its dead-letter twin."""
+    models: dict[str, tuple[type[Contract], JsonSchemaMode]] = {
+        t.TYPE: (t, _mode(c)) for c in topics.CHANNELS for t in c.types}
     refs, definitions = models_json_schema(list(dict.fromkeys(models.values())),
                                            ref_template="#/components/schemas/{model}")
     messages = {}
@@ -95,26 +56,28 @@ def document() -> dict[str, Any]:
         }
         messages[message_type] = {k: v for k, v in messages[message_type].items() if v is not None}
     channels: dict[str, Any] = {}
-    for topic, direction, description, names in CHANNELS:
-        operation = "publish" if direction == "in" else "subscribe"
-        channels[topic] = {
-            "description": f"{description} Kafka key: the member id.",
-            operation: {"operationId": f"{operation}:{topic}",
-                        "message": {"oneOf": [{"$ref": f"#/components/messages/{t}"} for t in names]}},
+    for channel in topics.CHANNELS:
+        operation = "publish" if channel.direction == "in" else "subscribe"
+        key = "" if "Kafka key" in channel.description else " Kafka key: the member id."
+        channels[channel.topic] = {
+            "description": f"{channel.description}{key}",
+            operation: {"operationId": f"{operation}:{channel.topic}",
+                        "message": {"oneOf": [{"$ref": f"#/components/messages/{t.TYPE}"} for t in channel.types]}},
         }
-        if direction == "in":
-            channels[topics.dlq(topic)] = {
-                "description": f"What Jifen refused from {topic}, with the reason. Nothing is dropped: replay a "
-                               "record to its source topic once the cause is fixed.",
-                "subscribe": {"operationId": f"subscribe:{topics.dlq(topic)}", "message": dead_letter(topic)},
-            }
+        channels[channel.dlq] = {
+            "description": f"What a Jifen service refused from {channel.topic}, with the reason (the "
+                           "jifen-dlq-service header names which). Nothing is dropped: replay a record to its source "
+                           "topic once the cause is fixed.",
+            "subscribe": {"operationId": f"subscribe:{channel.dlq}", "message": dead_letter(channel.topic)},
+        }
     return {
         "asyncapi": "2.6.0",
         "id": "urn:jifen:topics",
         "info": {"title": "Jifen topics", "version": "1",
-                 "description": "Generated by `jifen asyncapi` from shared/contracts.py. Names may gain fields; "
+                 "description": "Generated by `jifen asyncapi` from shared/contracts/. Names may gain fields; "
                                 "renaming or removing one is a breaking change. Money is a decimal string with an "
-                                "ISO 4217 currency; points are integers; program_id defaults to `default`.",
+                                "ISO 4217 currency; points are integers; program_id defaults to `default`. A "
+                                "reader of a topic ignores the types it has no handler for.",
                  "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
         "servers": {"local": {
             "url": "127.0.0.1:9092", "protocol": "kafka",

@@ -1,4 +1,4 @@
-"""`jifen earn explain EVENT` and `jifen programme check FILE`: the earn rules, without posting anything.
+"""`jifen earn explain EVENT`: the earn rules, without posting anything.
 
 Explain judges one event by the rules alone: what depends on a member's history (a task's cap, a check-in
 streak, points caps and the budget) is named, not computed."""
@@ -14,26 +14,23 @@ from pydantic import ValidationError
 
 from services.earn.activity import Award, award_refusal, checkin_awards, task_award
 from services.earn.domain import MemberTier, Programme, credits_for_purchase, expires_at, rule_points
-from services.earn.programmes import Catalogue, ProgrammeError, load_file
-from services.earn.settings import EarnSettings
-from shared.contracts import CheckinRecorded, PointsAwarded, PurchaseCompleted, TaskCompleted
+from shared.contracts.checkins import CheckinRecorded
+from shared.contracts.purchases import PurchaseCompleted
+from shared.contracts.tasks import PointsAwarded, TaskCompleted
 from shared.envelope import BadMessage, CloudEvent, parse
+from shared.programmes import Catalogue, ProgrammeError
+from shared.settings import Settings
 
-PURCHASE = "jifen.purchase.completed.v1"
 
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     earn = sub.add_parser("earn", help="earn tools").add_subparsers(dest="earn_command", required=True)
     explain = earn.add_parser("explain", help="print what a purchase, task, check-in or manual award would earn, rule "
                                               "by rule, without posting it")
     explain.add_argument("event", type=Path, help="a CloudEvent JSON file (structured mode)")
-    explain.add_argument("--programmes", type=Path, help="programme folder (default: earn's own)")
+    explain.add_argument("--programmes", type=Path,
+                         help="programme folder (default: JIFEN_PROGRAMMES_DIR or programmes/)")
     explain.add_argument("--tier", type=_tier, metavar="NAME[:MULTIPLIER]",
                          help="judge it as for a member of this tier, e.g. gold:1.5 (default: no tier)")
-    programme = sub.add_parser("programme", help="programme tools").add_subparsers(dest="programme_command",
-                                                                                    required=True)
-    check = programme.add_parser("check", help="validate programme files; exits 1 naming file, line and field")
-    check.add_argument("files", type=Path, nargs="+")
 
 
 def _tier(value: str) -> MemberTier:
@@ -48,9 +45,8 @@ def _tier(value: str) -> MemberTier:
 
 
 Explained = PurchaseCompleted | TaskCompleted | CheckinRecorded | PointsAwarded
-EXPLAINED: dict[str, type[Explained]] = {PURCHASE: PurchaseCompleted, "jifen.task.completed.v1": TaskCompleted,
-                                         "jifen.checkin.recorded.v1": CheckinRecorded,
-                                         "jifen.points.awarded.v1": PointsAwarded}
+EXPLAINED: dict[str, type[Explained]] = {t.TYPE: t for t in (PurchaseCompleted, TaskCompleted, CheckinRecorded,
+                                                             PointsAwarded)}
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -60,7 +56,7 @@ def explain(args: argparse.Namespace) -> int:
         if contract is None:
             raise BadMessage("unsupported_type", f"explain knows {', '.join(EXPLAINED)}; not {event.type!r}")
         data = contract.model_validate(event.data)
-        catalogue = Catalogue.load(args.programmes or EarnSettings().programmes_dir)
+        catalogue = Catalogue.load(args.programmes or Settings().programmes_dir, Programme)
     except (OSError, BadMessage, ValidationError, ProgrammeError) as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
@@ -136,17 +132,3 @@ def _limits(programme: Programme, rule_ids: list[str]) -> None:
     if programme.budget is not None:
         print(f"  (the programme's budget is {programme.budget.points} points per {programme.budget.per}: usage is "
               "not known here)")
-
-
-def check(args: argparse.Namespace) -> int:
-    failed = 0
-    for path in args.files:
-        try:
-            programme = load_file(path)
-        except ProgrammeError as exc:
-            print(f"✘ {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"✔ {path}: programme {programme.program_id} version {programme.version}, in effect from "
-              f"{programme.effective_from.isoformat()}")
-    return 1 if failed else 0

@@ -1,143 +1,105 @@
-"""A simulated store feed: members buying baskets at tills and online, with a few exact duplicates and a
-few malformed messages, published as CloudEvents at a chosen rate."""
+"""`jifen simulate`: publish a simulated store feed to the running stack and summarise what it became."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import random
+import sys
 import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from datetime import UTC, datetime
 
-import orjson
-from aiokafka import AIOKafkaProducer
+import asyncpg
 
-PURCHASE = "jifen.purchase.completed.v1"
-CATALOGUE = [
-    ("SKU-RICE-5KG", "grocery", Decimal("59.90")), ("SKU-MILK-1L", "dairy", Decimal("12.50")),
-    ("SKU-TEA-250", "beverages", Decimal("88.00")), ("SKU-SOAP-3", "household", Decimal("19.90")),
-    ("SKU-EGGS-12", "grocery", Decimal("15.80")), ("SKU-NOODLE-5", "grocery", Decimal("9.90")),
-    ("SKU-JUICE-1L", "beverages", Decimal("16.00")), ("SKU-TOWEL", "household", Decimal("35.00")),
-    ("SKU-YOGURT", "dairy", Decimal("6.50")), ("SKU-OIL-5L", "grocery", Decimal("79.00")),
-]
+from deploy.local.stack import SERVICES
+from services.ledger.verify import verify
+from shared.contracts import topics
+from shared.metrics import scrape
+from shared.settings import Settings
+from shared.simulation import build_feed, publish
 
 
-@dataclass(frozen=True)
-class Message:
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    kind: str  # valid, duplicate, or the reason the DLQ will give
-    points: int = 0
-    member_id: str = ""
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("simulate", help="publish a simulated store feed and summarise what it became")
+    sim.add_argument("--count", type=int, default=2000, help="purchases to send (default 2000)")
+    sim.add_argument("--rate", type=float, default=1000.0, help="messages per second (default 1000; 0 = flat out)")
+    sim.add_argument("--members", type=int, default=300)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every purchase to settle")
 
 
-@dataclass
-class Feed:
-    messages: list[Message] = field(default_factory=list)
-
-    @property
-    def kinds(self) -> Counter[str]:
-        return Counter(m.kind for m in self.messages)
-
-    @property
-    def expected_points(self) -> int:
-        return sum(m.points for m in self.messages if m.kind == "valid")
-
-    @property
-    def expected_credits(self) -> int:
-        return sum(1 for m in self.messages if m.kind == "valid" and m.points > 0)
-
-    @property
-    def members(self) -> set[str]:
-        return {m.member_id for m in self.messages if m.kind == "valid" and m.points > 0}
+def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and v - before.get(k, 0.0)}
 
 
-def purchase_event(event_id: str, source: str, time_: datetime, member_id: str, order_id: str, total: Decimal,
-                   lines: list[dict[str, str]], channel: str = "pos", store_id: str | None = "store-001",
-                   program_id: str | None = None) -> dict[str, object]:
-    data: dict[str, object] = {"member_id": member_id, "order_id": order_id, "channel": channel,
-                               "currency": "CNY", "total": str(total), "lines": lines}
-    if store_id:
-        data["store_id"] = store_id
-    if program_id:
-        data["program_id"] = program_id
-    return {"specversion": "1.0", "id": event_id, "source": source, "type": PURCHASE,
-            "time": time_.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json", "data": data}
+def _label(sample: str, label: str) -> str:
+    return sample.split(f'{label}="', 1)[1].split('"', 1)[0] if f'{label}="' in sample else "?"
 
 
-STRUCTURED = [("content-type", b"application/cloudevents+json")]
+async def simulate(args: argparse.Namespace) -> int:
+    settings = Settings()
+    run_id = f"sim{uuid.uuid4().hex[:6]}"
+    feed = build_feed(args.count, run_id=run_id, now=datetime.now(UTC), members=args.members, seed=args.seed)
+    earn_port = next(s.port for s in SERVICES if s.name == "earn")
+    before = scrape(earn_port)
+    kinds = feed.kinds
+    print(f"\nSimulating a store feed ({run_id}): {args.count:,} purchases, {kinds['duplicate']} exact duplicates, "
+          f"{sum(v for k, v in kinds.items() if k not in ('valid', 'duplicate'))} malformed messages", flush=True)
+    took = await publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES), args.rate or None,
+                         progress=True)
+    print(f"  · sent {len(feed.messages):,} messages in {took:.1f}s", flush=True)
 
-
-def build_feed(count: int, *, run_id: str, now: datetime, members: int = 500, duplicate_every: int = 50,
-               malformed_every: int = 100, seed: int = 7) -> Feed:
-    """`count` purchases, plus an exact duplicate every `duplicate_every` and a malformed message every
-    `malformed_every` (0 turns either off). Event times spread over the last minutes before `now`."""
-    rng = random.Random(seed)
-    feed = Feed()
-    malformed_kinds = ["unparseable", "not_cloudevent", "unknown_type", "invalid_data"]
-    for n in range(count):
-        member = f"m-{rng.randrange(members):05d}"
-        lines = []
-        for sku, category, price in rng.sample(CATALOGUE, rng.randint(1, 4)):
-            qty = rng.randint(1, 3)
-            lines.append({"sku": sku, "category": category, "quantity": str(qty), "unit_price": str(price),
-                          "total": str(price * qty)})
-        total = sum((Decimal(line["total"]) for line in lines), Decimal(0))
-        channel = rng.choice(["pos", "pos", "pos", "online", "app"])
-        store = f"store-{rng.randint(1, 12):03d}" if channel == "pos" else None
-        when = now - timedelta(seconds=(count - n) * 0.01)
-        event = purchase_event(f"{run_id}-{n}", f"sim://{run_id}/{store or channel}", when, member,
-                               f"{run_id}-order-{n}", total, lines, channel, store)
-        message = Message(member.encode(), orjson.dumps(event), STRUCTURED, "valid",
-                          int(total.to_integral_value(ROUND_FLOOR)), member)
-        feed.messages.append(message)
-        if duplicate_every and n % duplicate_every == duplicate_every - 1:
-            feed.messages.append(Message(message.key, message.value, message.headers, "duplicate"))
-        if malformed_every and n % malformed_every == malformed_every - 1:
-            kind = malformed_kinds[(n // malformed_every) % len(malformed_kinds)]
-            feed.messages.append(malformed(kind, f"{run_id}-bad-{n}", member, when))
-    return feed
-
-
-def malformed(kind: str, event_id: str, member: str, when: datetime) -> Message:
-    key = member.encode()
-    if kind == "unparseable":
-        return Message(key, b"\x00\xff{not json at all", [], kind)
-    if kind == "not_cloudevent":
-        return Message(key, orjson.dumps({"member": member, "amount": 10}), [], kind)
-    event = purchase_event(event_id, "sim://bad", when, member, event_id, Decimal("10"), [])
-    if kind == "unknown_type":
-        event["type"] = "com.example.coupon.clipped.v1"
-    elif kind == "invalid_data":
-        data = dict(event["data"])  # type: ignore[call-overload]
-        data["total"] = "-5.00"
-        del data["member_id"]
-        event["data"] = data
-    return Message(key, orjson.dumps(event), STRUCTURED, kind)
-
-
-async def publish(feed: Feed, bootstrap: str, topic: str, rate: float | None = None,
-                  progress: bool = False) -> float:
-    """Send the feed (at `rate` messages/s if given); returns the seconds it took."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
-                                max_batch_size=512 * 1024)
-    await producer.start()
-    started = time.monotonic()
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    deadline = time.monotonic() + args.timeout
     try:
-        pending = []
-        for i, message in enumerate(feed.messages):
-            pending.append(await producer.send(topic, message.value, key=message.key, headers=message.headers))
-            if rate:
-                ahead = (i + 1) / rate - (time.monotonic() - started)
-                if ahead > 0.002:
-                    await asyncio.sleep(ahead)
-            if progress and (i + 1) % 5000 == 0:
-                print(f"    sent {i + 1:,}/{len(feed.messages):,}", flush=True)
-        await asyncio.gather(*pending)
-        await producer.flush()
+        while True:
+            credited = await conn.fetchrow(
+                """SELECT count(*) AS entries, coalesce(sum(amount), 0) AS points,
+                          count(DISTINCT account_id) AS members
+                   FROM ledger.entries WHERE source_event_id LIKE $1""", f"sim://{run_id}/%")
+            after = scrape(earn_port)
+            handled = sum(_delta(before, after, "jifen_events_processed_total").values())
+            dlq = _delta(before, after, "jifen_dlq_messages_total")
+            duplicates = sum(_delta(before, after, "jifen_duplicates_skipped_total").values())
+            settled = handled + sum(dlq.values()) + duplicates >= len(feed.messages)
+            if settled and credited["entries"] >= feed.expected_credits:
+                break
+            if time.monotonic() > deadline:
+                print(f"\n✘ not settled after {args.timeout:.0f}s: {credited['entries']:,} of "
+                      f"{feed.expected_credits:,} credits posted; see the logs in .run/logs/", file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.5)
+        # The whole ledger, not just this run: chains, sequences, zero-sum, lots, holds.
+        await conn.execute("SET search_path = ledger")
+        report = await verify(conn)
     finally:
-        await producer.stop()
-    return time.monotonic() - started
+        await conn.close()
+
+    by_reason: Counter[str] = Counter()
+    for sample, value in dlq.items():
+        by_reason[_label(sample, "reason")] += int(value)
+    reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
+    ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
+    checks = report.checked[0].split(":")[0] if report.checked else "nothing"
+    verified = f"✔ every rule holds ({checks})" if report.ok else f"✘ {report.problems[0]}"
+    print(f"""
+Summary {'✔' if ok else '✘'}
+  purchases credited   {credited['entries']:,} (expected {feed.expected_credits:,})
+  points credited      {credited['points']:,} (expected {feed.expected_points:,})
+  members credited     {credited['members']:,}
+  duplicates skipped   {int(duplicates):,}
+  sent to DLQ          {sum(by_reason.values()):,}{reasons}
+  ledger verify        {verified}
+
+Where to look
+  balances   curl http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance
+  entries    curl http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
+  API docs   http://127.0.0.1:8102/docs (ledger), http://127.0.0.1:8101/docs (earn)
+  metrics    http://127.0.0.1:8102/metrics, http://127.0.0.1:8101/metrics
+  logs       .run/logs/ (JSON lines: ledger.log, earn.log, kafka.log, postgres.log)
+  health     jifen stack status      stop everything: make down
+""")
+    return 0 if ok else 1
+
+

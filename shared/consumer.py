@@ -1,12 +1,13 @@
 """The batch consumer: the effectively-once recipe every Jifen service consumes with.
 
 1. FastStream hands over a batch of raw records (manual acknowledgement: nothing is committed on receipt).
-2. Each record is parsed as a CloudEvent and validated against its type's contract; a record that
-   fails goes to `<topic>.dlq` with the reason, through the outbox, in the batch's transaction.
-3. One transaction per batch: event ids claimed in the inbox (duplicates skipped), the handler applies
-   the new events and queues outgoing messages, the outbox rows are written, commit.
-4. Only then are the Kafka offsets committed. A transient failure (database down) is retried with
-   backoff inside the handler, so the offsets never move past an event whose effects are not stored.
+2. Each record is parsed as a CloudEvent, routed by its topic to the subscription that reads it, and validated
+   against its type's contract. A record that fails goes to `<topic>.dlq` with the reason, through the outbox, in
+   the batch's transaction; a type the subscription leaves to others is counted and skipped.
+3. One transaction per batch: event ids claimed in the inbox (duplicates skipped), the handlers apply the new
+   events in order and emit outgoing messages, the outbox rows are written, commit.
+4. Only then are the Kafka offsets committed. A transient failure (database down) is retried with backoff, so the
+   offsets never move past an event whose effects are not stored.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import gc
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,38 +31,16 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import KafkaAckableMessage
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.contracts import Contract
-from shared.envelope import BadMessage, CloudEvent, parse
+from shared.contracts.base import Contract, dlq
+from shared.envelope import BadMessage, parse
 from shared.metrics import Metrics
 from shared.outbox import OutboxMessage
-from shared.topics import dlq
+from shared.subscription import Handler, Inbound, Rejections, Route
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A record that parsed and validated: its CloudEvent and typed data."""
-
-    record: ConsumerRecord[Any, Any]
-    event: CloudEvent
-    data: Contract
-
-
-class Rejections:
-    """What a handler answers for events that break a business rule: each goes to the DLQ with its reason."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[ConsumerRecord[Any, Any], BadMessage]] = []
-
-    def reject(self, item: Inbound, reason: str, detail: str) -> None:
-        self.items.append((item.record, BadMessage(reason, detail)))
-
-
-Handler = Callable[[list[Inbound], UnitOfWork, Rejections], Awaitable[None]]
+Refused = tuple[ConsumerRecord[Any, Any], BadMessage]
 
 
 class Retryable(Exception):
@@ -109,25 +88,39 @@ class Health:
         self.consuming = False
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A batch sorted out: events to apply (each with its handler), records refused, records skipped."""
+
+    good: list[tuple[Inbound[Contract], Handler]]
+    bad: list[Refused]
+    skipped: list[tuple[ConsumerRecord[Any, Any], str]]
+
+
 class BatchConsumer:
-    def __init__(self, *, service: str, schema: str, engine: AsyncEngine, metrics: Metrics, health: Health,
-                 types: dict[str, type[Contract]], handler: Handler, handled_types: set[str],
-                 use_inbox: bool = True, retry_max_delay_s: float = 5.0) -> None:
+    def __init__(self, *, service: str, unit_of_work: Callable[[], UnitOfWork], metrics: Metrics, health: Health,
+                 routes: dict[str, Route], topic_prefix: str = "", use_inbox: bool = True,
+                 retry_max_delay_s: float = 5.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 future_tolerance_s: float = 300.0) -> None:
         self.service = service
-        self.schema = schema
-        self.engine = engine
+        self.unit_of_work = unit_of_work
         self.metrics = metrics
         self.health = health
-        self.types = types
-        self.handler = handler
-        self.handled_types = handled_types
+        self.routes = routes
+        self.topic_prefix = topic_prefix
         self.use_inbox = use_inbox
         self.retry_max_delay_s = retry_max_delay_s
+        self.clock = clock
+        self.future_tolerance = timedelta(seconds=future_tolerance_s)
 
-    def subscribe(self, broker: KafkaBroker, topics: Sequence[str], group_id: str, max_records: int,
-                  batch_timeout_ms: int) -> None:
+    @property
+    def topics(self) -> list[str]:
+        """The consumed topics as named on the cluster."""
+        return [f"{self.topic_prefix}{topic}" for topic in self.routes]
+
+    def subscribe(self, broker: KafkaBroker, group_id: str, max_records: int, batch_timeout_ms: int) -> None:
         broker.subscriber(
-            *topics, batch=True, group_id=group_id, ack_policy=AckPolicy.MANUAL, max_records=max_records,
+            *self.topics, batch=True, group_id=group_id, ack_policy=AckPolicy.MANUAL, max_records=max_records,
             batch_timeout_ms=batch_timeout_ms, auto_offset_reset="earliest", parser=_raw_batch,
             decoder=_no_decode, max_poll_interval_ms=600_000,
         )(self._on_batch)
@@ -165,7 +158,8 @@ class BatchConsumer:
     async def process(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         """Apply a batch, retrying transient failures until it is stored; never returns having lost one."""
         self.metrics.batch_size.labels(self.service).observe(len(records))
-        good, bad = self._parse(records)
+        parsed = self._parse(records)
+        good, bad = parsed.good, parsed.bad
         delay = 0.1
         while True:
             try:
@@ -188,20 +182,19 @@ class BatchConsumer:
                 if len(good) == 1:
                     # A failure no retry will cure: the event goes to the DLQ with the error, not lost.
                     log.exception("event failed in its handler; sent to the DLQ")
-                    bad = bad + [(item.record, BadMessage("processing_error", _describe(exc))) for item in good]
+                    bad = bad + [(item.record, BadMessage("processing_error", _describe(exc))) for item, _ in good]
                     good = []
                     continue
                 log.warning("batch failed; applying its events one by one", extra={"error": repr(exc)})
-                for item in good:
-                    await self._apply_one(item)
+                for item, _ in good:
+                    await self.process([item.record])
                 good = []
                 if not bad:
                     break
+        for record, message_type in parsed.skipped:
+            self.metrics.ignored.labels(self.service, record.topic, message_type).inc()
         self.health.db_error = None
         self.metrics.ready.labels(self.service).set(1)
-
-    async def _apply_one(self, item: Inbound) -> None:
-        await self.process([item.record])
 
     def _note_outage(self, exc: BaseException, delay: float) -> None:
         self.health.db_error = _describe(exc)
@@ -209,56 +202,62 @@ class BatchConsumer:
         self.metrics.transient_failures.labels(self.service, type(exc).__name__).inc()
         log.warning("transient failure; batch will be retried", extra={"error": repr(exc), "retry_in_s": delay})
 
-    def _parse(self, records: Sequence[ConsumerRecord[Any, Any]]) -> tuple[
-            list[Inbound], list[tuple[ConsumerRecord[Any, Any], BadMessage]]]:
-        good: list[Inbound] = []
-        bad: list[tuple[ConsumerRecord[Any, Any], BadMessage]] = []
+    def _parse(self, records: Sequence[ConsumerRecord[Any, Any]]) -> Parsed:
+        parsed = Parsed([], [], [])
+        latest = self.clock() + self.future_tolerance
         for record in records:
             try:
                 event = parse(record.value, record.headers or ())
-                contract = self.types.get(event.type)
-                if contract is None:
-                    raise BadMessage("unknown_type", f"no contract for type {event.type!r}")
-                if event.type not in self.handled_types:
-                    raise BadMessage("unsupported_type", f"{self.service} does not handle {event.type!r} yet")
+                route = self.routes[record.topic.removeprefix(self.topic_prefix)]
+                found = route.contract_and_handler(event.type)
+                if found is None:
+                    parsed.skipped.append((record, event.type))
+                    continue
+                contract, handler = found
                 if not isinstance(event.data, dict):
                     raise BadMessage("invalid_data", "data must be a JSON object")
                 try:
                     data = contract.model_validate(event.data)
                 except ValidationError as exc:
                     raise BadMessage("invalid_data", _validation_summary(exc)) from exc
-                good.append(Inbound(record, event, data))
+                if route.channel.external and event.time > latest:
+                    # Rules judge an event by its time: one from the future would be judged by rules not yet in
+                    # force and sit pending until then. A sender's clock that runs fast is a sender's problem.
+                    raise BadMessage("future_event", f"time {event.time.isoformat()} is more than "
+                                                     f"{self.future_tolerance.total_seconds():.0f}s ahead of "
+                                                     f"{self.service}'s clock")
+                parsed.good.append((Inbound(record, event, data), handler))
             except BadMessage as exc:
-                bad.append((record, exc))
-        return good, bad
+                parsed.bad.append((record, exc))
+        return parsed
 
-    async def _apply(self, good: list[Inbound], bad: list[tuple[ConsumerRecord[Any, Any], BadMessage]]) -> None:
-        now = datetime.now(UTC)
+    async def _apply(self, good: list[tuple[Inbound[Contract], Handler]], bad: list[Refused]) -> None:
+        now = self.clock()
         rejections = Rejections()
-        async with UnitOfWork(self.engine, self.schema) as uow:
+        async with self.unit_of_work() as uow:
             fresh = good
             duplicates = 0
             if self.use_inbox and good:
-                claimed = await uow.claim(list(dict.fromkeys(i.event.event_id for i in good)))
+                claimed = await uow.claim(list(dict.fromkeys(i.event.event_id for i, _ in good)))
                 fresh = []
-                for item in good:
+                for item, handler in good:
                     if item.event.event_id in claimed:
                         claimed.discard(item.event.event_id)  # a second copy within the batch is a duplicate
-                        fresh.append(item)
+                        fresh.append((item, handler))
                     else:
                         duplicates += 1
-            if fresh:
-                await self.handler(fresh, uow, rejections)
+            for handler, run in _runs(fresh):
+                await handler(run, uow, rejections)
             refused = bad + rejections.items
             for record, reason in refused:
-                uow.publish(dlq_message(record, reason, self.service, _error_class(reason), now))
+                uow.dead_letter(dlq_message(record, reason, self.service, _error_class(reason), now))
             await uow.commit()
         committed = time.time()
-        topic = good[0].record.topic if good else (bad[0][0].topic if bad else "")
+        topic = good[0][0].record.topic if good else (bad[0][0].topic if bad else "")
         if duplicates:
             self.metrics.duplicates.labels(self.service, topic).inc(duplicates)
         rejected = {id(r) for r, _ in rejections.items}
-        for item in fresh:
+        for item, _ in fresh:
             if id(item.record) in rejected:
                 continue
             self.metrics.processed.labels(self.service, item.record.topic, item.event.type).inc()
@@ -268,6 +267,17 @@ class BatchConsumer:
             log.info("message sent to DLQ", extra={"topic": record.topic, "partition": record.partition,
                                                    "offset": record.offset, "reason": reason.reason,
                                                    "detail": reason.detail[:300]})
+
+
+def _runs(items: list[tuple[Inbound[Contract], Handler]]) -> list[tuple[Handler, list[Inbound[Any]]]]:
+    """The batch's events in order, cut where the handler changes: each run goes to its handler in one call."""
+    runs: list[tuple[Handler, list[Inbound[Any]]]] = []
+    for item, handler in items:
+        if runs and runs[-1][0] is handler:
+            runs[-1][1].append(item)
+        else:
+            runs.append((handler, [item]))
+    return runs
 
 
 def _error_class(bad: BadMessage) -> str:

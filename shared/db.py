@@ -32,8 +32,8 @@ def make_engine(settings: Settings, schema: str, pool_size: int = 5) -> AsyncEng
     )
 
 
-async def migrate(dsn: str, schema: str, service_migrations: Path) -> list[str]:
-    """Create the schema and apply the shared and the service's migrations not applied yet.
+async def migrate(dsn: str, schema: str, service_migrations: Path, with_shared: bool = True) -> list[str]:
+    """Create the schema and apply the shared (inbox, outbox) and the service's migrations not applied yet.
 
     An advisory lock makes concurrent starts of the same service apply each migration once.
     """
@@ -46,7 +46,7 @@ async def migrate(dsn: str, schema: str, service_migrations: Path) -> list[str]:
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        files = [(f"shared/{p.name}", p) for p in sorted(SHARED_MIGRATIONS.glob("*.sql"))]
+        files = [(f"shared/{p.name}", p) for p in sorted(SHARED_MIGRATIONS.glob("*.sql"))] if with_shared else []
         files += [(f"{schema}/{p.name}", p) for p in sorted(service_migrations.glob("*.sql"))]
         for name, path in files:
             if name in done:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -16,6 +18,8 @@ class Metrics:
                                  ["service", "topic", "type"], registry=r)
         self.duplicates = Counter("jifen_duplicates_skipped", "Events skipped because their id was seen before",
                                   ["service", "topic"], registry=r)
+        self.ignored = Counter("jifen_events_ignored", "Events of types this service leaves to others (counted, "
+                               "offset committed, nothing stored)", ["service", "topic", "type"], registry=r)
         self.dlq = Counter("jifen_dlq_messages", "Messages sent to a dead-letter topic, by reason",
                            ["service", "topic", "reason"], registry=r)
         self.batch_size = Histogram("jifen_batch_size", "Records per consumed batch", ["service"],
@@ -33,6 +37,26 @@ class Metrics:
         self.outbox_published = Counter("jifen_outbox_published", "Outbox rows published and acknowledged",
                                         ["service"], registry=r)
         self.ready = Gauge("jifen_ready", "1 when the service can do its work", ["service"], registry=r)
+        self.job_runs = Counter("jifen_job_runs", "Rounds of a periodic job, by outcome (ok, failed, standby: "
+                                "another process held the job's lock)", ["service", "job", "outcome"], registry=r)
+        self.job_items = Counter("jifen_job_items", "What a periodic job's rounds did (lots expired, bonuses paid, "
+                                 "inbox rows pruned, ...)", ["service", "job"], registry=r)
+        self.job_seconds = Histogram("jifen_job_seconds", "Time of one round of a periodic job", ["service", "job"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.job_last_success = Gauge("jifen_job_last_success_timestamp_seconds", "When a periodic job last "
+                                      "finished a round", ["service", "job"], registry=r)
         self.gc_pause = Histogram("jifen_gc_pause_seconds", "Python's collections of the older generations: the "
                                   "whole process stops for each", ["service", "generation"],
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """The service's Prometheus samples, by full sample line name (labels included)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

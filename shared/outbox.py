@@ -8,14 +8,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from shared import envelope
-from shared.contracts import COMMAND_TYPE_OF, LedgerCommand
 from shared.db import advisory_key
 from shared.metrics import Metrics
 
@@ -28,16 +25,6 @@ class OutboxMessage:
     key: bytes | None
     value: bytes
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
-
-
-def ledger_command(cmd: LedgerCommand, topic: str, source: str, at: datetime, subject: str) -> OutboxMessage:
-    """A ledger command as the outbox row that sends it: a structured CloudEvent whose id is the command's key,
-    keyed by member so the ledger applies a member's commands in order."""
-    return OutboxMessage(
-        topic=topic, key=cmd.member_id.encode(),
-        value=envelope.encode(cmd.idempotency_key, source, COMMAND_TYPE_OF[type(cmd)], at,
-                              cmd.model_dump(mode="json"), subject=subject),
-        headers=envelope.STRUCTURED_HEADERS)
 
 
 def channel(schema: str) -> str:
@@ -61,8 +48,10 @@ def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str | None:
     return orjson.dumps([[k, v.hex()] for k, v in headers]).decode() if headers else None
 
 
-def decode_headers(raw: str | None) -> list[tuple[str, bytes]]:
-    return [(k, bytes.fromhex(v)) for k, v in orjson.loads(raw)] if raw else []
+def decode_headers(raw: str | list[list[str]] | None) -> list[tuple[str, bytes]]:
+    """The headers column as read: text on a bare asyncpg connection, already decoded on an engine's."""
+    pairs = orjson.loads(raw) if isinstance(raw, str) else raw or []
+    return [(k, bytes.fromhex(v)) for k, v in pairs]
 
 
 class OutboxRelay:

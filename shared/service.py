@@ -1,7 +1,8 @@
-"""What every service process is made of: migrations, engine, broker, consumer, outbox relay, HTTP side.
+"""What every service process is made of: migrations, engine, broker, consumer, outbox relay, jobs, HTTP side.
 
-A service's app.py says which topics it consumes and with which handler, and adds its own routes;
-this module wires the rest the same way for all of them.
+A service declares itself in a `ServiceSpec`: the message types it handles and with what (its subscriptions), its
+periodic jobs, its HTTP routes. `build_app` wires the rest the same way for every service, so a new service is its
+domain, its handlers and a spec (docs/new-service.md).
 """
 
 from __future__ import annotations
@@ -11,28 +12,42 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import db
-from shared.consumer import BatchConsumer, Handler, Health
-from shared.contracts import Contract
+from shared import auth, db, http, logs
+from shared.auth import KeyStore, Scope
+from shared.consumer import BatchConsumer, Health
+from shared.http import ApiError
+from shared.jobs import Job, JobRunner, inbox_prune
 from shared.metrics import Metrics
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
+from shared.subscription import Subscription, routes
+from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/openapi.json"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def make_broker(settings: Settings, metrics: Metrics, client_id: str) -> KafkaBroker:
@@ -54,32 +69,98 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
 
 @dataclass
 class ServiceSpec:
+    """A service, declared: what it consumes and with which handlers, its jobs and its routes.
+
+    `registry` is the service's Prometheus registry: build handler metrics on it before the spec. `routes` adds
+    the service's HTTP routes, each guarded by `runtime.requires(scope)`."""
+
     name: str
-    schema: str
+    settings: Settings
     migrations: Path
-    topics: Sequence[str]
-    types: dict[str, type[Contract]]
-    handled_types: set[str]
-    # Built once the service's metrics registry exists, so handlers can register their own metrics.
-    make_handler: Callable[[CollectorRegistry], Handler]
-    use_inbox: bool = True
+    subscriptions: Sequence[Subscription] = ()
+    jobs: Sequence[Job] = ()
+    routes: Callable[[FastAPI, Runtime], None] | None = None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    use_inbox: bool = True  # False for a consumer that dedupes by a key of its own (the ledger, by command key)
     pool_size: int = 5
-    # Long-running jobs of the service beside its consumer (the ledger's expiry sweeper), started once the
-    # engine exists and cancelled at shutdown.
-    background: Sequence[Callable[[Runtime], Coroutine[Any, Any, None]]] = ()
+    clock: Callable[[], datetime] = utc_now
+
+    @property
+    def schema(self) -> str:
+        return self.settings.schema_name
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents `source` of what the service emits."""
+        return f"jifen.{self.name}"
+
+    @property
+    def all_jobs(self) -> list[Job]:
+        prune = [inbox_prune(self.settings.inbox_retention_s, self.settings.inbox_prune_interval_s)]
+        return [*self.jobs, *(prune if self.use_inbox else [])]
 
 
 @dataclass
 class Runtime:
     """The live parts of a running service, reachable from its HTTP routes."""
 
-    settings: Settings
     spec: ServiceSpec
     metrics: Metrics
     health: Health = field(default_factory=Health)
     engine: AsyncEngine | None = None
     broker: KafkaBroker | None = None
     relay: OutboxRelay | None = None
+    keys: KeyStore = field(init=False)
+    jobs: dict[str, JobRunner] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyStore(lambda: self.engine, self.spec.settings.api_key_cache_s)
+
+    @property
+    def settings(self) -> Settings:
+        return self.spec.settings
+
+    @classmethod
+    def of(cls, spec: ServiceSpec) -> Runtime:
+        return cls(spec=spec, metrics=Metrics(spec.name, spec.registry))
+
+    def requires(self, scope: Scope) -> Any:
+        """A route dependency: the caller's API key, which must carry `scope`."""
+        return auth.requires(self.keys, scope)
+
+    def unit_of_work(self, source: str | None = None) -> UnitOfWork:
+        if self.engine is None:
+            raise ApiError(503, "unavailable", f"{self.spec.name} is starting")
+        return UnitOfWork(self.engine, self.spec.schema, source or self.spec.source, self.settings.topic_prefix)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for a read (an HTTP query), outside any unit of work."""
+        if self.engine is None:
+            raise ApiError(503, "unavailable", f"{self.spec.name} is starting")
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            yield raw
+
+    async def open_storage(self) -> None:
+        """Migrate the service's schema (and the keys' schema) and open its engine."""
+        settings = self.settings
+        applied = await _migrate_with_retry(settings.asyncpg_dsn, self.spec.schema, self.spec.migrations)
+        await db.migrate(settings.asyncpg_dsn, auth.SCHEMA, auth.MIGRATIONS, with_shared=False)
+        log.info("schema ready", extra={"schema": self.spec.schema, "applied": applied})
+        self.engine = db.make_engine(settings, self.spec.schema, pool_size=self.spec.pool_size)
+        self.jobs = {job.name: JobRunner(job, service=self.spec.name, schema=self.spec.schema, engine=self.engine,
+                                         unit_of_work=self.unit_of_work, metrics=self.metrics, clock=self.spec.clock)
+                     for job in self.spec.all_jobs}
+
+    def consumer(self) -> BatchConsumer:
+        settings = self.settings
+        return BatchConsumer(
+            service=self.spec.name, unit_of_work=self.unit_of_work, metrics=self.metrics, health=self.health,
+            routes=routes(self.spec.subscriptions), topic_prefix=settings.topic_prefix, use_inbox=self.spec.use_inbox,
+            retry_max_delay_s=settings.retry_max_delay_s, clock=self.spec.clock,
+            future_tolerance_s=settings.future_tolerance_s)
 
     async def readiness(self) -> dict[str, object]:
         checks: dict[str, object] = {}
@@ -103,23 +184,21 @@ class Runtime:
         return checks
 
 
-def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAPI, Runtime]:
-    runtime = Runtime(settings=settings, spec=spec, metrics=Metrics(spec.name))
-    handler = spec.make_handler(runtime.metrics.registry)
+def build_app(spec: ServiceSpec) -> FastAPI:
+    """The service's ASGI app; its lifespan starts everything and stops it cleanly. `app.state.runtime` is the
+    running service's parts."""
+    settings = spec.settings
+    runtime = Runtime.of(spec)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        applied = await _migrate_with_retry(settings.asyncpg_dsn, spec.schema, spec.migrations)
-        log.info("schema ready", extra={"schema": spec.schema, "applied": applied})
-        runtime.engine = db.make_engine(settings, spec.schema, pool_size=spec.pool_size)
+        await runtime.open_storage()
+        assert runtime.engine is not None
         broker = runtime.broker = make_broker(settings, runtime.metrics, spec.name)
-        consumer = BatchConsumer(
-            service=spec.name, schema=spec.schema, engine=runtime.engine, metrics=runtime.metrics,
-            health=runtime.health, types=spec.types, handler=handler, handled_types=spec.handled_types,
-            use_inbox=spec.use_inbox, retry_max_delay_s=settings.retry_max_delay_s)
-        consumer.subscribe(broker, [settings.topic(t) for t in spec.topics],
-                           group_id=settings.consumer_group or settings.topic(f"jifen-{spec.name}"),
-                           max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms)
+        if spec.subscriptions:
+            runtime.consumer().subscribe(
+                broker, group_id=settings.consumer_group or settings.topic(f"jifen-{spec.name}"),
+                max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms)
         producer = make_producer(settings, spec.name)
         await producer.start()
         runtime.relay = OutboxRelay(settings.asyncpg_dsn, spec.schema, producer, runtime.metrics,
@@ -130,53 +209,65 @@ def build_app(spec: ServiceSpec, settings: Settings, title: str) -> tuple[FastAP
         _tune_gc(settings.gc_young_threshold)
         gc_timer = _gc_timer(runtime.metrics, spec.name)
         gc.callbacks.append(gc_timer)
-        jobs = [asyncio.create_task(job(runtime), name=f"{spec.name}-background") for job in spec.background]
-        log.info("service started", extra={"topics": list(spec.topics)})
+        jobs = {name: asyncio.create_task(runner.run(), name=f"{spec.name}-{name}")
+                for name, runner in runtime.jobs.items()}
+        log.info("service started", extra={"topics": [c.topic for s in spec.subscriptions for c in s.channels],
+                                           "jobs": list(jobs)})
         try:
             yield
         finally:
             gc.callbacks.remove(gc_timer)
-            for task in jobs:
-                task.cancel()
+            await asyncio.gather(*(runtime.jobs[name].stop(task) for name, task in jobs.items()))
             await broker.stop()
             relay_task.cancel()
-            for task in [*jobs, relay_task]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
             await producer.stop()
             await runtime.engine.dispose()
 
-    app = FastAPI(title=title, lifespan=lifespan, version="1")
+    app = FastAPI(title=f"Jifen {spec.name}", lifespan=lifespan, version="1")
+    app.state.runtime = runtime
+    http.install(app)
 
-    @app.get("/health/live", tags=["health"])
+    @app.get("/health/live", tags=["health"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "live"}
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get("/health/ready", tags=["health"], summary="The database and Kafka answer (503 while they do not)",
+             responses={503: {"description": "not ready; the body says which part is down"}})
     async def ready(response: Response) -> dict[str, object]:
         checks = await runtime.readiness()
         if not checks["ready"]:
             response.status_code = 503
         return checks
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                              "description": "the Prometheus text format"}})
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app, runtime
+    if spec.routes is not None:
+        spec.routes(app, runtime)
+    _every_route_asks_for_a_key(app)
+    return app
 
 
-async def every(interval_s: float, job: Callable[[], Coroutine[Any, Any, object]], what: str) -> None:
-    """Run a service's periodic job (the ledger's sweeper, earn's birthdays) until cancelled; a failed round (the
-    database down) is logged and the next round tries again."""
-    while True:
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning(f"{what} failed; retrying next round", extra={"error": repr(exc), "retry_in_s": interval_s})
-        await asyncio.sleep(interval_s)
+def serve(spec: ServiceSpec) -> None:
+    """`python -m services.<name>`: the service's JSON logs, then its app under uvicorn until stopped."""
+    logs.configure(spec.name, spec.settings.log_level)
+    uvicorn.run(build_app(spec), host=spec.settings.http_host, port=spec.settings.http_port, log_config=None,
+                access_log=False)
+
+
+def _every_route_asks_for_a_key(app: FastAPI) -> None:
+    """Refuse to build a service with a route that forgot its key: only health, metrics and docs are open."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in OPEN_PATHS:
+            continue
+        scopes = [getattr(d.call, "jifen_scope", None) for d in route.dependant.dependencies]
+        if not any(scopes):
+            raise RuntimeError(f"route {route.path} has no API key scope: add dependencies=[runtime.requires(...)]")
 
 
 def _gc_timer(metrics: Metrics, service: str) -> Callable[[str, dict[str, int]], None]:

@@ -1,12 +1,13 @@
 """Unit of work: one database transaction holding the inbox claims, the state and the outbox rows.
 
-A handler gets a unit of work and cannot forget the inbox or the outbox: claims happen before the
-handler runs, and the outbox rows it adds are written just before the commit, in the same transaction.
+A handler gets a unit of work and cannot forget the inbox or the outbox: claims happen before the handler runs,
+and every message it emits becomes an outbox row written just before the commit, in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -14,14 +15,19 @@ import asyncpg
 from asyncpg.transaction import Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared import outbox
+from shared import envelope, outbox
+from shared.contracts import topics
+from shared.contracts.base import Contract
+from shared.contracts.ledger_commands import LedgerCommand
 from shared.outbox import OutboxMessage
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, schema: str) -> None:
+    def __init__(self, engine: AsyncEngine, schema: str, source: str, topic_prefix: str = "") -> None:
         self.engine = engine
         self.schema = schema
+        self.source = source  # the CloudEvents source of what this unit emits, e.g. `jifen.earn`
+        self.topic_prefix = topic_prefix
         self.messages: list[OutboxMessage] = []
         self.after_commit: list[Callable[[], None]] = []  # e.g. metrics, counted only once the batch is stored
         self._committed = False
@@ -65,7 +71,29 @@ class UnitOfWork:
             await self._conn.close()
             self._conn = self._tx = self._db = None
 
-    def publish(self, message: OutboxMessage) -> None:
+    def emit(self, data: Contract, *, at: datetime, event_id: str | None = None, key: str | None = None,
+             subject: str | None = None, source: str | None = None) -> None:
+        """Send a message (a public event or a ledger command) when this unit commits.
+
+        It goes to its type's topic as a structured CloudEvent of `data`'s type, stamped `at`. A ledger command's
+        event id is its idempotency key; the Kafka key is the member (`key` overrides it), so one member's messages
+        stay in order on one partition."""
+        if event_id is None:
+            if not isinstance(data, LedgerCommand):
+                raise TypeError(f"emitting {type(data).__name__} needs an event_id derived from its cause")
+            event_id = data.idempotency_key
+        self.emit_json(type(data), data.model_dump(mode="json"), at=at, event_id=event_id,
+                       key=key if key is not None else _member_of(data), subject=subject, source=source)
+
+    def emit_json(self, contract: type[Contract], data: Mapping[str, Any], *, at: datetime, event_id: str, key: str,
+                  subject: str | None = None, source: str | None = None) -> None:
+        """`emit` for a hot path that builds the contract's JSON as a plain dict (a unit test must hold the two
+        equal, as for the ledger's entries)."""
+        topic = topics.named(topics.channel_of(contract).topic, self.topic_prefix)
+        value = envelope.encode(event_id, source or self.source, contract.TYPE, at, data, subject=subject)
+        self.messages.append(OutboxMessage(topic, key.encode(), value, envelope.STRUCTURED_HEADERS))
+
+    def dead_letter(self, message: OutboxMessage) -> None:
         self.messages.append(message)
 
     async def claim(self, event_ids: Sequence[str]) -> set[str]:
@@ -87,3 +115,11 @@ class UnitOfWork:
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self.db.fetch(sql, *args)
+
+
+def _member_of(data: Contract) -> str:
+    member = getattr(data, "member_id", None)
+    if not isinstance(member, str):
+        raise TypeError(f"{type(data).__name__} has no member_id: give the Kafka key")
+    return member
+

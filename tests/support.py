@@ -23,8 +23,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from deploy.local.infra import REPO, Kafka, Postgres, create_topics
+from shared import auth
 from shared import db as shared_db
-from shared.topics import all_topics
+from shared.contracts.topics import all_topics
 
 
 @dataclass
@@ -96,6 +97,7 @@ class World:
     infra: Infra
     database_url: str
     prefix: str
+    token: str = ""  # an admin API key of this world's database
     processes: list[ServiceProcess] = field(default_factory=list)
 
     def topic(self, name: str) -> str:
@@ -126,7 +128,13 @@ async def make_world(infra: Infra, partitions: int = 3) -> World:
     dsn = await infra.new_database("t_")
     prefix = f"t{dsn.rpartition('_')[2]}."
     await create_topics(infra.bootstrap, all_topics(prefix), partitions)
-    return World(infra, dsn, prefix)
+    await shared_db.migrate(dsn, auth.SCHEMA, auth.MIGRATIONS, with_shared=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        _, token = await auth.create_key(conn, "e2e", ["admin"])
+    finally:
+        await conn.close()
+    return World(infra, dsn, prefix, token)
 
 
 def free_port() -> int:
@@ -157,10 +165,25 @@ class ServiceProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """GET with the world's admin key (or `token`; "" for none)."""
+        return self.request("GET", path, token=token)
+
+    def post(self, path: str, body: Any = None, token: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return self.request("POST", path, body, token=token, headers=headers)
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        token = self.world.token if token is None else token
+        sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+        data = None
+        if body is not None:
+            data, sent["Content-Type"] = orjson.dumps(body), "application/json"
+        request = urllib.request.Request(self.url(path), data=data, headers=sent, method=method)
         try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as response:
-                return response.status, orjson.loads(response.read())
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status, orjson.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, orjson.loads(exc.read() or b"null")
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.topics import all_topics
+from shared.contracts.topics import all_topics
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "deploy" / "local" / "kafka" / "pom.xml"

@@ -1,13 +1,7 @@
 """`python -m services.earn`: run the earn service."""
 
-import uvicorn
-
-from services.earn.app import create_app
-from services.earn.settings import EarnSettings
-from shared import logs
+from services.earn.app import spec
+from shared.service import serve
 
 if __name__ == "__main__":
-    settings = EarnSettings()
-    logs.configure("earn", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_config=None,
-                access_log=False)
+    serve(spec())

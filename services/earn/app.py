@@ -1,50 +1,54 @@
-"""Earn service wiring: consumes member activity, publishes ledger commands."""
+"""Earn service wiring: consumes member activity and the tiers service's announcements, emits ledger commands."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
-from services.earn.birthdays import BirthdayBonus
-from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
-from services.earn.programmes import Catalogue
+from services.earn.birthdays import birthdays
+from services.earn.domain import Programme
+from services.earn.handlers import INBOUND, EarnFromEvents, EarnMetrics
 from services.earn.settings import EarnSettings
-from shared import topics
-from shared.contracts import INBOUND_TYPES, TIER_CHANGED, TierChanged
-from shared.service import Runtime, ServiceSpec, build_app
-
-# Earn owns these topics (and reads the tiers service's announcements); types it does not handle go to the DLQ
-# as `unsupported_type`, where they wait to be replayed when their rules land.
-EARN_TOPICS = [topics.PURCHASES, topics.TASKS, topics.CHECKINS, topics.MEMBERS, topics.TIERS]
+from shared.contracts.tiers import TierChanged
+from shared.http import error_responses
+from shared.programmes import Catalogue
+from shared.service import Runtime, ServiceSpec, build_app, utc_now
+from shared.subscription import Subscription
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+class ProgrammeOut(BaseModel):
+    program_id: str
+    name: str
+    version: int
+    effective_from: str
 
 
-async def _birthdays(runtime: Runtime, settings: EarnSettings, catalogue: Catalogue, commands_topic: str) -> None:
-    assert runtime.engine is not None
-    await BirthdayBonus(runtime.engine, settings.schema_name, catalogue, commands_topic, utc_now,
-                        interval_s=settings.birthday_interval_s).run()
+def spec(settings: EarnSettings | None = None, clock: Callable[[], datetime] = utc_now) -> ServiceSpec:
+    settings = settings or EarnSettings()
+    catalogue = Catalogue.load(settings.programmes_dir, Programme)
+    registry = CollectorRegistry()
+    earn = EarnFromEvents(catalogue, EarnMetrics(registry))
+
+    def routes(app: FastAPI, runtime: Runtime) -> None:
+        @app.get("/v1/programs", tags=["earn"], response_model=list[ProgrammeOut], summary="Every loaded programme "
+                 "version", dependencies=[runtime.requires("read")], responses=error_responses(401, 403))
+        async def list_programmes() -> list[ProgrammeOut]:
+            catalogue.refresh()
+            return [ProgrammeOut(program_id=p.program_id, name=p.name, version=p.version,
+                                 effective_from=p.effective_from.isoformat()) for p in catalogue]
+
+    return ServiceSpec(
+        name="earn", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        # One handler for every type: it loads what a batch needs (orders, tiers, caps) once for the whole batch.
+        subscriptions=[Subscription(dict.fromkeys(INBOUND, earn)),
+                       Subscription({TierChanged: earn}, others="skip")],
+        jobs=[birthdays(catalogue, settings.birthday_interval_s)], routes=routes, clock=clock)
 
 
 def create_app(settings: EarnSettings | None = None) -> FastAPI:
-    settings = settings or EarnSettings()
-    catalogue = Catalogue.load(settings.programmes_dir)
-    commands_topic = settings.topic(topics.LEDGER_COMMANDS)
-    spec = ServiceSpec(
-        name="earn", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
-        topics=EARN_TOPICS, types={**INBOUND_TYPES, TIER_CHANGED: TierChanged}, handled_types=HANDLED,
-        make_handler=lambda registry: EarnFromEvents(catalogue, commands_topic, EarnMetrics(registry)),
-        background=[lambda runtime: _birthdays(runtime, settings, catalogue, commands_topic)])
-    app, _runtime = build_app(spec, settings, "Jifen earn")
-
-    @app.get("/v1/programs", tags=["earn"])
-    async def list_programmes() -> list[dict[str, object]]:
-        catalogue.refresh()
-        return [{"program_id": p.program_id, "name": p.name, "version": p.version,
-                 "effective_from": p.effective_from} for p in catalogue]
-
-    return app
+    return build_app(spec(settings))

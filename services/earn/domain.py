@@ -17,10 +17,12 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.earn.activity import Activity, Budget, PointsCap
-from shared.contracts import Cause, PostCredit, PurchaseCompleted, PurchaseLine
+from shared.contracts.ledger_commands import Cause, PostCredit
+from shared.contracts.purchases import PurchaseCompleted, PurchaseLine
+from shared.programmes import ProgrammeVersion
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -177,37 +179,16 @@ class Expiry(Rule):
     years_after: int = Field(default=1, ge=0, le=10)
 
 
-class Programme(BaseModel):
-    """One version of a programme, as one YAML file. Versions of a programme share `program_id`; an event is
-    judged by the version in effect at its own time."""
+class Programme(ProgrammeVersion):
+    """One version of a programme as earn reads it: the header and earn's sections (purchase rules, pending
+    periods, expiry, activity, caps and the budget)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    program_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str
-    version: int = Field(ge=1)
-    effective_from: datetime
-    timezone: str = "UTC"
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: any currency, 1:1
     purchase: PurchaseRules | None = None  # None: purchases earn nothing in this programme
     pending: Pending = Pending()
     expiry: Expiry = Expiry()
     activity: Activity = Activity()  # check-ins, tasks and behaviours
     caps: list[PointsCap] = Field(default_factory=list)  # points per member per rule per period
     budget: Budget | None = None  # points per period for the whole programme
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except Exception as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
 
 
 @dataclass(frozen=True)

@@ -18,31 +18,22 @@ from services.earn.domain import (
     lines_of,
     tier_at,
 )
-from services.earn.programmes import Catalogue
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from services.earn.repository import BudgetKey, CapKey, NewOrder, TierHistory, Usage
-from shared.consumer import Inbound, Rejections
-from shared.contracts import (
-    TIER_CHANGED,
-    Cause,
-    CheckinRecorded,
-    LedgerCommand,
-    MemberEnrolled,
-    PointsAwarded,
-    PostCredit,
-    PurchaseCompleted,
-    PurchaseRefunded,
-    ReverseEntry,
-    TaskCompleted,
-    TierChanged,
-)
-from shared.outbox import OutboxMessage, ledger_command
+from shared.contracts.base import Contract
+from shared.contracts.checkins import CheckinRecorded
+from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, ReverseEntry
+from shared.contracts.members import MemberEnrolled
+from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
+from shared.contracts.tasks import PointsAwarded, TaskCompleted
+from shared.contracts.tiers import TierChanged
+from shared.programmes import Catalogue
+from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
 
-SOURCE = "jifen.earn"
 EARNING = (PurchaseCompleted, TaskCompleted, CheckinRecorded, PointsAwarded)  # events that may draw on limits
-HANDLED = {"jifen.purchase.completed.v1", "jifen.purchase.refunded.v1", "jifen.checkin.recorded.v1",
-           "jifen.task.completed.v1", "jifen.member.enrolled.v1", "jifen.points.awarded.v1", TIER_CHANGED}
+# What earn handles: the inbound events that earn or take back points, and the tiers service's announcements.
+INBOUND = (PurchaseCompleted, PurchaseRefunded, CheckinRecorded, TaskCompleted, MemberEnrolled, PointsAwarded)
 
 
 class EarnMetrics:
@@ -55,11 +46,10 @@ class EarnMetrics:
 
 @dataclass
 class EarnFromEvents:
-    catalogue: Catalogue
-    commands_topic: str
+    catalogue: Catalogue[Programme]
     metrics: EarnMetrics
 
-    async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
+    async def __call__(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections) -> None:
         purchases = [i.data for i in items if isinstance(i.data, PurchaseCompleted)]
         batch = Batch(uow, rejections,
                       await repository.order_events(uow.db, [(p.program_id, p.order_id) for p in purchases]),
@@ -83,7 +73,7 @@ class EarnFromEvents:
                 await self._tier(item, item.data, batch)
         await batch.flush()
 
-    def _limits_used(self, items: list[Inbound]) -> tuple[list[CapKey], list[BudgetKey]]:
+    def _limits_used(self, items: list[Inbound[Contract]]) -> tuple[list[CapKey], list[BudgetKey]]:
         """The caps and budgets the batch's events may draw on, to read them all in one go."""
         caps: list[CapKey] = []
         budgets: list[BudgetKey] = []
@@ -99,7 +89,7 @@ class EarnFromEvents:
                 budgets.append((programme.program_id, period_of(programme.budget.per, item.event.time, programme.zone)))
         return caps, budgets
 
-    async def _tier(self, item: Inbound, change: TierChanged, batch: Batch) -> None:
+    async def _tier(self, item: Inbound[Contract], change: TierChanged, batch: Batch) -> None:
         # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
         tier = MemberTier(change.tier, change.earn_multiplier)
         await repository.add_tier(batch.uow.db, change.program_id, change.member_id, item.event.time,
@@ -108,7 +98,7 @@ class EarnFromEvents:
         history.append((item.event.time, tier))
         history.sort(key=lambda held: held[0])
 
-    async def _manual(self, item: Inbound, award: PointsAwarded, batch: Batch) -> None:
+    async def _manual(self, item: Inbound[Contract], award: PointsAwarded, batch: Batch) -> None:
         programme = self._programme(item, award.program_id, batch.rejections)
         if programme is None:
             return
@@ -131,7 +121,7 @@ class EarnFromEvents:
                           "manual", batch, {"award_id": award.award_id, "awarded_by": award.awarded_by,
                                             "source": item.event.source})
 
-    async def _checkin(self, item: Inbound, checkin: CheckinRecorded, batch: Batch) -> None:
+    async def _checkin(self, item: Inbound[Contract], checkin: CheckinRecorded, batch: Batch) -> None:
         programme = self._programme(item, checkin.program_id, batch.rejections)
         if programme is None:
             return
@@ -150,13 +140,13 @@ class EarnFromEvents:
             await self._award(item, programme, checkin.member_id, award, "checkin", batch,
                         {"day": checkin.day.isoformat(), "streak": streak})
 
-    async def _enrol(self, item: Inbound, member: MemberEnrolled, batch: Batch) -> None:
+    async def _enrol(self, item: Inbound[Contract], member: MemberEnrolled, batch: Batch) -> None:
         if self._programme(item, member.program_id, batch.rejections) is None:
             return
         await repository.enrol(batch.uow.db, member.program_id, member.member_id, member.birthday,
                                member.enrolled_at or item.event.time, item.event.time)
 
-    async def _task(self, item: Inbound, task: TaskCompleted, batch: Batch) -> None:
+    async def _task(self, item: Inbound[Contract], task: TaskCompleted, batch: Batch) -> None:
         programme = self._programme(item, task.program_id, batch.rejections)
         if programme is None:
             return
@@ -178,7 +168,8 @@ class EarnFromEvents:
         await self._award(item, programme, task.member_id, award, "task", batch,
                     {"task_id": task.task_id, "task_type": task.task_type})
 
-    async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound, batch: Batch) -> PostCredit | None:
+    async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound[Contract],
+                     batch: Batch) -> PostCredit | None:
         """The credit as the programme's caps and budget let it through: cut (saying what and why), or None."""
         wanted, amount, cuts = credit.amount, credit.amount, []
         for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
@@ -201,7 +192,7 @@ class EarnFromEvents:
         details = {**(credit.details or {}), "capped": {"wanted": wanted, "granted": amount, "why": cuts}}
         return credit.model_copy(update={"amount": amount, "details": details})
 
-    async def _award(self, item: Inbound, programme: Programme, member_id: str, award: Award, reason: str,
+    async def _award(self, item: Inbound[Contract], programme: Programme, member_id: str, award: Award, reason: str,
                      batch: Batch, details: dict[str, object]) -> None:
         credit = PostCredit(
             idempotency_key=earn_key(item.event.event_id, award.rule_id), program_id=programme.program_id,
@@ -214,7 +205,7 @@ class EarnFromEvents:
         if limited is not None:
             self._send(limited, item, batch)
 
-    async def _purchase(self, item: Inbound, purchase: PurchaseCompleted, batch: Batch) -> None:
+    async def _purchase(self, item: Inbound[Contract], purchase: PurchaseCompleted, batch: Batch) -> None:
         # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
         programme = self._programme(item, purchase.program_id, batch.rejections)
         if programme is None:
@@ -249,7 +240,7 @@ class EarnFromEvents:
         for credit in credits:
             self._send(credit, item, batch)
 
-    async def _refund(self, item: Inbound, refund: PurchaseRefunded, batch: Batch) -> None:
+    async def _refund(self, item: Inbound[Contract], refund: PurchaseRefunded, batch: Batch) -> None:
         if self._programme(item, refund.program_id, batch.rejections) is None:
             return
         found = await batch.order(refund.program_id, refund.order_id)
@@ -273,12 +264,12 @@ class EarnFromEvents:
                 member_id=order.member_id, entry_key=keys[rule_id], amount=points, occurred_at=item.event.time,
                 cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund"),
                 details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
-            batch.uow.publish(self._command(cmd, item))
+            self._emit(cmd, item, batch)
         earlier.append(refund)
         await repository.add_refund(batch.uow.db, refund.program_id, refund, item.event.event_id, back,
                                     item.event.time)
 
-    def _programme(self, item: Inbound, program_id: str, rejections: Rejections) -> Programme | None:
+    def _programme(self, item: Inbound[Contract], program_id: str, rejections: Rejections) -> Programme | None:
         programme = self.catalogue.at(program_id, item.event.time)
         if programme is None:
             known = program_id in self.catalogue.versions
@@ -287,12 +278,13 @@ class EarnFromEvents:
                               else f"no programme {program_id!r}")
         return programme
 
-    def _send(self, credit: PostCredit, item: Inbound, batch: Batch) -> None:
-        batch.uow.publish(self._command(credit, item))
+    def _send(self, credit: PostCredit, item: Inbound[Contract], batch: Batch) -> None:
+        self._emit(credit, item, batch)
         self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
 
-    def _command(self, cmd: LedgerCommand, item: Inbound) -> OutboxMessage:
-        return ledger_command(cmd, self.commands_topic, SOURCE, item.event.time, subject=cmd.member_id)
+    @staticmethod
+    def _emit(cmd: LedgerCommand, item: Inbound[Contract], batch: Batch) -> None:
+        batch.uow.emit(cmd, at=item.event.time, subject=cmd.member_id)
 
 
 class Batch:

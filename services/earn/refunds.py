@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from shared.contracts import PurchaseLine, PurchaseRefunded
+from shared.contracts.purchases import PurchaseLine, PurchaseRefunded
 from shared.refusal import Refusal
 
 

@@ -15,7 +15,8 @@ from services.earn.activity import granted
 from services.earn.domain import MemberTier
 from services.earn.refunds import Earned, Order
 from shared.consumer import Retryable
-from shared.contracts import PointsAwarded, PurchaseLine, PurchaseRefunded
+from shared.contracts.purchases import PurchaseLine, PurchaseRefunded
+from shared.contracts.tasks import PointsAwarded
 
 TierHistory = dict[tuple[str, str], list[tuple[datetime, MemberTier]]]
 

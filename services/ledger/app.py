@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Query
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from services.ledger import repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from services.ledger.settings import LedgerSettings
-from services.ledger.sweeper import Sweeper, SweepMetrics
-from shared import topics
-from shared.contracts import LEDGER_COMMAND_TYPES
-from shared.service import Runtime, ServiceSpec, build_app
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+from services.ledger.sweeper import SweepMetrics, sweeper
+from shared.contracts.ledger_commands import COMMANDS
+from shared.http import BIGINT_MAX, PathId, ProgramPath, error_responses
+from shared.service import Runtime, ServiceSpec, build_app, utc_now
+from shared.subscription import Subscription
 
 
 class NextExpiry(BaseModel):
@@ -81,40 +80,34 @@ class EntriesPage(BaseModel):
     open_holds: list[HoldOut]
 
 
-def create_app(settings: LedgerSettings | None = None) -> FastAPI:
+def spec(settings: LedgerSettings | None = None, clock: Callable[[], datetime] = utc_now) -> ServiceSpec:
     settings = settings or LedgerSettings()
-    spec = ServiceSpec(
-        name="ledger", schema=settings.schema_name, migrations=Path(__file__).parent / "migrations",
-        topics=[topics.LEDGER_COMMANDS], types=dict(LEDGER_COMMAND_TYPES),
-        handled_types=set(LEDGER_COMMAND_TYPES), use_inbox=False, pool_size=8,
-        make_handler=lambda registry: ApplyCommands(settings.topic(topics.LEDGER_ENTRIES), LedgerMetrics(registry),
-                                                    utc_now),
-        background=[lambda runtime: _sweep(runtime, settings)])
-    app, runtime = build_app(spec, settings, "Jifen ledger")
-    _routes(app, runtime)
-    return app
+    registry = CollectorRegistry()
+    apply = ApplyCommands(LedgerMetrics(registry), clock)
+    return ServiceSpec(
+        name="ledger", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        subscriptions=[Subscription(dict.fromkeys(COMMANDS, apply))],
+        jobs=[sweeper(SweepMetrics(registry), settings.sweep_interval_s, settings.sweep_batch_size)],
+        routes=_routes, use_inbox=False, pool_size=8, clock=clock)  # commands are deduplicated by their keys
 
 
-async def _sweep(runtime: Runtime, settings: LedgerSettings) -> None:
-    assert runtime.engine is not None
-    await Sweeper(runtime.engine, settings.schema_name, settings.topic(topics.LEDGER_COMMANDS),
-                  SweepMetrics(runtime.metrics.registry), utc_now, interval_s=settings.sweep_interval_s,
-                  batch_size=settings.sweep_batch_size).run()
+def create_app(settings: LedgerSettings | None = None) -> FastAPI:
+    return build_app(spec(settings))
+
+
+MEMBER = "/v1/programs/{program_id}/members/{member_id:path}"
 
 
 def _routes(app: FastAPI, runtime: Runtime) -> None:
-    async def db() -> Any:
-        if runtime.engine is None:
-            raise HTTPException(503, "ledger is starting")
-        return runtime.engine
+    read = [runtime.requires("read")]
+    errors = error_responses(401, 403, 422, 503)
 
-    @app.get("/v1/programs/{program_id}/members/{member_id}/balance", response_model=Balance, tags=["ledger"])
-    async def get_balance(program_id: str, member_id: str) -> Balance:
-        engine = await db()
+    @app.get(f"{MEMBER}/balance", response_model=Balance, tags=["ledger"], dependencies=read, responses=errors,
+             summary="A member's points: available, pending, held, lifetime earned, next expiry")
+    async def get_balance(program_id: ProgramPath, member_id: PathId) -> Balance:
         now = utc_now()
-        async with engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            book = await repository.member_book(raw, program_id, member_id)
+        async with runtime.connection() as db:
+            book = await repository.member_book(db, program_id, member_id)
         if book is None:  # a member who never earned has nothing, which is not an error
             return Balance(program_id=program_id, member_id=member_id, available=0, pending=0, held=0,
                            lifetime_earned=0, next_expiry=None, balance=0, awaiting_expiry=0, debt=0)
@@ -125,15 +118,14 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
             next_expiry=NextExpiry(points=expiry[0], date=expiry[1]) if expiry else None,
             balance=book.account.balance, awaiting_expiry=book.awaiting_expiry(now), debt=book.account.debt)
 
-    @app.get("/v1/programs/{program_id}/members/{member_id}/entries", response_model=EntriesPage, tags=["ledger"])
-    async def get_entries(program_id: str, member_id: str,
+    @app.get(f"{MEMBER}/entries", response_model=EntriesPage, tags=["ledger"], dependencies=read, responses=errors,
+             summary="A member's entries, newest first, with the lots each made and the open holds")
+    async def get_entries(program_id: ProgramPath, member_id: PathId,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                          before_seq: Annotated[int | None, Query(ge=1)] = None) -> EntriesPage:
-        engine = await db()
-        async with engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            rows, lots = await repository.entries_page(raw, program_id, member_id, before_seq, limit)
-            holds = await repository.open_holds_of(raw, program_id, member_id)
+                          before_seq: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None) -> EntriesPage:
+        async with runtime.connection() as db:
+            rows, lots = await repository.entries_page(db, program_id, member_id, before_seq, limit)
+            holds = await repository.open_holds_of(db, program_id, member_id)
         views = [EntryView(
             entry_id=r["id"], seq=r["seq"], kind=r["kind"], amount=r["amount"] if r["incoming"] else -r["amount"],
             balance_after=r["balance_after"], idempotency_key=r["command_key"], source_event_id=r["source_event_id"],

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from shared.contracts import Cause, Contract
+from shared.contracts.base import Contract
+from shared.contracts.ledger_commands import Cause
 
 GENESIS_HASH = bytes(32)
 SYSTEM_ACCOUNTS = ("issued", "redeemed", "expired", "adjustments", "transfers")

@@ -5,28 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter
 
 from services.ledger import domain, repository
 from services.ledger.domain import Entry, HoldState, MemberBook, Resolution
 from services.ledger.rules import Journal, Outcome, Refused, posted_by
-from shared import envelope
-from shared.consumer import Inbound, Rejections, Retryable
-from shared.contracts import (
-    COMMAND_REJECTED,
-    ENTRY_POSTED,
-    HOLD_PLACED,
-    HOLD_RESOLVED,
+from shared.consumer import Retryable
+from shared.contracts.base import Contract
+from shared.contracts.ledger_commands import (
     AdjustPoints,
     CaptureHold,
-    CommandRejected,
-    Contract,
     ExpireHold,
     ExpireLot,
-    HoldPlaced,
-    HoldResolved,
     LedgerCommand,
     PlaceHold,
     PostCredit,
@@ -35,11 +27,28 @@ from shared.contracts import (
     ReverseEntry,
     TransferPoints,
 )
-from shared.outbox import OutboxMessage
+from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved, PointsEntryPosted
+from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
 
-SOURCE = "jifen.ledger"
 HOLD_COMMANDS = frozenset({PlaceHold, CaptureHold, ReleaseHold, ExpireHold})
+Command = Inbound[LedgerCommand]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An outcome to emit once the batch is decided: its contract, its JSON and its envelope."""
+
+    contract: type[Contract]
+    data: dict[str, Any]
+    at: datetime
+    event_id: str
+    member_id: str
+    subject: str
+
+    def emit(self, uow: UnitOfWork) -> None:
+        uow.emit_json(self.contract, self.data, at=self.at, event_id=self.event_id, key=self.member_id,
+                      subject=self.subject)
 
 
 class LedgerMetrics:
@@ -61,24 +70,23 @@ class ApplyCommands:
     command, accepted or refused, changes nothing and publishes nothing.
     """
 
-    entries_topic: str
     metrics: LedgerMetrics
     clock: Callable[[], datetime]
 
-    async def __call__(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
+    async def __call__(self, items: list[Command], uow: UnitOfWork, rejections: Rejections) -> None:
         now = self.clock()
-        outcomes: dict[int, list[OutboxMessage]] = {}
+        outcomes: dict[int, list[Outgoing]] = {}
         fresh = await self._sort_out_replays(items, uow, now, outcomes)
         if fresh:
             await self._apply(fresh, uow, now, outcomes)
         # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
         for item in items:
-            for message in outcomes.get(id(item), ()):
-                uow.publish(message)
+            for outgoing in outcomes.get(id(item), ()):
+                outgoing.emit(uow)
 
-    async def _apply(self, fresh: list[tuple[Inbound, bytes]], uow: UnitOfWork, now: datetime,
-                     outcomes: dict[int, list[OutboxMessage]]) -> None:
-        commands: list[LedgerCommand] = [item.data for item, _ in fresh]  # type: ignore[misc]
+    async def _apply(self, fresh: list[tuple[Command, bytes]], uow: UnitOfWork, now: datetime,
+                     outcomes: dict[int, list[Outgoing]]) -> None:
+        commands = [item.data for item, _ in fresh]
         # One pass sorting out what the batch touches (exact type checks: pydantic's isinstance is slow).
         members: set[tuple[str, str]] = set()
         needs_lots: set[tuple[str, str]] = set()  # credits need only the tip; everything else the open lots
@@ -93,16 +101,17 @@ class ApplyCommands:
                 continue
             needs_lots.add(member)
             if kind is TransferPoints:
-                receiver = (c.program_id, c.to_member_id)  # type: ignore[attr-defined]
+                receiver = (c.program_id, cast(TransferPoints, c).to_member_id)
                 members.add(receiver)
                 needs_lots.add(receiver)
             elif kind in HOLD_COMMANDS:
-                hold_ids.append(c.hold_id)  # type: ignore[attr-defined]
+                hold_ids.append(cast(PlaceHold | CaptureHold | ReleaseHold | ExpireHold, c).hold_id)
             elif kind is ReverseEntry:
-                if c.entry_id is not None:  # type: ignore[attr-defined]
-                    entry_ids.append(c.entry_id)  # type: ignore[attr-defined]
-                else:
-                    entry_keys.append((c.entry_key, member))  # type: ignore[attr-defined]
+                reversal = cast(ReverseEntry, c)
+                if reversal.entry_id is not None:
+                    entry_ids.append(reversal.entry_id)
+                elif reversal.entry_key is not None:
+                    entry_keys.append((reversal.entry_key, member))
         keys: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
         keys += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
         rows = await repository.accounts(uow.db, keys)
@@ -114,7 +123,7 @@ class ApplyCommands:
         # Two entries at most per command (a capture and the expiry of lots that lapsed while held; a transfer).
         journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"],
                           entry_ids=await repository.reserve_entry_ids(uow.db, 2 * len(commands)))
-        results: list[tuple[Inbound, bytes, Outcome | None, tuple[str, str] | None]] = []
+        results: list[tuple[Command, bytes, Outcome | None, tuple[str, str] | None]] = []
         for (item, digest), cmd in zip(fresh, commands, strict=True):
             try:
                 done = _apply_one(journal, books, loaded, cmd)
@@ -124,9 +133,9 @@ class ApplyCommands:
         changes = journal.changes
         await repository.assign_ids(uow.db, changes)
         claimed = await repository.claim_commands(uow.db, [
-            (item.data.idempotency_key, digest, item.event.type, item.data.program_id,  # type: ignore[attr-defined]
-             item.data.member_id, "rejected" if rejection else "posted",  # type: ignore[attr-defined]
-             rejection[0] if rejection else None) for item, digest, _, rejection in results], now)
+            (item.data.idempotency_key, digest, item.event.type, item.data.program_id, item.data.member_id,
+             "rejected" if rejection else "posted", rejection[0] if rejection else None)
+            for item, digest, _, rejection in results], now)
         if claimed != len(results):
             raise Retryable("another consumer claimed some of these commands first")
         await repository.store(uow.db, changes)
@@ -154,14 +163,14 @@ class ApplyCommands:
             self.metrics.entries.labels(program, kind).inc(n)
             self.metrics.points.labels(program, kind).inc(points)
 
-    async def _sort_out_replays(self, items: list[Inbound], uow: UnitOfWork, now: datetime,
-                                outcomes: dict[int, list[OutboxMessage]]) -> list[tuple[Inbound, bytes]]:
+    async def _sort_out_replays(self, items: list[Command], uow: UnitOfWork, now: datetime,
+                                outcomes: dict[int, list[Outgoing]]) -> list[tuple[Command, bytes]]:
         """Keep first sightings; drop replays; answer conflicting replays with a rejection."""
-        known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])  # type: ignore[attr-defined]
-        fresh: list[tuple[Inbound, bytes]] = []
+        known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])
+        fresh: list[tuple[Command, bytes]] = []
         for item in items:
             cmd = item.data
-            key: str = cmd.idempotency_key  # type: ignore[attr-defined]
+            key = cmd.idempotency_key
             digest = domain.payload_hash(cmd)
             prior = known.get(key)
             if prior is None:
@@ -175,45 +184,35 @@ class ApplyCommands:
                                                      "payload", now)]
         return fresh
 
-    def _rejected(self, uow: UnitOfWork, item: Inbound, reason: str, detail: str, now: datetime) -> OutboxMessage:
+    def _rejected(self, uow: UnitOfWork, item: Command, reason: str, detail: str, now: datetime) -> Outgoing:
         cmd = item.data
-        rejected = CommandRejected(
-            program_id=cmd.program_id, member_id=cmd.member_id,  # type: ignore[attr-defined]
-            idempotency_key=cmd.idempotency_key, command_type=item.event.type,  # type: ignore[attr-defined]
-            reason=reason, detail=detail)
+        rejected = CommandRejected(program_id=cmd.program_id, member_id=cmd.member_id,
+                                   idempotency_key=cmd.idempotency_key, command_type=item.event.type, reason=reason,
+                                   detail=detail)
         uow.after_commit.append(self.metrics.rejected.labels(reason).inc)
-        return self._message(f"rejected:{item.event.event_id}", COMMAND_REJECTED, now, rejected.member_id,
-                             rejected.idempotency_key, rejected)
+        return _outgoing(f"rejected:{item.event.event_id}", now, rejected)
 
-    def _hold_placed(self, item: Inbound, hold: HoldState) -> OutboxMessage:
-        cmd: PlaceHold = item.data  # type: ignore[assignment]
+    def _hold_placed(self, item: Command, hold: HoldState) -> Outgoing:
+        cmd = item.data
         placed = HoldPlaced(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
                             amount=hold.amount, expires_at=hold.expires_at, idempotency_key=cmd.idempotency_key)
-        return self._message(f"hold-placed:{hold.hold_id}", HOLD_PLACED, self.clock(), cmd.member_id,
-                             cmd.idempotency_key, placed)
+        return _outgoing(f"hold-placed:{hold.hold_id}", self.clock(), placed)
 
-    def _hold_resolved(self, item: Inbound, resolution: Resolution) -> OutboxMessage:
-        cmd: LedgerCommand = item.data  # type: ignore[assignment]
+    def _hold_resolved(self, item: Command, resolution: Resolution) -> Outgoing:
+        cmd = item.data
         hold = resolution.hold
         resolved = HoldResolved(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
                                 outcome=resolution.outcome, captured=resolution.captured,
                                 released=hold.amount - resolution.captured, idempotency_key=cmd.idempotency_key)
-        return self._message(f"hold-resolved:{hold.hold_id}", HOLD_RESOLVED, resolution.resolved_at, cmd.member_id,
-                             cmd.idempotency_key, resolved)
+        return _outgoing(f"hold-resolved:{hold.hold_id}", resolution.resolved_at, resolved)
 
-    def _posted(self, entry: Entry) -> OutboxMessage:
-        return OutboxMessage(
-            topic=self.entries_topic, key=entry.member_id.encode(),
-            value=envelope.encode(f"entry:{entry.id}", SOURCE, ENTRY_POSTED, entry.posted_at, posted_data(entry),
-                                  subject=entry.command_key),
-            headers=envelope.STRUCTURED_HEADERS)
+    def _posted(self, entry: Entry) -> Outgoing:
+        return Outgoing(PointsEntryPosted, posted_data(entry), entry.posted_at, f"entry:{entry.id}", entry.member_id,
+                        entry.command_key)
 
-    def _message(self, event_id: str, type_: str, at: datetime, member_id: str, subject: str,
-                 body: Contract) -> OutboxMessage:
-        return OutboxMessage(
-            topic=self.entries_topic, key=member_id.encode(),
-            value=envelope.encode(event_id, SOURCE, type_, at, body.model_dump(mode="json"), subject=subject),
-            headers=envelope.STRUCTURED_HEADERS)
+
+def _outgoing(event_id: str, at: datetime, body: CommandRejected | HoldPlaced | HoldResolved) -> Outgoing:
+    return Outgoing(type(body), body.model_dump(mode="json"), at, event_id, body.member_id, body.idempotency_key)
 
 
 def posted_data(entry: Entry) -> dict[str, Any]:

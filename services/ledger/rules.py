@@ -24,7 +24,7 @@ from services.ledger.domain import (
     chain_hash,
     spend_order,
 )
-from shared.contracts import (
+from shared.contracts.ledger_commands import (
     AdjustPoints,
     CaptureHold,
     ExpireHold,

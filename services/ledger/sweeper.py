@@ -8,24 +8,16 @@ key the ledger already has is not sent again; one in flight may be, and is then 
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy.ext.asyncio import AsyncEngine
+from prometheus_client import CollectorRegistry, Counter
 
 from services.ledger.repository import LOT_RESERVED, LOT_USED
-from shared.contracts import Cause, ExpireHold, ExpireLot, LedgerCommand
-from shared.db import advisory_key
-from shared.outbox import ledger_command
-from shared.service import every
+from shared.contracts.ledger_commands import Cause, ExpireHold, ExpireLot, LedgerCommand
+from shared.jobs import Job, Page
 from shared.uow import UnitOfWork
 
-log = logging.getLogger(__name__)
 SOURCE = "jifen.ledger.sweeper"
 
 
@@ -33,7 +25,6 @@ class SweepMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.sent = Counter("jifen_ledger_sweep_commands", "Expiry commands sent by the sweeper", ["kind"],
                             registry=registry)
-        self.duration = Histogram("jifen_ledger_sweep_seconds", "Time of one sweep", registry=registry)
 
 
 Cursor = tuple[datetime, str] | None
@@ -86,46 +77,20 @@ async def due_commands(db: asyncpg.Connection, now: datetime, limit: int = 100_0
     return await due_lots(db, now, limit) + await due_holds(db, now, limit)
 
 
-@dataclass
-class Sweeper:
-    engine: AsyncEngine
-    schema: str
-    commands_topic: str
-    metrics: SweepMetrics
-    clock: Callable[[], datetime]
-    interval_s: float = 30.0
-    batch_size: int = 2000
+def sweeper(metrics: SweepMetrics, interval_s: float, batch_size: int = 2000) -> Job:
+    """The sweeper as a periodic job: due lots first, then timed-out holds, a page per transaction, walking forward
+    by expiry (the cursor is the phase and the last command's place)."""
+    phases = ((due_lots, "lot"), (due_holds, "hold"))
 
-    @property
-    def lock_key(self) -> int:
-        return advisory_key(f"sweeper:{self.schema}")
+    async def page(uow: UnitOfWork, now: datetime, cursor: tuple[int, Cursor] | None) -> Page:
+        phase, after = cursor or (0, None)
+        find, kind = phases[phase]
+        commands = await find(uow.db, now, batch_size, after)
+        for cmd in commands:
+            uow.emit(cmd, at=now, subject=cmd.idempotency_key, source=SOURCE)
+        uow.after_commit.append(lambda: metrics.sent.labels(kind).inc(len(commands)))
+        if len(commands) == batch_size:
+            return Page(len(commands), (phase, cursor_of(commands[-1])))
+        return Page(len(commands), (phase + 1, None) if phase + 1 < len(phases) else None)
 
-    async def sweep(self) -> int:
-        """Send every due command, a batch per transaction, walking forward by expiry; returns how many."""
-        started, total = time.monotonic(), 0
-        now = self.clock()
-        for find, kind in ((due_lots, "lot"), (due_holds, "hold")):
-            after: Cursor = None
-            while True:
-                async with UnitOfWork(self.engine, self.schema) as uow:
-                    # One sweeper at a time per schema; a second instance skips this round.
-                    if not await uow.db.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.lock_key):
-                        return total
-                    commands = await find(uow.db, now, self.batch_size, after)
-                    for cmd in commands:
-                        uow.publish(ledger_command(cmd, self.commands_topic, SOURCE, now,
-                                                   subject=cmd.idempotency_key))
-                    await uow.commit()
-                self.metrics.sent.labels(kind).inc(len(commands))
-                total += len(commands)
-                if len(commands) < self.batch_size:
-                    break
-                after = cursor_of(commands[-1])
-                log.info("sweep progress", extra={"sent": total, "elapsed_s": round(time.monotonic() - started, 2)})
-        if total:
-            log.info("sweep done", extra={"sent": total, "elapsed_s": round(time.monotonic() - started, 2)})
-        self.metrics.duration.observe(time.monotonic() - started)
-        return total
-
-    async def run(self) -> None:
-        await every(self.interval_s, self.sweep, "sweep")
+    return Job("sweeper", page, interval_s)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared import topics
+from shared.contracts import topics
 from tests.support import STRUCTURED, World, headers_of, read_all, send, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ import orjson
 import pytest
 import yaml
 
-from cli.simulate import purchase_event
-from shared import topics
+from shared.contracts import topics
+from shared.simulation import purchase_event
 from tests.support import STRUCTURED, World, send, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from shared import envelope, topics
-from shared.contracts import (
-    COMMAND_TYPE_OF,
+from shared import envelope
+from shared.contracts import topics
+from shared.contracts.ledger_commands import (
     AdjustPoints,
     CaptureHold,
     Cause,
@@ -36,7 +36,7 @@ def base(key: str, member: str, at: datetime) -> dict[str, Any]:
 
 async def send_commands(world: World, *commands: LedgerCommand) -> None:
     await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS), [
-        (c.member_id.encode(), envelope.encode(c.idempotency_key, "test", COMMAND_TYPE_OF[type(c)],
+        (c.member_id.encode(), envelope.encode(c.idempotency_key, "test", c.TYPE,
                                                c.occurred_at, c.model_dump(mode="json")), STRUCTURED)
         for c in commands])
 
@@ -117,11 +117,11 @@ async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(wo
 
     # A manual adjustment without a reason, and a reversal naming no entry, are bad input: answered in the DLQ,
     # never applied.
-    bad_adjustment = envelope.encode("adj-bad", "test", COMMAND_TYPE_OF[AdjustPoints], t0, {
+    bad_adjustment = envelope.encode("adj-bad", "test", AdjustPoints.TYPE, t0, {
         "idempotency_key": "adj-bad", "program_id": "default", "member_id": "m2", "occurred_at": t0.isoformat(),
         "cause": {"source_event_id": "test|adj-bad"}, "direction": "credit", "amount": 5, "reason": "  ",
         "actor": "agent-7"})
-    bad_reversal = envelope.encode("refund-bad", "test", COMMAND_TYPE_OF[ReverseEntry], t0, {
+    bad_reversal = envelope.encode("refund-bad", "test", ReverseEntry.TYPE, t0, {
         "idempotency_key": "refund-bad", "program_id": "default", "member_id": "m2", "occurred_at": t0.isoformat(),
         "cause": {"source_event_id": "test|refund-bad"}, "amount": 5})
     await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS),

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from cli.main import scrape
-from shared import topics
-from shared.contracts import Cause, LedgerCommand, PostCredit, PostDebit
+from shared.contracts import topics
+from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, PostDebit
+from shared.metrics import scrape
 from tests.e2e.test_ledger_commands import send_commands
 from tests.support import World, read_all, wait_for
 

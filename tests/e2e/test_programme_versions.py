@@ -14,9 +14,9 @@ import orjson
 import pytest
 import yaml
 
-from cli.simulate import purchase_event
-from services.earn.settings import EarnSettings
-from shared import topics
+from shared.contracts import topics
+from shared.settings import Settings
+from shared.simulation import purchase_event
 from tests.support import STRUCTURED, World, send, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ async def test_a_new_version_judges_only_what_happens_after_it_takes_effect(worl
     folder = tmp_path / "programmes"
     folder.mkdir()
     for name in ("default.yaml", "retail.yaml"):
-        shutil.copy(EarnSettings().programmes_dir / name, folder)
+        shutil.copy(Settings().programmes_dir / name, folder)
     ledger = await world.service("ledger").start().ready()
     earn = await world.service("earn", JIFEN_PROGRAMMES_DIR=str(folder)).start().ready()
 

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from cli.simulate import purchase_event
-from shared import topics
+from shared.contracts import topics
+from shared.simulation import purchase_event
 from tests.support import STRUCTURED, World, send, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from cli.simulate import malformed, purchase_event
-from shared import topics
+from shared.contracts import topics
+from shared.simulation import malformed, purchase_event
 from tests.support import STRUCTURED, World, headers_of, read_all, send, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cli.simulate import purchase_event
-from shared import topics
+from shared.contracts import topics
+from shared.simulation import purchase_event
 from tests.support import STRUCTURED, World, headers_of, read_all, send, wait_for
 
 pytestmark = pytest.mark.e2e

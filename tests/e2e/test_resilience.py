@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cli.simulate import build_feed, publish
-from shared import topics
+from shared.contracts import topics
+from shared.simulation import build_feed, publish
 from tests.support import World, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from cli.simulate import purchase_event
-from shared import topics
-from shared.contracts import TIER_CHANGED
+from shared.contracts import topics
+from shared.contracts.tiers import TierChanged
+from shared.simulation import purchase_event
 from tests.support import STRUCTURED, World, headers_of, read_all, send, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ def cloud_event(kind: str, event_id: str, source: str, at: datetime, data: dict[
 
 def tier(event_id: str, at: datetime, name: str, multiplier: str) -> tuple[bytes, bytes, Any]:
     data = {"program_id": "retail", "member_id": "gus", "tier": name, "earn_multiplier": multiplier}
-    return b"gus", cloud_event(TIER_CHANGED, event_id, "jifen.tiers", at, data), STRUCTURED
+    return b"gus", cloud_event(TierChanged.TYPE, event_id, "jifen.tiers", at, data), STRUCTURED
 
 
 def purchase(event_id: str, at: datetime) -> tuple[bytes, bytes, Any]:

@@ -3,24 +3,17 @@ birthday set within the last 30 days, and never twice however often the job runs
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
-import asyncpg
-import orjson
 import pytest
 
 from services.earn import repository
 from services.earn.activity import Birthday, birthday_pays, birthday_today
-from services.earn.birthdays import BirthdayBonus
-from services.earn.programmes import Catalogue
-from services.earn.settings import EarnSettings
-from shared import db as shared_db
-from shared.settings import Settings
+from services.earn.app import spec as earn_spec
+from shared.contracts.ledger_commands import PostCredit
+from shared.testing import ServiceHarness
 from tests.support import Infra
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "earn" / "migrations"
 BIRTHDAY_NOON = datetime(2026, 11, 23, 12, tzinfo=UTC)
 
 
@@ -38,33 +31,25 @@ def test_a_birthday_set_less_than_30_days_before_does_not_pay() -> None:
     assert not birthday_pays(rule, "11-23", BIRTHDAY_NOON - timedelta(days=29), BIRTHDAY_NOON, UTC)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def dsn(infra: Infra) -> AsyncIterator[str]:
-    yield await infra.new_database("earn_", "earn", MIGRATIONS)
-
-
-async def test_the_job_pays_each_due_birthday_once(dsn: str) -> None:
-    engine = shared_db.make_engine(Settings(database_url=dsn), "earn", pool_size=2)
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": "earn"})
-    try:
+async def test_the_job_pays_each_due_birthday_once(infra: Infra) -> None:
+    async with ServiceHarness(earn_spec(clock=lambda: BIRTHDAY_NOON), await infra.new_database("earn_")) as earn:
         long_ago = BIRTHDAY_NOON - timedelta(days=400)
-        await repository.enrol(conn, "default", "today-old", "11-23", long_ago, long_ago)
-        await repository.enrol(conn, "default", "today-fresh", "11-23", long_ago, BIRTHDAY_NOON - timedelta(days=3))
-        await repository.enrol(conn, "default", "tomorrow", "11-24", long_ago, long_ago)
-        await repository.enrol(conn, "default", "no-birthday", None, long_ago, long_ago)
-        await repository.enrol(conn, "default", "changed", "01-01", long_ago, long_ago)
-        await repository.enrol(conn, "default", "changed", "11-23", long_ago, BIRTHDAY_NOON - timedelta(days=1))
-        job = BirthdayBonus(engine, "earn", Catalogue.load(EarnSettings().programmes_dir), "commands",
-                            lambda: BIRTHDAY_NOON)
-        assert await job.pay_due() == 1
-        assert await job.pay_due() == 0  # the same day again: already paid
-        rows = await conn.fetch("SELECT key, value FROM outbox ORDER BY id")
-        credits = [orjson.loads(r["value"])["data"] for r in rows]
-        assert [(c["member_id"], c["amount"], c["idempotency_key"]) for c in credits] == [
+        async with earn.runtime.connection() as conn:
+            await repository.enrol(conn, "default", "today-old", "11-23", long_ago, long_ago)
+            await repository.enrol(conn, "default", "today-fresh", "11-23", long_ago,
+                                   BIRTHDAY_NOON - timedelta(days=3))
+            await repository.enrol(conn, "default", "tomorrow", "11-24", long_ago, long_ago)
+            await repository.enrol(conn, "default", "no-birthday", None, long_ago, long_ago)
+            await repository.enrol(conn, "default", "changed", "01-01", long_ago, long_ago)
+            await repository.enrol(conn, "default", "changed", "11-23", long_ago, BIRTHDAY_NOON - timedelta(days=1))
+        paid, sent = await earn.run_job("birthdays", BIRTHDAY_NOON)
+        assert paid == 1
+        again, sent_again = await earn.run_job("birthdays", BIRTHDAY_NOON)  # the same day again: already paid
+        assert again == 0 and sent_again.messages == []
+        assert [(c["member_id"], c["amount"], c["idempotency_key"]) for c in sent.of(PostCredit)] == [
             ("today-old", 100, "birthday:default:today-old:2026")]
-        paid = {(r["member_id"], r["year"]) for r in await conn.fetch("SELECT member_id, year FROM birthdays_paid")}
+        assert [m.event["source"] for m in sent.messages] == ["jifen.earn.birthdays"]
+        rows = await earn.query("SELECT member_id, year FROM birthdays_paid")
         # The fresh and the changed birthdays are settled for this year without pay.
-        assert paid == {("today-old", 2026), ("today-fresh", 2026), ("changed", 2026)}
-    finally:
-        await conn.close()
-        await engine.dispose()
+        assert {(r["member_id"], r["year"]) for r in rows} == {("today-old", 2026), ("today-fresh", 2026),
+                                                              ("changed", 2026)}

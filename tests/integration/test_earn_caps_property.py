@@ -29,18 +29,18 @@ import yaml
 from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from cli.simulate import STRUCTURED, purchase_event
-from services.earn.handlers import HANDLED, EarnFromEvents, EarnMetrics
-from services.earn.programmes import Catalogue
-from shared import db as shared_db
-from shared import envelope, topics
-from shared.consumer import BatchConsumer, Health, Inbound, Rejections
-from shared.contracts import INBOUND_TYPES
-from shared.metrics import Metrics
+from services.earn.app import spec as earn_spec
+from services.earn.handlers import INBOUND
+from services.earn.settings import EarnSettings
+from shared import envelope
+from shared.contracts import topics
+from shared.contracts.base import Contract
+from shared.contracts.purchases import PurchaseCompleted
 from shared.outbox import decode_headers
-from shared.settings import Settings
+from shared.simulation import STRUCTURED, purchase_event
+from shared.subscription import Inbound, Rejections, Subscription
+from shared.testing import ServiceHarness
 from shared.uow import UnitOfWork
 from tests.support import Infra
 
@@ -171,26 +171,31 @@ def expect(feed: list[Sent]) -> Expected:
 
 
 class Earn:
-    """Earn's consumer over one database, as one process: a restart is a new `Earn`, so what was used of a cap or
-    the budget can survive only in the database."""
+    """Earn as a service (ServiceHarness: its real consumer and handler, from its own spec) over one database, as
+    one process: a restart is a new `Earn`, so what was used of a cap or the budget can survive only in the
+    database. Its handler is earn's own, wrapped to crash before the commit when told to."""
 
     def __init__(self, dsn: str, folder: Path) -> None:
-        self.engine = shared_db.make_engine(Settings(database_url=dsn), "earn", pool_size=1)
-        self.earn = EarnFromEvents(Catalogue.load(folder), COMMANDS, EarnMetrics(CollectorRegistry()))
+        base = earn_spec(EarnSettings(programmes_dir=folder))
+        self.earn = base.subscriptions[0].handlers[PurchaseCompleted]
         self.crash_before_commit = False
         self.handled: set[str] = set()  # event ids the handler saw in the current delivery
-        self.consumer = BatchConsumer(service="earn", schema="earn", engine=self.engine, metrics=Metrics("earn"),
-                                      health=Health(), types=dict(INBOUND_TYPES), handler=self.handle,
-                                      handled_types=HANDLED)
+        wrapped = replace(base, subscriptions=[Subscription(dict.fromkeys(INBOUND, self.handle))], jobs=[])
+        self.service = ServiceHarness(wrapped, dsn)
+
+    async def start(self) -> Earn:
+        await self.service.__aenter__()
+        return self
 
     async def process(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
         self.handled = set()
+        assert self.service.consumer is not None
         try:
-            await self.consumer.process(batch)
+            await self.service.consumer.process(batch)  # the outbox is read at the end, not drained per batch
         except Retried as retried:
             raise AssertionError(f"earn retried a batch no one else was writing to: {retried}") from None
 
-    async def handle(self, items: list[Inbound], uow: UnitOfWork, rejections: Rejections) -> None:
+    async def handle(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections) -> None:
         again = self.handled & {i.event.event_id for i in items}
         if again:
             raise Retried(f"events handled twice in one delivery: {sorted(again)}")
@@ -201,7 +206,7 @@ class Earn:
             raise Crash  # the batch's effects are written in the transaction, not committed
 
     async def stop(self) -> None:
-        await self.engine.dispose()
+        await self.service.__aexit__()
 
 
 @dataclass
@@ -245,7 +250,7 @@ class Harness:
 
     async def deliver(self, records: list[ConsumerRecord[bytes, bytes]], plan: list[tuple[int, str]]) -> int:
         """Deliver the records to the staged database batch by batch as the plan says; returns the crashes."""
-        earn, position, crashes = Earn(self.staged.dsn, self.folder), 0, 0
+        earn, position, crashes = await Earn(self.staged.dsn, self.folder).start(), 0, 0
         try:
             for size, fate in plan:
                 batch = records[position:position + size]
@@ -260,14 +265,14 @@ class Harness:
                     position += size  # the offsets are committed
                 if fate != "commit":
                     await earn.stop()
-                    earn = Earn(self.staged.dsn, self.folder)
+                    earn = await Earn(self.staged.dsn, self.folder).start()
         finally:
             await earn.stop()
         assert position >= len(records), "the plan ended before the feed did"
         return crashes
 
     async def deliver_at_once(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        earn = Earn(self.clean.dsn, self.folder)
+        earn = await Earn(self.clean.dsn, self.folder).start()
         try:
             await earn.process(records)
         finally:

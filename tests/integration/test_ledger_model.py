@@ -17,22 +17,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 import pytest
-from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
-from prometheus_client import CollectorRegistry
 
 from services.ledger import repository
-from services.ledger.handlers import ApplyCommands, LedgerMetrics
+from services.ledger.app import spec as ledger_spec
 from services.ledger.sweeper import due_commands
 from services.ledger.verify import verify
-from shared import db as shared_db
-from shared.consumer import Inbound, Rejections
-from shared.contracts import (
-    COMMAND_TYPE_OF,
+from shared import envelope
+from shared.contracts import topics
+from shared.contracts.ledger_commands import (
     AdjustPoints,
     CaptureHold,
     Cause,
@@ -44,9 +40,7 @@ from shared.contracts import (
     ReverseEntry,
     TransferPoints,
 )
-from shared.envelope import CloudEvent
-from shared.settings import Settings
-from shared.uow import UnitOfWork
+from shared.testing import ServiceHarness, record
 from tests.integration.ledger_model import MEntry, Model, Refusal
 from tests.support import Infra
 
@@ -60,14 +54,14 @@ Target = tuple[int, str, MEntry]  # an entry a reversal may name: its id, the ke
 
 
 class Harness:
-    """The real ledger handler over a real database, on an event loop of its own."""
+    """The ledger as a service (ServiceHarness: its real consumer and handler over a real database, no Kafka), with a
+    clock the test moves, on an event loop of its own."""
 
     def __init__(self, dsn: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self.dsn = dsn
         self.now = START
-        self.engine = shared_db.make_engine(Settings(database_url=dsn), "ledger", pool_size=2)
-        self.handler = ApplyCommands("entries", LedgerMetrics(CollectorRegistry()), lambda: self.now)
+        self.service = ServiceHarness(ledger_spec(clock=lambda: self.now), dsn)
+        self.run(self.service.__aenter__())
         self.conn: asyncpg.Connection = self.run(asyncpg.connect(dsn, server_settings={"search_path": "ledger"}))
         self.steps = 0
 
@@ -80,26 +74,19 @@ class Harness:
 
     def apply_batch(self, commands: list[LedgerCommand]) -> list[dict[str, Any]]:
         """Apply commands as one batch, as the consumer would; returns the outcomes published (decoded)."""
-        items = []
+        records = []
         for cmd in commands:
             self.steps += 1
-            event = CloudEvent(id=uuid.uuid4().hex, source="model", type=COMMAND_TYPE_OF[type(cmd)], time=self.now,
-                               data=cmd.model_dump(mode="json"))
-            record = ConsumerRecord("commands", 0, self.steps, 0, 0, cmd.member_id.encode(), b"", None, 0, 0, [])
-            items.append(Inbound(record, event, cmd))
-
-        async def go() -> list[dict[str, Any]]:
-            async with UnitOfWork(self.engine, "ledger") as uow:
-                await self.handler(items, uow, Rejections())
-                messages = list(uow.messages)
-                await uow.commit()
-            return [orjson.loads(m.value) for m in messages]
-
-        return self.run(go())
+            value = envelope.encode(uuid.uuid4().hex, "model", cmd.TYPE, self.now, cmd.model_dump(mode="json"))
+            records.append(record(topics.LEDGER_COMMANDS, value, key=cmd.member_id, offset=self.steps,
+                                  headers=envelope.STRUCTURED_HEADERS))
+        delivered = self.run(self.service.feed(records))
+        assert delivered.dead == [], f"the ledger refused a command as bad input: {delivered.dead}"
+        return [m.event for m in delivered.messages]
 
     def close(self) -> None:
         self.run(self.conn.close())
-        self.run(self.engine.dispose())
+        self.run(self.service.__aexit__())
         self.loop.close()
 
 

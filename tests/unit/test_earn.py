@@ -24,10 +24,10 @@ from services.earn.domain import (
     rule_points,
     tier_at,
 )
-from services.earn.programmes import Catalogue, ProgrammeError, load_file
-from services.earn.settings import EarnSettings
 from services.ledger.domain import payload_hash
-from shared.contracts import PurchaseCompleted, PurchaseLine
+from shared.contracts.purchases import PurchaseCompleted, PurchaseLine
+from shared.programmes import Catalogue, ProgrammeError, load_file
+from shared.settings import Settings
 
 SATURDAY = datetime(2026, 11, 7, 10, tzinfo=UTC)
 MONDAY = datetime(2026, 11, 9, 10, tzinfo=UTC)
@@ -190,7 +190,7 @@ def test_online_orders_stay_pending_for_the_return_window_and_till_purchases_do_
 
 
 def test_the_shipped_default_programme_is_the_documented_one() -> None:
-    catalogue = Catalogue.load(EarnSettings().programmes_dir)
+    catalogue = Catalogue.load(Settings().programmes_dir, Programme)
     default = catalogue.at("default", MONDAY)
     assert default is not None
     [credit] = credits_for_purchase(default, "pos://s1|e1", MONDAY, purchase("88.80"))
@@ -210,7 +210,7 @@ def write(folder: Path, name: str, version: int, effective_from: str, rate: str)
 def test_an_event_is_judged_by_the_version_in_effect_at_its_own_time(tmp_path: Path) -> None:
     write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "1")
     write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")
-    catalogue = Catalogue.load(tmp_path)
+    catalogue = Catalogue.load(tmp_path, Programme)
     assert catalogue.at("shop", datetime(2025, 12, 31, tzinfo=UTC)) is None
     before, after = catalogue.at("shop", SATURDAY), catalogue.at("shop", MONDAY)
     assert before is not None and after is not None and (before.version, after.version) == (1, 2)
@@ -219,7 +219,7 @@ def test_an_event_is_judged_by_the_version_in_effect_at_its_own_time(tmp_path: P
 
 def test_a_new_version_dropped_in_the_folder_is_used_without_a_restart(tmp_path: Path) -> None:
     write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "1")
-    catalogue = Catalogue.load(tmp_path)
+    catalogue = Catalogue.load(tmp_path, Programme)
     catalogue.check_every_s, catalogue.clock = 0, lambda: SATURDAY
     assert catalogue.at("shop", MONDAY).version == 1  # type: ignore[union-attr]
     v2 = write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")  # takes effect after "now" (Saturday)
@@ -232,7 +232,7 @@ def test_a_new_version_dropped_in_the_folder_is_used_without_a_restart(tmp_path:
 
 def test_a_version_that_would_rewrite_history_is_not_loaded(tmp_path: Path) -> None:
     write(tmp_path, "shop.v1.yaml", 1, "2026-01-01T00:00:00Z", "1")
-    catalogue = Catalogue.load(tmp_path)
+    catalogue = Catalogue.load(tmp_path, Programme)
     catalogue.check_every_s, catalogue.clock = 0, lambda: MONDAY
     past = write(tmp_path, "shop.v2.yaml", 2, "2026-11-08T00:00:00Z", "2")  # before "now" (Monday)
     os.utime(past, (time.time() + 5, time.time() + 5))
@@ -249,14 +249,14 @@ def test_a_broken_programme_file_is_named_with_its_line_and_field(tmp_path: Path
                    "purchase:\n  base:\n    points_per_unit: '-1'\n")
     with pytest.raises(ProgrammeError,
                        match=r"loyalty\.yaml: line 3: version.*line 7: purchase\.base\.points_per_unit"):
-        load_file(bad)
+        load_file(bad, Programme)
 
 
 def test_two_files_claiming_one_version_are_refused(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", 1, "2026-01-01T00:00:00Z", "1")
     write(tmp_path, "b.yaml", 1, "2026-02-01T00:00:00Z", "2")
     with pytest.raises(ProgrammeError, match=r"b\.yaml: programme 'shop' version 1 is already defined in a\.yaml"):
-        Catalogue.load(tmp_path)
+        Catalogue.load(tmp_path, Programme)
 
 
 amounts = st.decimals(min_value=0, max_value=10**6, places=2)

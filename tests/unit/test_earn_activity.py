@@ -19,8 +19,9 @@ from services.earn.activity import (
     streak_length,
     task_award,
 )
-from services.earn.programmes import Catalogue
-from services.earn.settings import EarnSettings
+from services.earn.domain import Programme
+from shared.programmes import Catalogue
+from shared.settings import Settings
 
 DAY = date(2026, 11, 23)
 RULE = Checkin(points=1, streaks=[Streak(days=7, bonus=10)])
@@ -92,7 +93,7 @@ def test_a_manual_award_rule_must_trust_some_source() -> None:
 
 
 def test_the_default_programme_rewards_the_documented_activity() -> None:
-    default = Catalogue.load(EarnSettings().programmes_dir).at("default", datetime(2026, 11, 23, tzinfo=UTC))
+    default = Catalogue.load(Settings().programmes_dir, Programme).at("default", datetime(2026, 11, 23, tzinfo=UTC))
     assert default is not None and default.activity.checkin is not None
     assert (default.activity.checkin.points, default.activity.checkin.streaks) == (1, [Streak(days=7, bonus=10)])
     tasks = {t.task_type: (t.points, t.cap) for t in default.activity.tasks}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from services.earn.settings import EarnSettings
+from shared.settings import Settings
 from tests.support import jifen
 
 EVENT = {"specversion": "1.0", "id": "e-1", "source": "pos://store-9", "type": "jifen.purchase.completed.v1",
@@ -67,7 +67,7 @@ async def test_explain_judges_tasks_and_manual_awards_and_says_what_would_be_ref
 
 
 async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
-    shipped = sorted(str(p) for p in EarnSettings().programmes_dir.glob("*.yaml"))
+    shipped = sorted(str(p) for p in Settings().programmes_dir.glob("*.yaml"))
     code, out, _ = await jifen("programme", "check", *shipped)
     assert code == 0 and out.count("✔") == len(shipped)
     bad = tmp_path / "bad.yaml"

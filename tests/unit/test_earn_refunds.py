@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from services.earn.domain import MemberTier, Programme, lines_of, rule_points
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
-from shared.contracts import PurchaseCompleted, PurchaseLine, PurchaseRefunded
+from shared.contracts.purchases import PurchaseCompleted, PurchaseLine, PurchaseRefunded
 
 WHEN = datetime(2026, 11, 9, 10, tzinfo=UTC)
 GOLD = MemberTier("gold", Decimal("1.25"))  # a gold member's tier points are taken back like every other rule's

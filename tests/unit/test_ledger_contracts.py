@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.ledger.domain import payload_hash
-from shared.contracts import ReverseEntry
+from shared.contracts.ledger_commands import ReverseEntry
 
 COMMON: dict[str, Any] = {"idempotency_key": "refund:r1:42", "program_id": "default", "member_id": "m1",
                           "cause": {"source_event_id": "pos|r1"}, "occurred_at": datetime(2026, 11, 1, 10, tzinfo=UTC)}

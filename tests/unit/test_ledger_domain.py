@@ -3,7 +3,7 @@ from typing import Any
 
 from services.ledger.domain import GENESIS_HASH, Account, MemberBook, chain_hash, payload_hash
 from services.ledger.rules import Journal
-from shared.contracts import Cause, PostCredit
+from shared.contracts.ledger_commands import Cause, PostCredit
 
 WHEN = datetime(2026, 11, 1, 10, tzinfo=UTC)
 ISSUED = 1

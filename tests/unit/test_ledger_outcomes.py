@@ -8,7 +8,8 @@ from services.ledger.domain import GENESIS_HASH, Account, MemberBook
 from services.ledger.handlers import posted_data
 from services.ledger.rules import Journal
 from shared import envelope
-from shared.contracts import Cause, PointsEntryPosted, PostCredit
+from shared.contracts.ledger_commands import Cause, PostCredit
+from shared.contracts.ledger_entries import PointsEntryPosted
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

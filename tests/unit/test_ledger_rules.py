@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.ledger.domain import GENESIS_HASH, Account, DebtState, Entry, LotState, MemberBook
 from services.ledger.rules import Journal, Outcome, Refused, StoredEntry, posted_by
-from shared.contracts import (
+from shared.contracts.ledger_commands import (
     AdjustPoints,
     CaptureHold,
     Cause,

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry
 from services.ledger import repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from shared import db as shared_db
-from shared.consumer import Inbound, Rejections
-from shared.contracts import COMMAND_TYPE_OF, Cause, LedgerCommand, PostCredit, PostDebit
+from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, PostDebit
 from shared.envelope import CloudEvent
 from shared.settings import Settings
+from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "ledger" / "migrations"
@@ -39,7 +39,7 @@ class Timing:
 
 
 def _item(cmd: LedgerCommand, n: int, at: datetime) -> Inbound:
-    event = CloudEvent(id=cmd.idempotency_key, source="bench", type=COMMAND_TYPE_OF[type(cmd)], time=at, data=None)
+    event = CloudEvent(id=cmd.idempotency_key, source="bench", type=cmd.TYPE, time=at, data=None)
     return Inbound(ConsumerRecord("bench", 0, n, 0, 0, None, b"", None, 0, 0, []), event, cmd)
 
 
@@ -78,11 +78,11 @@ async def run_history(settings: Settings, entries: int, progress: Callable[[str]
         await shared_db.migrate(dsn, "ledger", MIGRATIONS)
         engine = shared_db.make_engine(Settings(database_url=dsn), "ledger", pool_size=2)
         t0 = datetime.now(UTC) - timedelta(days=365)
-        handler = ApplyCommands("entries", LedgerMetrics(CollectorRegistry()), lambda: datetime.now(UTC))
+        handler = ApplyCommands(LedgerMetrics(CollectorRegistry()), lambda: datetime.now(UTC))
         commands = _history("long-history", entries, t0)
         started = time.monotonic()
         for start in range(0, len(commands), BATCH):
-            async with UnitOfWork(engine, "ledger") as uow:
+            async with UnitOfWork(engine, "ledger", "jifen.bench") as uow:
                 await handler([_item(c, start + i, t0) for i, c in enumerate(commands[start:start + BATCH])], uow,
                               Rejections())
                 uow.messages.clear()  # outcomes are not needed here

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cli.bench import BenchError
+from bench.baselines import BenchError
 from deploy.local.infra import REPO, tail
 from deploy.local.stack import http_ok
 from shared.settings import Settings

@@ -1,5 +1,10 @@
 """Programme files: a folder of YAML files, one per programme version, validated with errors that name the file,
-the line and the field. The catalogue reloads the folder when a file changes, so a new version needs no restart."""
+the line and the field. The catalogue reloads the folder when a file changes, so a new version needs no restart.
+
+One file holds every section of a version; each service reads the sections it owns, as a model of its own that
+extends `ProgrammeVersion` (the header every version has) with those sections. A key that is neither the header's
+nor a section of `SECTIONS` is an error in every service, so a misspelt section is never silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,53 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import ValidationError
-
-from services.earn.domain import Programme
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
+DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "programmes"
+
+# Every section a programme file may have, and the service that owns (reads and validates) it.
+SECTIONS: dict[str, str] = {
+    "purchase": "earn", "pending": "earn", "expiry": "earn", "activity": "earn", "caps": "earn", "budget": "earn",
+    "tiers": "tiers",
+    "rewards": "redemption", "redemption": "redemption",
+    "referral": "referral",
+}
+
+
+class ProgrammeVersion(BaseModel):
+    """The header of every programme version. Versions of a programme share `program_id`; an event is judged by
+    the version in effect at its own time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    program_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    name: str
+    version: int = Field(ge=1)
+    effective_from: datetime
+    timezone: str = "UTC"
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: any currency, 1:1
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except Exception as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+HEADER = frozenset(ProgrammeVersion.model_fields)
+P = TypeVar("P", bound=ProgrammeVersion)
 
 
 class ProgrammeError(ValueError):
@@ -41,17 +85,25 @@ def _line_of(node: yaml.Node, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load_file(path: Path) -> Programme:
+def load_file(path: Path, model: type[P]) -> P:
+    """One version as `model` sees it: the header and `model`'s own sections; other known sections are left to
+    their services, an unknown one is an error."""
     try:
         text = path.read_text()
         raw = yaml.safe_load(text)
         tree = yaml.compose(text)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ProgrammeError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or tree is None:
         raise ProgrammeError(f"{path}: a programme file must be a mapping")
+    unknown = [key for key in raw if key not in HEADER and key not in SECTIONS]
+    if unknown:
+        raise ProgrammeError("; ".join(
+            f"{path}: line {_line_of(tree, (key,))}: {key}: not a section of a programme (known: "
+            f"{', '.join(sorted(SECTIONS))})" for key in unknown))
+    mine = {key: value for key, value in raw.items() if key in HEADER or key in model.model_fields}
     try:
-        return Programme.model_validate(raw)
+        return model.model_validate(mine)
     except ValidationError as exc:
         problems = "; ".join(
             f"line {_line_of(tree, tuple(e['loc']))}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
@@ -60,25 +112,27 @@ def load_file(path: Path) -> Programme:
 
 
 @dataclass
-class Catalogue:
-    """Every version of every programme in a folder; `at` picks the version in effect at an event's time."""
+class Catalogue(Generic[P]):
+    """Every version of every programme in a folder, as `model` reads them; `at` picks the version in effect at an
+    event's time."""
 
     folder: Path
-    versions: dict[str, list[Programme]] = field(default_factory=dict)
+    model: type[P]
+    versions: dict[str, list[P]] = field(default_factory=dict)
     check_every_s: float = 2.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _stamp: tuple[tuple[str, int, float], ...] = ()
     _checked: float = 0.0
 
     @classmethod
-    def load(cls, folder: Path) -> Catalogue:
-        catalogue = cls(folder)
-        catalogue.versions = load_folder(folder)
+    def load(cls, folder: Path, model: type[P]) -> Catalogue[P]:
+        catalogue = cls(folder, model)
+        catalogue.versions = load_folder(folder, model)
         catalogue._stamp = catalogue._files_stamp()
         catalogue._checked = time.monotonic()
         return catalogue
 
-    def at(self, program_id: str, when: datetime) -> Programme | None:
+    def at(self, program_id: str, when: datetime) -> P | None:
         """The newest version whose `effective_from` is not after `when`."""
         self.refresh()
         chosen = None
@@ -87,7 +141,7 @@ class Catalogue:
                 chosen = programme
         return chosen
 
-    def __iter__(self) -> Iterator[Programme]:
+    def __iter__(self) -> Iterator[P]:
         for versions in self.versions.values():
             yield from versions
 
@@ -100,7 +154,7 @@ class Catalogue:
         if stamp == self._stamp:
             return False
         try:
-            versions = load_folder(self.folder)
+            versions = load_folder(self.folder, self.model)
             self._refuse_rewriting_history(versions)
         except ProgrammeError as exc:
             log.error("programme folder not reloaded; the versions in force stay", extra={"error": str(exc)})
@@ -110,7 +164,7 @@ class Catalogue:
         log.info("programmes reloaded", extra={"versions": {p: [v.version for v in vs] for p, vs in versions.items()}})
         return True
 
-    def _refuse_rewriting_history(self, versions: dict[str, list[Programme]]) -> None:
+    def _refuse_rewriting_history(self, versions: dict[str, list[P]]) -> None:
         """A version added while running must take effect in the future: one that starts in the past would judge
         events already credited differently on a replay. Correct the past with adjustments instead."""
         now = self.clock()
@@ -129,12 +183,12 @@ class Catalogue:
         return tuple((p.name, p.stat().st_size, p.stat().st_mtime) for p in sorted(self.folder.glob("*.y*ml")))
 
 
-def load_folder(folder: Path) -> dict[str, list[Programme]]:
+def load_folder(folder: Path, model: type[P]) -> dict[str, list[P]]:
     """Programme versions by programme id, oldest first; two files may not claim the same version."""
-    versions: dict[str, list[Programme]] = {}
+    versions: dict[str, list[P]] = {}
     seen: dict[tuple[str, int], Path] = {}
     for path in sorted(folder.glob("*.y*ml")):
-        programme = load_file(path)
+        programme = load_file(path, model)
         key = (programme.program_id, programme.version)
         if key in seen:
             raise ProgrammeError(f"{path}: programme {programme.program_id!r} version {programme.version} is "

@@ -28,9 +28,9 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cli.bench import INSERT_BATCH, BenchError, machine, postgres_baseline, ratio, verdict
-from cli.bench_probes import PrivateLedger, Profiler, Snapshot, cores_busy, cpu_snapshot, hot_spots, parent_of
-from cli.bench_workload import (
+from bench.baselines import INSERT_BATCH, BenchError, machine, postgres_baseline, ratio, verdict
+from bench.probes import PrivateLedger, Profiler, Snapshot, cores_busy, cpu_snapshot, hot_spots, parent_of
+from bench.workload import (
     KIND_OF_TYPE,
     KINDS,
     PROGRAM,
@@ -42,7 +42,8 @@ from cli.bench_workload import (
     plan_mix,
 )
 from deploy.local.infra import REPO, Kafka, create_topics, kafka_ready, pid_alive
-from shared import db, envelope, topics
+from shared import db, envelope
+from shared.contracts import topics
 from shared.settings import Settings
 
 LEDGER_MIGRATIONS = REPO / "services" / "ledger" / "migrations"

@@ -10,24 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cli.bench import BenchError
+from bench.baselines import BenchError
 from shared import envelope
-from shared.contracts import (
-    COMMAND_TYPE_OF,
-    LEDGER_COMMAND_TYPES,
-    CaptureHold,
-    Contract,
-    PlaceHold,
-    PostCredit,
-    PostDebit,
-    ReverseEntry,
-)
+from shared.contracts.base import Contract
+from shared.contracts.ledger_commands import CaptureHold, PlaceHold, PostCredit, PostDebit, ReverseEntry
 
 PROGRAM = "default"
 SOURCE = "jifen.bench"
 KINDS: dict[str, type[Contract]] = {"credit": PostCredit, "place": PlaceHold, "capture": CaptureHold,
                                     "debit": PostDebit, "reverse": ReverseEntry}
-KIND_OF_TYPE = {COMMAND_TYPE_OF[contract]: kind for kind, contract in KINDS.items()}
+KIND_OF_TYPE = {contract.TYPE: kind for kind, contract in KINDS.items()}
 MIX = {"place": 0.10, "capture": 0.10, "debit": 0.05, "reverse": 0.05}  # the rest are credits
 CAPTURE_GAP = 200  # a hold is captured within this many commands of being placed (same member, same partition)
 HOLD_TTL_S = 3600  # longer than any run, so no hold times out before its capture
@@ -66,7 +58,7 @@ class CommandMaker:
     def make(self, kind: str, key: str, member: str, reason: str, **fields: Any) -> Command:
         data = {"idempotency_key": key, "program_id": PROGRAM, "member_id": member, "occurred_at": self.stamp,
                 "cause": {"source_event_id": f"bench://{self.run_id}|{key}", "reason": reason}, **fields}
-        value = envelope.encode(key, SOURCE, COMMAND_TYPE_OF[KINDS[kind]], self.now, data, subject=member)
+        value = envelope.encode(key, SOURCE, KINDS[kind].TYPE, self.now, data, subject=member)
         return Command(key, member, kind, value)
 
     def credit(self, key: str, member: str, points: int) -> Command:
@@ -85,7 +77,7 @@ def check_contracts(commands: list[Command]) -> None:
         seen.add(command.kind)
         try:
             event = envelope.parse(command.value, envelope.STRUCTURED_HEADERS)
-            LEDGER_COMMAND_TYPES[event.type].model_validate(event.data)
+            KINDS[KIND_OF_TYPE[event.type]].model_validate(event.data)
         except Exception as exc:
             raise BenchError(f"the bench's {command.kind} command no longer fits the contract: {exc}") from exc
 

@@ -15,15 +15,15 @@ from typing import Any
 import asyncpg
 import yaml
 
-from cli.bench import Throughput, machine, ratio, settle, throughput, verdict
-from cli.simulate import Feed
+from bench.baselines import machine, ratio, verdict
+from bench.pipeline import Throughput, settle, throughput
 from deploy.local.stack import Stack
 from services.earn.domain import Programme, fired_rules
-from services.earn.programmes import load_file
-from services.earn.settings import EarnSettings
-from shared.contracts import PurchaseCompleted
+from shared.contracts.purchases import PurchaseCompleted
 from shared.envelope import parse
+from shared.programmes import load_file
 from shared.settings import Settings
+from shared.simulation import Feed
 
 TARGET_SHARE = 0.80  # the full default programme keeps at least 80% of the base rule's throughput
 BASE_ONLY: dict[str, Any] = {
@@ -72,9 +72,9 @@ async def run_rules_bench(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="jifen-bench-rules-") as tmp:
             for label, folder in (("base rule alone", _folder(Path(tmp), "base", BASE_ONLY)),
-                                  ("shipped default programme", EarnSettings().programmes_dir),
+                                  ("shipped default programme", Settings().programmes_dir),
                                   ("every purchase rule", _folder(Path(tmp), "every", EVERY_RULE))):
-                programme = load_file(folder / "default.yaml")
+                programme = load_file(folder / "default.yaml", Programme)
                 print(f"\n  {label}: {folder / 'default.yaml'}", flush=True)
                 stack.restart_service("earn", JIFEN_PROGRAMMES_DIR=str(folder))
                 await settle(conn)

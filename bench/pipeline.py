@@ -1,38 +1,40 @@
-"""`jifen bench`: the purchase → earn → ledger pipeline's throughput and latency, set against raw Kafka and
-raw PostgreSQL baselines measured on the same machine in the same run."""
+"""`jifen bench` (pipeline mode): the purchase → earn → ledger pipeline's throughput and latency, set against raw
+Kafka and raw PostgreSQL baselines measured on the same machine in the same run."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import hashlib
 import os
-import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 
-from cli.simulate import Feed, build_feed, publish
-from deploy.local.infra import create_topics
-from shared import topics
+from bench.baselines import (
+    CONSUME_MAX_RECORDS,
+    INSERT_BATCH,
+    RUN_TIMEOUT_S,
+    kafka_baseline,
+    line,
+    machine,
+    postgres_baseline,
+    purchases,
+    ratio,
+    verdict,
+)
+from shared.contracts import topics
 from shared.settings import Settings
+from shared.simulation import Feed, publish
 
-RAW_PARTITIONS = 6  # as the pipeline's own topics
-CONSUME_MAX_RECORDS = 5000
-INSERT_BATCH = 2000  # the ledger's batch_max_records
 POLL_S = 0.5
 PROGRESS_S = 5.0
-RUN_TIMEOUT_S = 30 * 60
 SETTLE_TIMEOUT_S = 300.0
 
 TARGET_E2E_PER_S = 5000.0
@@ -41,18 +43,6 @@ TARGET_P99_RATE = 1000.0
 TARGET_LEDGER_SHARE = 0.40
 
 
-class BenchError(RuntimeError):
-    """The bench could not measure; the message says why and where to look."""
-
-# The ledger's own multi-row insert (services/ledger/repository.py insert_entries), without RETURNING.
-ENTRY_COLUMNS = ("program_id, account_id, seq, from_account_id, to_account_id, amount, balance_after, "
-                 "kind, command_key, source_event_id, rule_id, rule_version, reason, details, occurred_at, "
-                 "posted_at, prev_hash, hash")
-RAW_INSERT = f"""INSERT INTO bench.bench_raw_entries ({ENTRY_COLUMNS})
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
-                         $12::int[], $13::text[], $14::jsonb[], $15::timestamptz[], $16::timestamptz[],
-                         $17::bytea[], $18::bytea[])"""
 
 
 @dataclass
@@ -89,110 +79,6 @@ class Latency:
     max_ms: float
     min_ms: float
 
-
-def machine() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, nproc {len(os.sched_getaffinity(0))}"
-
-
-def purchases(count: int, run_id: str) -> Feed:
-    return build_feed(count, run_id=run_id, now=datetime.now(UTC), duplicate_every=0, malformed_every=0)
-
-
-def ratio(value: float | None, baseline: float) -> str:
-    return f"{value / baseline:.1%}" if value is not None and baseline > 0 else "n/a"
-
-
-# --- baselines ---------------------------------------------------------------------------------------
-
-async def kafka_baseline(bootstrap: str, count: int) -> tuple[float, float]:
-    """(produce, consume) records/s through a throwaway topic, with the simulator's messages."""
-    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    await create_topics(bootstrap, [topic], RAW_PARTITIONS)
-    try:
-        feed = purchases(count, f"raw{uuid.uuid4().hex[:6]}")
-        produce_s = await publish(feed, bootstrap, topic)
-        # No group: every partition from the start, and no offsets left behind.
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        try:
-            read = 0
-            started = time.monotonic()
-            deadline = started + RUN_TIMEOUT_S
-            while read < len(feed.messages) and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=CONSUME_MAX_RECORDS)
-                read += sum(len(records) for records in batches.values())
-            consume_s = time.monotonic() - started
-        finally:
-            await consumer.stop()
-        if read < len(feed.messages):
-            raise RuntimeError(f"raw consumer read only {read:,} of {len(feed.messages):,} records")
-        return len(feed.messages) / produce_s, read / consume_s
-    finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([topic])
-        except Exception as exc:  # a leftover throwaway topic is harmless; say so and carry on
-            print(f"    (could not delete {topic}: {exc!r})")
-        finally:
-            await admin.close()
-
-
-def raw_entry_columns(count: int) -> list[list[Any]]:
-    """`count` entries shaped like the ledger's earn credits (500 members, per-member seq and hash chain),
-    column by column for unnest."""
-    rng = random.Random(7)
-    now = datetime.now(UTC)
-    state: dict[int, tuple[int, int, bytes]] = {}  # account -> (seq, balance, last hash)
-    rows = []
-    for i in range(count):
-        account = 2 + i % 500  # account 1 plays the programme's "issued" account
-        seq, balance, prev = state.get(account, (0, 0, bytes(32)))
-        amount = rng.randint(6, 600)
-        digest = hashlib.sha256(prev + i.to_bytes(8, "big")).digest()
-        state[account] = (seq + 1, balance + amount, digest)
-        source = f"sim://bench/pos|bench-{i}"
-        rule = {"rate": "1", "points": amount, "rule_id": "base", "rounding": "floor"}
-        details = orjson.dumps({"rules": [rule], "total": f"{amount}.40", "currency": "CNY",
-                                "order_id": f"bench-order-{i}"}).decode()
-        rows.append(("default", account, seq + 1, 1, account, amount, balance + amount, "earn",
-                     f"earn:{source}:base", source, "base", 1, "purchase", details,
-                     now - timedelta(milliseconds=count - i), now, prev, digest))
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-async def postgres_baseline(dsn: str, count: int, template: str = "ledger.entries") -> float:
-    """Rows/s for bare 2,000-row inserts, one transaction each, into a copy of `template` (the ledger's entries)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
-        await conn.execute("DROP TABLE IF EXISTS bench.bench_raw_entries")
-        # LIKE copies the columns, NOT NULLs, CHECKs, PK, UNIQUE (account_id, seq) and indexes but never FKs
-        # or triggers; the id gets its own sequence rather than sharing (and advancing) the ledger's.
-        await conn.execute(f"""CREATE TABLE bench.bench_raw_entries
-                               (LIKE {template} INCLUDING CONSTRAINTS INCLUDING INDEXES)""")
-        await conn.execute(
-            "ALTER TABLE bench.bench_raw_entries ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY")
-        columns = raw_entry_columns(count)  # built before the clock starts: only the database is timed
-        started = time.monotonic()
-        for lo in range(0, count, INSERT_BATCH):
-            async with conn.transaction():
-                await conn.execute(RAW_INSERT, *(column[lo:lo + INSERT_BATCH] for column in columns))
-        took = time.monotonic() - started
-        inserted = await conn.fetchval("SELECT count(*) FROM bench.bench_raw_entries")
-        if inserted != count:
-            raise RuntimeError(f"raw insert stored {inserted:,} of {count:,} rows")
-        return count / took
-    finally:
-        await conn.execute("DROP TABLE IF EXISTS bench.bench_raw_entries")
-        with contextlib.suppress(asyncpg.DependentObjectsStillExistError):
-            await conn.execute("DROP SCHEMA IF EXISTS bench")  # only if nothing else lives there
-        await conn.close()
-
-
-# --- the pipeline ------------------------------------------------------------------------------------
 
 async def last_entry_id(conn: asyncpg.Connection) -> int:
     # Polls look only above this id: a range scan on the PK instead of a scan of the whole ledger every 0.5 s.
@@ -273,7 +159,7 @@ async def throughput(settings: Settings, conn: asyncpg.Connection, count: int,
 
 
 async def publish_stamped(feed: Feed, bootstrap: str, topic: str, rate: float) -> float:
-    """cli.simulate.publish at a rate, except that each event's `time` is the moment it is handed to the
+    """shared.simulation.publish at a rate, except that each event's `time` is the moment it is handed to the
     producer, so posted_at - occurred_at is the pipeline's latency. Returns the seconds sending took."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
@@ -321,48 +207,6 @@ async def latency(settings: Settings, conn: asyncpg.Connection, count: int, rate
         after_id, f"sim://{run_id}/%")
     p50, p90, p99 = row["pct"]
     return Latency(row["n"], rate, len(feed.messages) / send_s, p50, p90, p99, row["worst"], row["best"])
-
-
-# --- the report --------------------------------------------------------------------------------------
-
-def line(label: str, value: str, note: str = "") -> None:
-    print(f"  {label:<46}{value:>24}  {note}".rstrip())
-
-
-def verdict(ok: bool) -> str:
-    return "✔ met   " if ok else "✘ missed"
-
-
-async def run_bench(args: argparse.Namespace) -> int:
-    """`--mode pipeline` (the default), `ledger` (cli.bench_ledger) or `all` (one after the other)."""
-    codes = []
-    if args.mode in ("pipeline", "all"):
-        codes.append(await run_pipeline_bench(args))
-    if args.mode in ("ledger", "all"):
-        from cli.bench_ledger import run_ledger_bench
-
-        codes.append(await run_ledger_bench(args))
-    if args.mode in ("history", "all"):
-        codes.append(await run_history_bench(args))
-    if args.mode in ("rules", "all"):
-        from cli.bench_rules import run_rules_bench
-
-        codes.append(await run_rules_bench(args))
-    return max(codes)
-
-
-async def run_history_bench(args: argparse.Namespace) -> int:
-    from cli.bench_history import run_history
-
-    print(f"\nJifen bench, history: one member with {args.history_entries:,} entries, seeded through the ledger's "
-          f"handler; {os.getloadavg()[0]:.2f} load average")
-    timings = await run_history(Settings(), args.history_entries, lambda line: print(f"  · {line}", flush=True),
-                                keep=args.keep)
-    print(f"\n  {'read':<40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for t in timings:
-        print(f"  {t.what:<40} {t.p50_ms:>8.2f} {t.p99_ms:>8.2f} {t.max_ms:>8.2f}")
-    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
-    return 0
 
 
 async def run_pipeline_bench(args: argparse.Namespace) -> int:

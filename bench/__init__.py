@@ -1,0 +1,1 @@
+"""The benchmark: `jifen bench --mode pipeline|ledger|history|rules|all` (bench.main)."""

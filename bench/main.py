@@ -1,0 +1,78 @@
+"""`jifen bench`: each mode's run, one after the other for `--mode all`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from shared.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="throughput (and latency) against raw baselines: the pipeline or the ledger")
+    bench.add_argument("--mode", choices=["pipeline", "ledger", "history", "rules", "all"], default="pipeline",
+                       help="pipeline: purchases → earn → ledger (default); ledger: the ledger alone on preloaded "
+                            "commands; history: balance and entry pages of a member with a long history; rules: "
+                            "the pipeline under the base rule alone, the default programme and every purchase "
+                            "rule (restarts the stack's earn); all: every mode")
+    bench.add_argument("--history-entries", type=int, default=100_000,
+                       help="history: entries of the member (default %(default)s)")
+    bench.add_argument("--count", type=int, default=200_000,
+                       help="pipeline, rules: purchases for each throughput run (default %(default)s)")
+    bench.add_argument("--rate", type=float, default=1000.0, help="pipeline: offered rate for the latency run")
+    bench.add_argument("--latency-count", type=int, default=30_000, help="pipeline: purchases for the latency run")
+    bench.add_argument("--credits", type=int, default=100_000,
+                       help="ledger: credits of phase (a) (default %(default)s)")
+    bench.add_argument("--mixed", type=int, default=100_000,
+                       help="ledger: commands of the mixed phase (b) (default %(default)s)")
+    bench.add_argument("--members", type=int, default=20_000,
+                       help="ledger: members the commands spread over (default %(default)s)")
+    bench.add_argument("--partitions", type=int, default=int(os.environ.get("JIFEN_PARTITIONS", "6")),
+                       help="ledger: partitions of the bench's commands topic (default %(default)s, as the stack's)")
+    bench.add_argument("--ledgers", type=int, default=os.cpu_count() or 1,
+                       help="ledger: ledger processes sharing the partitions, one consumer group (default: one per "
+                            "core, %(default)s)")
+    bench.add_argument("--seed", type=int, default=7, help="ledger: seed of the planned commands")
+    bench.add_argument("--timeout", type=float, default=900.0,
+                       help="ledger: seconds a phase may take (default %(default)s)")
+    bench.add_argument("--profile", metavar="DIR",
+                       help="ledger: record the ledger with py-spy during each phase, write the stacks to DIR and "
+                            "print its hot spots (slows the ledger a little)")
+    bench.add_argument("--keep", action="store_true", help="ledger: keep the bench's schema and topics")
+
+
+
+async def run_bench(args: argparse.Namespace) -> int:
+    """`--mode pipeline` (the default), `ledger` (bench.ledger) or `all` (one after the other)."""
+    codes = []
+    if args.mode in ("pipeline", "all"):
+        from bench.pipeline import run_pipeline_bench
+
+        codes.append(await run_pipeline_bench(args))
+    if args.mode in ("ledger", "all"):
+        from bench.ledger import run_ledger_bench
+
+        codes.append(await run_ledger_bench(args))
+    if args.mode in ("history", "all"):
+        codes.append(await run_history_bench(args))
+    if args.mode in ("rules", "all"):
+        from bench.rules import run_rules_bench
+
+        codes.append(await run_rules_bench(args))
+    return max(codes)
+
+
+async def run_history_bench(args: argparse.Namespace) -> int:
+    from bench.history import run_history
+
+    print(f"\nJifen bench, history: one member with {args.history_entries:,} entries, seeded through the ledger's "
+          f"handler; {os.getloadavg()[0]:.2f} load average")
+    timings = await run_history(Settings(), args.history_entries, lambda line: print(f"  · {line}", flush=True),
+                                keep=args.keep)
+    print(f"\n  {'read':<40} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for t in timings:
+        print(f"  {t.what:<40} {t.p50_ms:>8.2f} {t.p99_ms:>8.2f} {t.max_ms:>8.2f}")
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
