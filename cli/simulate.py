@@ -92,9 +92,12 @@ Summary {'✔' if ok else '✘'}
   sent to DLQ          {sum(by_reason.values()):,}{reasons}
   ledger verify        {verified}
 
-Where to look
-  balances   curl http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance
-  entries    curl http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
+Where to look (every endpoint but health and metrics needs an API key: make up wrote an admin key to .run/api-key)
+  balance    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
+               http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance
+  entries    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
+               http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
+  keys       jifen keys create --name till-01 --scope read   (list, revoke KEY_ID)
   API docs   http://127.0.0.1:8102/docs (ledger), http://127.0.0.1:8101/docs (earn)
   metrics    http://127.0.0.1:8102/metrics, http://127.0.0.1:8101/metrics
   logs       .run/logs/ (JSON lines: ledger.log, earn.log, kafka.log, postgres.log)

@@ -7,6 +7,7 @@ header handling, and a parse cheap enough for tens of thousands of events a seco
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ import orjson
 from shared.refusal import Refusal
 
 STRUCTURED = "application/cloudevents+json"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class BadMessage(Refusal):
@@ -67,6 +69,11 @@ def _attributes(attrs: dict[str, Any], data: Any) -> CloudEvent:
                or not attrs.get(name)]
     if missing:
         raise BadMessage("invalid_envelope", f"missing or empty attribute(s): {', '.join(missing)}")
+    # `source` and `id` become the event's idempotency key, stored as text: no control characters (PostgreSQL
+    # cannot store NUL), as for every id.
+    controlled = [name for name in ("id", "source", "type") if _CONTROL.search(attrs[name])]
+    if controlled:
+        raise BadMessage("invalid_envelope", f"control characters in attribute(s): {', '.join(controlled)}")
     if attrs.get("time") is None:
         # Rules judge an event by when it happened, so an event without a time cannot be judged.
         raise BadMessage("invalid_envelope", "missing attribute: time")

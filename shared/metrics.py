@@ -6,6 +6,8 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.logs import REPEATS, RepeatsCollector
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -45,6 +47,7 @@ class Metrics:
                                      buckets=LATENCY_BUCKETS, registry=r)
         self.job_last_success = Gauge("jifen_job_last_success_timestamp_seconds", "When a periodic job last "
                                       "finished a round", ["service", "job"], registry=r)
+        r.register(RepeatsCollector(service, REPEATS))
         self.gc_pause = Histogram("jifen_gc_pause_seconds", "Python's collections of the older generations: the "
                                   "whole process stops for each", ["service", "generation"],
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)

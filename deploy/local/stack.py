@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import asyncpg
 
 from deploy.local.infra import (
     REPO,
@@ -21,6 +24,7 @@ from deploy.local.infra import (
     stop_pid,
     tail,
 )
+from shared import auth, db
 from shared.settings import DEFAULT_DATABASE_URL, Settings
 
 
@@ -64,13 +68,24 @@ class Stack:
             self.kafka.start()
         ensure_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix,
                       int(os.environ.get("JIFEN_PARTITIONS", "6")))
+        created = ensure_api_key(self.database_url, self.api_key_file)
+        log(f"API key: {'a new admin key in' if created else 'the admin key in'} {self.api_key_file} "
+            "(send it as `Authorization: Bearer $(cat .run/api-key)`)")
         for service in SERVICES:
             self.start_service(service, self.service_env())
 
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url if self.external_db else DEFAULT_DATABASE_URL.replace(
+            ":5432/", f":{self.postgres.port}/")
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.run_dir / "api-key"
+
     def service_env(self, **extra: str) -> dict[str, str]:
         """The environment the services run with: this one, pointed at the stack's database."""
-        return {**os.environ, "JIFEN_DATABASE_URL": self.settings.database_url if self.external_db
-                else DEFAULT_DATABASE_URL.replace(":5432/", f":{self.postgres.port}/"), **extra}
+        return {**os.environ, "JIFEN_DATABASE_URL": self.database_url, **extra}
 
     def restart_service(self, name: str, **extra_env: str) -> None:
         """Stop one service and start it again with extra settings (the bench swaps earn's programmes)."""
@@ -128,6 +143,33 @@ class Stack:
             healthy &= ok
             print(f"  {'✔' if ok else '✘'} {name:<9} {why}")
         return healthy
+
+
+def ensure_api_key(database_url: str, path: Path) -> bool:
+    """A local admin key in `path` (readable by its owner only), kept while it still works; True if made anew."""
+    held = path.read_text() if path.exists() else None
+    token = asyncio.run(_admin_key(database_url, held))
+    if token is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return True
+
+
+async def _admin_key(database_url: str, held: str | None) -> str | None:
+    """None while the held key still works, else a new admin key."""
+    await db.migrate(database_url, auth.SCHEMA, auth.MIGRATIONS, with_shared=False)
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        parts = auth.split_token(held) if held else None
+        if parts is not None and await conn.fetchval(
+                f"SELECT 1 FROM {auth.SCHEMA}.api_keys WHERE key_id = $1 AND revoked_at IS NULL", parts[0]):
+            return None
+        _, token = await auth.create_key(conn, "local-admin (make up)", ["admin"])
+        return token
+    finally:
+        await conn.close()
 
 
 def _http_get(url: str) -> str | None:

@@ -31,6 +31,8 @@ def test_binary_mode_reads_ce_headers() -> None:
     (orjson.dumps({**EVENT, "time": "2026-11-01T10:00:00"}), [], "invalid_envelope"),
     (orjson.dumps({**EVENT, "id": ""}), [], "invalid_envelope"),
     (b"{}", [("ce_specversion", b"\xff")], "invalid_envelope"),
+    (orjson.dumps({**EVENT, "id": "e\u00001"}), [], "invalid_envelope"),  # NUL: PostgreSQL cannot store it
+    (orjson.dumps({**EVENT, "source": "pos://s1\n"}), [], "invalid_envelope"),
 ])
 def test_bad_messages_are_named(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
     with pytest.raises(BadMessage) as caught:
