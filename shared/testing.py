@@ -90,6 +90,11 @@ class Delivered:
     def __add__(self, other: Delivered) -> Delivered:
         return Delivered(self.messages + other.messages, self.dead + other.dead)
 
+    def __iadd__(self, other: Delivered) -> Delivered:
+        self.messages += other.messages
+        self.dead += other.dead
+        return self
+
 
 def record(topic: str, value: bytes, *, key: bytes | str | None = None, headers: Sequence[tuple[str, bytes]] = (),
            offset: int = 0, partition: int = 0) -> ConsumerRecord[bytes, bytes]:
@@ -190,3 +195,47 @@ class ServiceHarness:
         async with self.runtime.connection() as conn:
             return await conn.fetch(sql, *args)
 
+
+
+class Pipeline:
+    """Several services' harnesses on one database, chained the way Kafka chains them: what one emits on a topic
+    another reads is delivered to it, batch by batch, until nothing more moves (earn's credits reach the ledger,
+    the ledger's outcomes reach whoever reads them)."""
+
+    def __init__(self, *services: ServiceHarness) -> None:
+        self.services = services
+
+    async def __aenter__(self) -> Pipeline:
+        for service in self.services:
+            await service.__aenter__()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for service in self.services:
+            await service.__aexit__()
+
+    def __getitem__(self, name: str) -> ServiceHarness:
+        return next(s for s in self.services if s.spec.name == name)
+
+    async def send(self, topic: str, *values: bytes, key: str = "m",
+                   headers: Sequence[tuple[str, bytes]] = STRUCTURED) -> Delivered:
+        """Values as one batch on `topic` to every service that reads it, then everything that follows."""
+        sent = [Sent(topic, key.encode(), value, list(headers)) for value in values]
+        return await self.settle(sent)
+
+    async def run_job(self, service: str, name: str, now: datetime) -> Delivered:
+        """A job's round at `now` in one service, then everything its messages cause."""
+        _, out = await self[service].run_job(name, now)
+        return out + await self.settle(out.messages)
+
+    async def settle(self, messages: list[Sent]) -> Delivered:
+        everything = Delivered()
+        while messages:
+            produced = Delivered()
+            for service in self.services:
+                assert service.consumer is not None
+                if any(m.topic in service.consumer.routes for m in messages):
+                    produced += await service.deliver(messages)
+            everything += produced
+            messages = produced.messages
+        return everything

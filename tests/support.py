@@ -23,8 +23,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from deploy.local.infra import REPO, Kafka, Postgres, create_topics
-from shared import auth
+from shared import auth, envelope
 from shared import db as shared_db
+from shared.contracts import topics
+from shared.contracts.ledger_commands import LedgerCommand
 from shared.contracts.topics import all_topics
 
 
@@ -275,3 +277,11 @@ def headers_of(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
 
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
 TESTS_DIR = Path(__file__).parent
+
+
+async def send_commands(world: World, *commands: LedgerCommand) -> None:
+    """Ledger commands onto the world's commands topic, as a service would emit them."""
+    await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS), [
+        (c.member_id.encode(), envelope.encode(c.idempotency_key, "test", c.TYPE, c.occurred_at,
+                                               c.model_dump(mode="json")), STRUCTURED)
+        for c in commands])

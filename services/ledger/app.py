@@ -105,7 +105,7 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
     @app.get(f"{MEMBER}/balance", response_model=Balance, tags=["ledger"], dependencies=read, responses=errors,
              summary="A member's points: available, pending, held, lifetime earned, next expiry")
     async def get_balance(program_id: ProgramPath, member_id: PathId) -> Balance:
-        now = utc_now()
+        now = runtime.spec.clock()
         async with runtime.connection() as db:
             book = await repository.member_book(db, program_id, member_id)
         if book is None:  # a member who never earned has nothing, which is not an error

@@ -14,8 +14,7 @@ import pytest
 from shared.contracts import topics
 from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, PostDebit
 from shared.metrics import scrape
-from tests.e2e.test_ledger_commands import send_commands
-from tests.support import World, read_all, wait_for
+from tests.support import World, read_all, send_commands, wait_for
 
 pytestmark = pytest.mark.e2e
 MEMBERS = 60

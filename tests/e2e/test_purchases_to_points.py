@@ -47,30 +47,6 @@ async def test_purchase_becomes_balance_and_a_replayed_event_counts_once(world: 
     assert sorted(orjson.loads(r.value)["data"]["amount"] for r in posted) == [10, 123]
 
 
-async def test_same_key_with_another_payload_is_rejected_on_the_entries_topic(world: World) -> None:
-    ledger = await world.service("ledger").start().ready()
-
-    def credit(event_id: str, amount: int) -> bytes:
-        return orjson.dumps({
-            "specversion": "1.0", "id": event_id, "source": "test", "type": "jifen.ledger.credit.v1",
-            "time": "2026-11-01T10:00:00Z",
-            "data": {"idempotency_key": "earn:x|1:base", "program_id": "default", "member_id": "bob",
-                     "amount": amount, "occurred_at": "2026-11-01T10:00:00Z",
-                     "cause": {"source_event_id": "x|1", "rule_id": "base", "rule_version": 1}}})
-
-    await send(world.infra.bootstrap, world.topic(topics.LEDGER_COMMANDS),
-               [(b"bob", credit("c-1", 50), STRUCTURED), (b"bob", credit("c-1", 50), STRUCTURED),
-                (b"bob", credit("c-2", 70), STRUCTURED)])
-    records = await read_all(world.infra.bootstrap, world.topic(topics.LEDGER_ENTRIES), expect=2)
-    outcomes = [orjson.loads(r.value) for r in records]
-    assert [o["type"] for o in outcomes] == ["jifen.ledger.entry.posted.v1", "jifen.ledger.command.rejected.v1"]
-    assert outcomes[0]["data"]["amount"] == 50
-    assert outcomes[1]["data"]["reason"] == "idempotency_conflict"
-    assert outcomes[1]["data"]["idempotency_key"] == "earn:x|1:base"
-    status, body = ledger.get("/v1/programs/default/members/bob/balance")
-    assert status == 200 and body["available"] == 50
-
-
 async def test_bad_messages_go_to_the_dlq_and_the_partition_keeps_flowing(world: World) -> None:
     ledger, _earn = await world.start_ledger_and_earn()
     member = "carol"  # one key: every message below lands on the same partition, in this order
