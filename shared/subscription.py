@@ -9,7 +9,7 @@ in a few queries (the ledger) sees as much of the batch at once as it can.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from aiokafka import ConsumerRecord
@@ -59,6 +59,7 @@ class Subscription:
 
     handlers: Mapping[type[Contract], Handler]
     others: Others = "dlq"
+    _by_type: dict[str, tuple[type[Contract], Handler]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.handlers:
@@ -66,6 +67,8 @@ class Subscription:
         for contract in self.handlers:
             if not contract.TYPE:
                 raise ValueError(f"{contract.__name__} is a part of a message, not a message type")
+        # Looked up once per record: by the CloudEvents type string, not by walking the map.
+        object.__setattr__(self, "_by_type", {c.TYPE: (c, h) for c, h in self.handlers.items()})
 
     @property
     def channels(self) -> list[Channel]:
