@@ -1,0 +1,179 @@
+"""Tiers service wiring: reads earn credits from the ledger's entries, purchases and member events; announces tier
+changes on jifen.tiers; serves members' tiers and the programme's levels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Query
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, Field
+
+from services.tiers import domain, repository
+from services.tiers.domain import Member, TierRules, TiersProgramme
+from services.tiers.handlers import ProjectTiers, TiersMetrics, horizon, review
+from services.tiers.settings import TiersSettings
+from shared.contracts.ledger_entries import PointsEntryPosted
+from shared.contracts.members import MemberEnrolled, TierAssigned
+from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
+from shared.http import ApiError, PathId, ProgramPath, error_responses
+from shared.programmes import Catalogue
+from shared.service import Runtime, ServiceSpec, build_app, utc_now
+from shared.subscription import Subscription
+
+
+class Qualifying(BaseModel):
+    metric: str = Field(description="points_earned, spend or purchases")
+    value: Decimal
+    window_start: datetime
+    window_end: datetime
+
+
+class NextTier(BaseModel):
+    tier: str
+    needed: Decimal = Field(description="how much more of the metric, in the current window, reaches it")
+
+
+class Keep(BaseModel):
+    needed: Decimal = Field(description="how much more of the metric, in the window the review judges, keeps the tier")
+    by: datetime = Field(description="the end of the tier period, when the review judges it")
+
+
+class TierOut(BaseModel):
+    program_id: str
+    member_id: str
+    tier: str
+    since: datetime | None = Field(description="when the member reached the tier (none: never changed)")
+    valid_until: datetime | None = Field(description="the end of the tier period (none: never reviewed)")
+    manual: bool = Field(description="set by hand (jifen.tier.assigned.v1) until valid_until")
+    qualifying: Qualifying
+    next: NextTier | None
+    keep: Keep | None
+    benefits: list[str]
+    earn_multiplier: Decimal
+
+
+class ChangeOut(BaseModel):
+    seq: int
+    at: datetime
+    tier: str
+    previous_tier: str
+    reason: str
+    detail: str | None
+    valid_until: datetime | None
+    qualifying_value: Decimal
+
+
+class HistoryOut(BaseModel):
+    changes: list[ChangeOut]
+    next_before_seq: int | None
+
+
+class LevelOut(BaseModel):
+    tier: str
+    threshold: Decimal
+    earn_multiplier: Decimal
+    benefits: list[str]
+    grace_days: int
+    members: int = Field(description="members the tiers service knows at this tier")
+
+
+class LevelsOut(BaseModel):
+    program_id: str
+    version: int
+    metric: str
+    window: str
+    downgrade: str
+    warn_days: int
+    levels: list[LevelOut]
+
+
+def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = utc_now) -> ServiceSpec:
+    settings = settings or TiersSettings()
+    catalogue = Catalogue.load(settings.programmes_dir, TiersProgramme)
+    registry = CollectorRegistry()
+    metrics = TiersMetrics(registry)
+    project = ProjectTiers(catalogue, metrics, settings.schema_name)
+
+    def rules_of(program_id: str, now: datetime) -> tuple[TiersProgramme, TierRules]:
+        programme = catalogue.at(program_id, now)
+        if programme is None:
+            raise ApiError(404, "unknown_program", f"no programme {program_id!r} is in effect")
+        if programme.tiers is None:
+            raise ApiError(404, "no_tiers", f"programme {program_id!r} has no tiers")
+        return programme, programme.tiers
+
+    def routes(app: FastAPI, runtime: Runtime) -> None:
+        read, errors = [runtime.requires("read")], error_responses(401, 403, 404, 422, 503)
+
+        @app.get("/v1/programs/{program_id}/members/{member_id:path}/tier", response_model=TierOut, tags=["tiers"],
+                 dependencies=read, responses=errors, summary="A member's tier, what qualifies it, what the next tier "
+                 "and keeping this one need")
+        async def get_tier(program_id: ProgramPath, member_id: PathId) -> TierOut:
+            now = runtime.spec.clock()
+            programme, rules = rules_of(program_id, now)
+            async with runtime.connection() as db:
+                known = await repository.members(db, {(program_id, member_id): now}, with_contributions=False)
+                held = known.get((program_id, member_id))
+                reach = horizon(rules, now, *((held.valid_until,) if held else ()))
+                found = await repository.members(db, {(program_id, member_id): reach})
+            member = found.get((program_id, member_id)) or Member.new(rules)
+            seen = domain.standing(member, rules, programme.zone, now)
+            level = rules.level(seen.tier)
+            return TierOut(
+                program_id=program_id, member_id=member_id, tier=seen.tier, since=seen.since,
+                valid_until=seen.valid_until, manual=seen.manual,
+                qualifying=Qualifying(metric=seen.metric, value=seen.value, window_start=seen.window.start,
+                                      window_end=seen.window.end),
+                next=NextTier(tier=seen.next_tier, needed=seen.next_needed)
+                if seen.next_tier is not None and seen.next_needed is not None else None,
+                keep=Keep(needed=seen.keep_needed, by=seen.keep_by)
+                if seen.keep_needed is not None and seen.keep_by is not None else None,
+                benefits=level.benefits, earn_multiplier=level.earn_multiplier)
+
+        @app.get("/v1/programs/{program_id}/members/{member_id:path}/tier/history", response_model=HistoryOut,
+                 tags=["tiers"], dependencies=read, responses=errors, summary="Every tier change of a member, newest "
+                 "first, as announced on jifen.tiers")
+        async def get_history(program_id: ProgramPath, member_id: PathId,
+                              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                              before_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> HistoryOut:
+            rules_of(program_id, runtime.spec.clock())
+            async with runtime.connection() as db:
+                rows = await repository.history(db, program_id, member_id, limit, before_seq)
+            more = len(rows) == limit and rows[-1]["seq"] > 1
+            return HistoryOut(changes=[ChangeOut(**dict(r)) for r in rows],
+                              next_before_seq=rows[-1]["seq"] if more else None)
+
+        @app.get("/v1/programs/{program_id}/tiers", response_model=LevelsOut, tags=["tiers"], dependencies=read,
+                 responses=errors, summary="The programme's levels in force, with the members at each")
+        async def get_levels(program_id: ProgramPath) -> LevelsOut:
+            programme, rules = rules_of(program_id, runtime.spec.clock())
+            async with runtime.connection() as db:
+                counts = await repository.counts(db)
+            window = rules.window.kind + (f" {rules.window.months} months" if rules.window.kind == "rolling" else "")
+            return LevelsOut(
+                program_id=program_id, version=programme.version, metric=rules.metric, window=window,
+                downgrade=rules.downgrade, warn_days=rules.warn_days,
+                levels=[LevelOut(tier=lv.tier, threshold=lv.threshold, earn_multiplier=lv.earn_multiplier,
+                                 benefits=lv.benefits, grace_days=lv.grace_days,
+                                 members=counts.get((program_id, lv.tier), 0)) for lv in rules.levels])
+
+    return ServiceSpec(
+        name="tiers", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        subscriptions=[
+            # Of the ledger's entries, earn credits and their reversals: the rest is skipped and counted.
+            Subscription({PointsEntryPosted: project}, others="skip"),
+            # Purchases, refunds and member events belong to several services: tiers takes its part of each.
+            Subscription({PurchaseCompleted: project, PurchaseRefunded: project, TierAssigned: project,
+                          MemberEnrolled: project}),
+        ],
+        jobs=[review(catalogue, metrics, settings.schema_name, settings.review_interval_s)], routes=routes,
+        clock=clock)
+
+
+def create_app(settings: TiersSettings | None = None) -> FastAPI:
+    return build_app(spec(settings))
