@@ -7,14 +7,21 @@ import os
 
 from shared.settings import Settings
 
+MODES = ["pipeline", "ledger", "history", "rules", "tiers", "all"]
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="throughput (and latency) against raw baselines: the pipeline or the ledger")
-    bench.add_argument("--mode", choices=["pipeline", "ledger", "history", "rules", "all"], default="pipeline",
+    bench = sub.add_parser("bench", help="throughput (and latency) against raw baselines measured in the same run")
+    bench.add_argument("--mode", choices=MODES, default="pipeline",
                        help="pipeline: purchases → earn → ledger (default); ledger: the ledger alone on preloaded "
                             "commands; history: balance and entry pages of a member with a long history; rules: "
                             "the pipeline under the base rule alone, the default programme and every purchase "
-                            "rule (restarts the stack's earn); all: every mode")
+                            "rule (restarts the stack's earn); tiers: the tiers service on preloaded ledger entries; "
+                            "all: every mode")
+    bench.add_argument("--tier-entries", type=int, default=200_000,
+                       help="tiers: earn credits to preload (default %(default)s)")
+    bench.add_argument("--tier-members", type=int, default=20_000,
+                       help="tiers: members they spread over (default %(default)s)")
     bench.add_argument("--history-entries", type=int, default=100_000,
                        help="history: entries of the member (default %(default)s)")
     bench.add_argument("--count", type=int, default=200_000,
@@ -38,12 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--profile", metavar="DIR",
                        help="ledger: record the ledger with py-spy during each phase, write the stacks to DIR and "
                             "print its hot spots (slows the ledger a little)")
-    bench.add_argument("--keep", action="store_true", help="ledger: keep the bench's schema and topics")
-
-
+    bench.add_argument("--keep", action="store_true", help="ledger, tiers: keep the bench's schema and topics")
 
 async def run_bench(args: argparse.Namespace) -> int:
-    """`--mode pipeline` (the default), `ledger` (bench.ledger) or `all` (one after the other)."""
+    """The mode asked for (pipeline by default), or every mode one after the other for `all`."""
     codes = []
     if args.mode in ("pipeline", "all"):
         from bench.pipeline import run_pipeline_bench
@@ -59,6 +64,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         from bench.rules import run_rules_bench
 
         codes.append(await run_rules_bench(args))
+    if args.mode in ("tiers", "all"):
+        from bench.tiers import run_tiers_bench
+
+        codes.append(await run_tiers_bench(args))
     return max(codes)
 
 

@@ -34,14 +34,19 @@ def _append(path: Path) -> Any:
     return path.open("ab")
 
 
-class PrivateLedger:
-    """`python -m services.ledger` with its topics under `prefix`, its tables in `schema`, its own port."""
+class PrivateService:
+    """`python -m services.<service>` with its topics under `prefix`, its tables in `schema`, its own port and
+    consumer group: a bench's own copy of a service, beside the stack's."""
 
-    def __init__(self, settings: Settings, prefix: str, schema: str, log_file: Path) -> None:
+    service = "ledger"
+
+    def __init__(self, settings: Settings, prefix: str, schema: str, log_file: Path, **env: str) -> None:
         self.settings = settings
         self.prefix = prefix
         self.schema = schema
         self.log_file = log_file
+        self.env = env
+        self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -50,25 +55,27 @@ class PrivateLedger:
         return self.proc.pid
 
     async def start(self) -> None:
-        port = _free_port()
-        env = {**os.environ, "JIFEN_TOPIC_PREFIX": self.prefix, "JIFEN_CONSUMER_GROUP": f"{self.prefix}jifen-ledger",
-               "JIFEN_SCHEMA_NAME": self.schema, "JIFEN_HTTP_PORT": str(port),
-               "JIFEN_DATABASE_URL": self.settings.database_url, "JIFEN_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap}
+        self.port = port = _free_port()
+        env = {**os.environ, "JIFEN_TOPIC_PREFIX": self.prefix,
+               "JIFEN_CONSUMER_GROUP": f"{self.prefix}jifen-{self.service}", "JIFEN_SCHEMA_NAME": self.schema,
+               "JIFEN_HTTP_PORT": str(port), "JIFEN_DATABASE_URL": self.settings.database_url,
+               "JIFEN_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap, **self.env}
         with _append(self.log_file) as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.ledger", stdout=out, stderr=asyncio.subprocess.STDOUT,
+                sys.executable, "-m", f"services.{self.service}", stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, cwd=REPO, env=env, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not await asyncio.to_thread(http_ok, f"http://127.0.0.1:{port}/health/ready"):
             self.check_alive("during start")
             if time.monotonic() > deadline:
-                raise BenchError(f"the bench's ledger was not ready after {READY_TIMEOUT_S:.0f}s; see {self.log_file}")
+                raise BenchError(f"the bench's {self.service} was not ready after {READY_TIMEOUT_S:.0f}s; see "
+                                 f"{self.log_file}")
             await asyncio.sleep(0.3)
 
     def check_alive(self, when: str) -> None:
         if self.proc is not None and self.proc.returncode is not None:
-            raise BenchError(f"the bench's ledger exited {when} (code {self.proc.returncode}); last lines of "
-                             f"{self.log_file}:\n{tail(self.log_file)}")
+            raise BenchError(f"the bench's {self.service} exited {when} (code {self.proc.returncode}); last lines "
+                             f"of {self.log_file}:\n{tail(self.log_file)}")
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -78,9 +85,17 @@ class PrivateLedger:
         try:
             await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
-            print(f"    (the bench's ledger did not stop in {STOP_TIMEOUT_S:.0f}s; killing pid {proc.pid})")
+            print(f"    (the bench's {self.service} did not stop in {STOP_TIMEOUT_S:.0f}s; killing pid {proc.pid})")
             proc.kill()
             await proc.wait()
+
+
+class PrivateLedger(PrivateService):
+    service = "ledger"
+
+
+class PrivateTiers(PrivateService):
+    service = "tiers"
 
 
 class Profiler:

@@ -1,23 +1,31 @@
-"""`jifen simulate`: publish a simulated store feed to the running stack and summarise what it became."""
+"""`jifen simulate`: publish a simulated store feed to the running stack and summarise what it became: points
+credited, members per tier, and the ledger's invariants."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
-from deploy.local.stack import SERVICES
+from deploy.local.stack import SERVICES, Stack
 from services.ledger.verify import verify
 from shared.contracts import topics
 from shared.metrics import scrape
 from shared.settings import Settings
 from shared.simulation import build_feed, publish
+
+VIPS = 8  # regulars with big baskets: they reach gold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,22 +37,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every purchase to settle")
 
 
-def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and v - before.get(k, 0.0)}
+def port(name: str) -> int:
+    return next(s.port for s in SERVICES if s.name == name)
 
 
-def _label(sample: str, label: str) -> str:
-    return sample.split(f'{label}="', 1)[1].split('"', 1)[0] if f'{label}="' in sample else "?"
+@dataclass
+class Api:
+    """The stack's HTTP side, with the admin key `make up` wrote."""
+
+    token: str
+
+    def get(self, service: str, path: str) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{port(service)}{path}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
 
 
 async def simulate(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.members < 1:
+        print("✘ --count and --members must be at least 1", file=sys.stderr)
+        return 2
     settings = Settings()
+    stack = Stack()
+    api = Api(stack.api_key_file.read_text().strip()) if stack.api_key_file.exists() else None
     run_id = f"sim{uuid.uuid4().hex[:6]}"
-    feed = build_feed(args.count, run_id=run_id, now=datetime.now(UTC), members=args.members, seed=args.seed)
-    earn_port = next(s.port for s in SERVICES if s.name == "earn")
-    before = scrape(earn_port)
+    feed = build_feed(args.count, run_id=run_id, now=datetime.now(UTC), members=args.members, seed=args.seed,
+                      vips=VIPS)
+    before = scrape(port("earn"))
     kinds = feed.kinds
-    print(f"\nSimulating a store feed ({run_id}): {args.count:,} purchases, {kinds['duplicate']} exact duplicates, "
+    print(f"\nSimulating a store feed ({run_id}): {args.count:,} purchases by {args.members:,} members and "
+          f"{VIPS} regulars with big baskets, {kinds['duplicate']} exact duplicates, "
           f"{sum(v for k, v in kinds.items() if k not in ('valid', 'duplicate'))} malformed messages", flush=True)
     took = await publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES), args.rate or None,
                          progress=True)
@@ -54,11 +77,15 @@ async def simulate(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     try:
         while True:
+            # Base points are the feed's own (floor of each total); tier bonuses depend on when each member's
+            # tier was announced, so they are counted apart.
             credited = await conn.fetchrow(
-                """SELECT count(*) AS entries, coalesce(sum(amount), 0) AS points,
+                """SELECT count(*) FILTER (WHERE rule_id = 'base') AS entries,
+                          coalesce(sum(amount) FILTER (WHERE rule_id = 'base'), 0) AS points,
+                          coalesce(sum(amount) FILTER (WHERE rule_id = 'tier'), 0) AS bonus,
                           count(DISTINCT account_id) AS members
                    FROM ledger.entries WHERE source_event_id LIKE $1""", f"sim://{run_id}/%")
-            after = scrape(earn_port)
+            after = scrape(port("earn"))
             handled = sum(_delta(before, after, "jifen_events_processed_total").values())
             dlq = _delta(before, after, "jifen_dlq_messages_total")
             duplicates = sum(_delta(before, after, "jifen_duplicates_skipped_total").values())
@@ -70,6 +97,7 @@ async def simulate(args: argparse.Namespace) -> int:
                       f"{feed.expected_credits:,} credits posted; see the logs in .run/logs/", file=sys.stderr)
                 return 1
             await asyncio.sleep(0.5)
+        tiers = await _tiers_settled(api, deadline)
         # The whole ledger, not just this run: chains, sequences, zero-sum, lots, holds.
         await conn.execute("SET search_path = ledger")
         report = await verify(conn)
@@ -83,26 +111,58 @@ async def simulate(args: argparse.Namespace) -> int:
     ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
     checks = report.checked[0].split(":")[0] if report.checked else "nothing"
     verified = f"✔ every rule holds ({checks})" if report.ok else f"✘ {report.problems[0]}"
+    member = next(iter(sorted(feed.members)))
     print(f"""
 Summary {'✔' if ok else '✘'}
   purchases credited   {credited['entries']:,} (expected {feed.expected_credits:,})
   points credited      {credited['points']:,} (expected {feed.expected_points:,})
+  tier bonus points    {credited['bonus']:,} (×1.25 silver, ×1.5 gold, ×2 diamond, once the tier is announced)
   members credited     {credited['members']:,}
   duplicates skipped   {int(duplicates):,}
   sent to DLQ          {sum(by_reason.values()):,}{reasons}
+  members per tier     {tiers}
   ledger verify        {verified}
 
 Where to look (every endpoint but health and metrics needs an API key: make up wrote an admin key to .run/api-key)
   balance    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
-               http://127.0.0.1:8102/v1/programs/default/members/{next(iter(sorted(feed.members)))}/balance
+               http://127.0.0.1:8102/v1/programs/default/members/{member}/balance
+  tier       curl -H "Authorization: Bearer $(cat .run/api-key)" \\
+               http://127.0.0.1:8104/v1/programs/default/members/vip-0/tier
+  levels     curl -H "Authorization: Bearer $(cat .run/api-key)" http://127.0.0.1:8104/v1/programs/default/tiers
   entries    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
                http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
   keys       jifen keys create --name till-01 --scope read   (list, revoke KEY_ID)
-  API docs   http://127.0.0.1:8102/docs (ledger), http://127.0.0.1:8101/docs (earn)
-  metrics    http://127.0.0.1:8102/metrics, http://127.0.0.1:8101/metrics
-  logs       .run/logs/ (JSON lines: ledger.log, earn.log, kafka.log, postgres.log)
+  API docs   http://127.0.0.1:8102/docs (ledger), :8101/docs (earn), :8104/docs (tiers)
+  metrics    http://127.0.0.1:8102/metrics, :8101/metrics, :8104/metrics
+  logs       .run/logs/ (JSON lines: ledger.log, earn.log, tiers.log, kafka.log, postgres.log)
   health     jifen stack status      stop everything: make down
 """)
     return 0 if ok else 1
 
 
+async def _tiers_settled(api: Api | None, deadline: float) -> str:
+    """Members per tier of the default programme, once the tiers service has caught up with the ledger's entries
+    (no consumer lag, and two equal readings)."""
+    if api is None:
+        return "(no API key in .run/api-key: run `jifen stack up` first)"
+    last: dict[str, int] | None = None
+    while time.monotonic() < deadline:
+        try:
+            lag = sum(v for k, v in scrape(port("tiers")).items() if k.startswith("jifen_consumer_lag{"))
+            levels = api.get("tiers", "/v1/programs/default/tiers")["levels"]
+        except (OSError, urllib.error.URLError, KeyError, ValueError) as exc:
+            return f"(the tiers service did not answer: {exc})"
+        counts = {level["tier"]: level["members"] for level in levels}
+        if counts == last and lag == 0:
+            return ", ".join(f"{tier} {n:,}" for tier, n in counts.items())
+        last = counts
+        await asyncio.sleep(1.0)
+    return ", ".join(f"{tier} {n:,}" for tier, n in (last or {}).items()) + " (still catching up)"
+
+
+def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and v - before.get(k, 0.0)}
+
+
+def _label(sample: str, label: str) -> str:
+    return sample.split(f'{label}="', 1)[1].split('"', 1)[0] if f'{label}="' in sample else "?"

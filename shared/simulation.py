@@ -73,18 +73,27 @@ def purchase_event(event_id: str, source: str, time_: datetime, member_id: str, 
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
 
+VIP_BASKET = [("SKU-TEA-250", "beverages", Decimal("88.00"), 4), ("SKU-OIL-5L", "grocery", Decimal("79.00"), 3)]
+VIP_EVERY = 25
+
+
 def build_feed(count: int, *, run_id: str, now: datetime, members: int = 500, duplicate_every: int = 50,
-               malformed_every: int = 100, seed: int = 7) -> Feed:
+               malformed_every: int = 100, seed: int = 7, vips: int = 0) -> Feed:
     """`count` purchases, plus an exact duplicate every `duplicate_every` and a malformed message every
-    `malformed_every` (0 turns either off). Event times spread over the last minutes before `now`."""
+    `malformed_every` (0 turns either off). Event times spread over the last minutes before `now`. With `vips`,
+    every 25th purchase is a big basket (589 yuan) of one of that many regulars, `vip-0`..: enough, with the others'
+    baskets, for some members to reach silver and the regulars gold under the default programme's tiers."""
     rng = random.Random(seed)
     feed = Feed()
     malformed_kinds = ["unparseable", "not_cloudevent", "unknown_type", "invalid_data"]
     for n in range(count):
         member = f"m-{rng.randrange(members):05d}"
         lines = []
-        for sku, category, price in rng.sample(CATALOGUE, rng.randint(1, 4)):
-            qty = rng.randint(1, 3)
+        basket = [(sku, category, price, rng.randint(1, 3)) for sku, category, price in
+                  rng.sample(CATALOGUE, rng.randint(1, 4))]
+        if vips and n % VIP_EVERY == 0:
+            member, basket = f"vip-{(n // VIP_EVERY) % vips}", VIP_BASKET
+        for sku, category, price, qty in basket:
             lines.append({"sku": sku, "category": category, "quantity": str(qty), "unit_price": str(price),
                           "total": str(price * qty)})
         total = sum((Decimal(line["total"]) for line in lines), Decimal(0))

@@ -38,7 +38,8 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101))
+SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101),
+            ServiceProcess("tiers", "services.tiers", 8104))
 
 
 class Stack:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from services.tiers import domain, repository
 from services.tiers.domain import Member, TierRules, TiersProgramme
-from services.tiers.handlers import ProjectTiers, TiersMetrics, horizon, review
+from services.tiers.handlers import ProjectTiers, TiersMetrics, reach, review
 from services.tiers.settings import TiersSettings
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.members import MemberEnrolled, TierAssigned
@@ -117,10 +117,7 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
             now = runtime.spec.clock()
             programme, rules = rules_of(program_id, now)
             async with runtime.connection() as db:
-                known = await repository.members(db, {(program_id, member_id): now}, with_contributions=False)
-                held = known.get((program_id, member_id))
-                reach = horizon(rules, now, *((held.valid_until,) if held else ()))
-                found = await repository.members(db, {(program_id, member_id): reach})
+                found = await repository.members(db, {(program_id, member_id): (now, reach(rules))})
             member = found.get((program_id, member_id)) or Member.new(rules)
             seen = domain.standing(member, rules, programme.zone, now)
             level = rules.level(seen.tier)
@@ -164,6 +161,7 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
 
     return ServiceSpec(
         name="tiers", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        use_inbox=False,  # contributions and assignments are stored by key: a replay changes nothing by itself
         subscriptions=[
             # Of the ledger's entries, earn credits and their reversals: the rest is skipped and counted.
             Subscription({PointsEntryPosted: project}, others="skip"),

@@ -125,7 +125,12 @@ class Span:
 
 
 def metric(contributions: Iterable[Contribution], span: Span, which: Metric) -> Decimal:
-    return sum((c.value(which) for c in contributions if span.holds(c.occurred_at)), Decimal(0))
+    start, end = span.start, span.end
+    if which == "spend":
+        return sum((c.spend for c in contributions if start <= c.occurred_at < end), Decimal(0))
+    counted = (c.points if which == "points_earned" else c.purchases
+               for c in contributions if start <= c.occurred_at < end)
+    return Decimal(sum(counted))  # whole numbers: summed as ints, made a Decimal once
 
 
 # --- windows --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -47,10 +48,10 @@ def lock_key(schema: str) -> int:
     return advisory_key(f"tiers-projection:{schema}")
 
 
-def horizon(rules: TierRules, *times: datetime | None) -> datetime:
-    """The oldest contribution a change at these times can look at: a window (and a month) before the earliest."""
+def reach(rules: TierRules) -> timedelta:
+    """How far back from a moment a change can look: a window, and a month to spare."""
     months = rules.window.months if rules.window.kind == "rolling" else 12
-    return min(t for t in times if t is not None) - timedelta(days=31 * (months + 1))
+    return timedelta(days=31 * (months + 1))
 
 
 def wake_at(member: Member, rules: TierRules, now: datetime | None = None) -> datetime | None:
@@ -86,6 +87,7 @@ class Outcome:
 
     states: dict[MemberKey, Member] = field(default_factory=dict)
     touched: dict[MemberKey, tuple[TierRules, datetime | None]] = field(default_factory=dict)
+    created: set[MemberKey] = field(default_factory=set)  # members seen for the first time
     changes: list[tuple[MemberKey, Change, TierRules]] = field(default_factory=list)
     warnings: list[tuple[MemberKey, Expiring, datetime]] = field(default_factory=list)  # and when it was sent
 
@@ -116,66 +118,65 @@ class ProjectTiers:
         await record(uow, out, self.metrics, announce=not self.rebuilding)
 
     def _read(self, item: Inbound[Contract], rejections: Rejections) -> Step | None:
-        data = item.data
+        data, kind = item.data, type(item.data)  # exact types: a pydantic class's isinstance is slow per event
         program_id: str = getattr(data, "program_id", "default")
         if self.program is not None and program_id != self.program:
             return None
-        at = data.occurred_at if isinstance(data, PointsEntryPosted) else item.event.time
+        at = cast(PointsEntryPosted, data).occurred_at if kind is PointsEntryPosted else item.event.time
         programme = self.catalogue.at(program_id, at)
         rules = programme.tiers if programme is not None else None
         if programme is None or rules is None:
-            if isinstance(data, TierAssigned):
+            if kind is TierAssigned:
                 rejections.reject(item, "no_rule", f"programme {program_id!r} has no tiers at {at.isoformat()}")
             else:
                 self.metrics.ignored.labels(program_id, "no_tiers").inc()
             return None
         step = Step(item, (program_id, getattr(data, "member_id")), at, programme, rules)  # noqa: B009
-        match data:
-            case PointsEntryPosted() if rules.metric == "points_earned":
-                key = f"entry:{data.entry_id}"
-                if data.kind == "earn" and data.amount > 0:
-                    step.added = NewContribution(program_id, data.member_id, key, None, Contribution(at, data.amount))
-                elif data.kind in REVERSALS and data.amount < 0 and data.corrects_entry_id is not None:
-                    step.corrects = f"entry:{data.corrects_entry_id}"
-                    step.added = NewContribution(program_id, data.member_id, key, step.corrects,
-                                                 Contribution(at, data.amount))
-                else:
-                    return None  # spending, expiry, transfers, adjustments: not earning (docs/tiers.md says why)
-            case PurchaseCompleted() if rules.metric in ("spend", "purchases"):
-                if programme.currency is not None and data.currency != programme.currency:
-                    self.metrics.ignored.labels(program_id, "currency").inc()
-                    return None
-                step.added = NewContribution(program_id, data.member_id, f"order:{data.order_id}", None,
-                                             Contribution(at, spend=data.total, purchases=1))
-            case PurchaseRefunded() if rules.metric in ("spend", "purchases"):
-                step.corrects = f"order:{data.order_id}"
-                step.added = NewContribution(program_id, data.member_id, f"refund:{data.refund_id}", step.corrects,
-                                             Contribution(at, spend=-data.total))
-            case TierAssigned():
-                refused = _assignment_refusal(rules, item.event.source, data)
-                if refused is not None:
-                    rejections.reject(item, *refused)
-                    return None
-                step.assignment = data
-            case MemberEnrolled():
-                step.enrolled_at = data.enrolled_at or item.event.time
-            case _:
-                self.metrics.ignored.labels(program_id, "other_metric").inc()
+        if kind is PointsEntryPosted and rules.metric == "points_earned":
+            entry = cast(PointsEntryPosted, data)
+            key = f"entry:{entry.entry_id}"
+            if entry.kind == "earn" and entry.amount > 0:
+                step.added = NewContribution(program_id, entry.member_id, key, None, Contribution(at, entry.amount))
+            elif entry.kind in REVERSALS and entry.amount < 0 and entry.corrects_entry_id is not None:
+                step.corrects = f"entry:{entry.corrects_entry_id}"
+                step.added = NewContribution(program_id, entry.member_id, key, step.corrects,
+                                             Contribution(at, entry.amount))
+            else:
+                return None  # spending, expiry, transfers, adjustments: not earning (docs/tiers.md says why)
+        elif kind is PurchaseCompleted and rules.metric in ("spend", "purchases"):
+            purchase = cast(PurchaseCompleted, data)
+            if programme.currency is not None and purchase.currency != programme.currency:
+                self.metrics.ignored.labels(program_id, "currency").inc()
                 return None
+            step.added = NewContribution(program_id, purchase.member_id, f"order:{purchase.order_id}", None,
+                                         Contribution(at, spend=purchase.total, purchases=1))
+        elif kind is PurchaseRefunded and rules.metric in ("spend", "purchases"):
+            refund = cast(PurchaseRefunded, data)
+            step.corrects = f"order:{refund.order_id}"
+            step.added = NewContribution(program_id, refund.member_id, f"refund:{refund.refund_id}", step.corrects,
+                                         Contribution(at, spend=-refund.total))
+        elif kind is TierAssigned:
+            assigned = cast(TierAssigned, data)
+            refused = _assignment_refusal(rules, item.event.source, assigned)
+            if refused is not None:
+                rejections.reject(item, *refused)
+                return None
+            step.assignment = assigned
+        elif kind is MemberEnrolled:
+            step.enrolled_at = cast(MemberEnrolled, data).enrolled_at or item.event.time
+        else:
+            self.metrics.ignored.labels(program_id, "other_metric").inc()
+            return None
         return step
 
     async def _load(self, uow: UnitOfWork, steps: list[Step]) -> dict[MemberKey, Member]:
         """The batch's members with the contributions their windows can reach; corrections resolved to the time
         of what they correct (a refund that takes back all of an order also takes back its purchase count)."""
-        first: dict[MemberKey, tuple[datetime, TierRules]] = {}
+        first: dict[MemberKey, tuple[datetime, timedelta]] = {}
         for step in steps:
             if step.key not in first or step.at < first[step.key][0]:
-                first[step.key] = (step.at, step.rules)
-        known = await repository.members(uow.db, {k: at for k, (at, _) in first.items()}, with_contributions=False)
-        reach = {k: horizon(rules, at, *((m.valid_until, m.upgraded_in.start if m.upgraded_in else None)
-                                         if (m := known.get(k)) else ()))
-                 for k, (at, rules) in first.items()}
-        states = await repository.members(uow.db, reach)
+                first[step.key] = (step.at, reach(step.rules))
+        states = await repository.members(uow.db, first)
         in_batch = {(s.key[0], s.added.key): s.added.contribution for s in steps if s.added is not None}
         stored = await repository.referenced(uow.db, list({(s.key[0], s.corrects) for s in steps
                                                            if s.corrects and (s.key[0], s.corrects) not in in_batch}))
@@ -204,7 +205,10 @@ class ProjectTiers:
 
     async def _apply(self, uow: UnitOfWork, step: Step, fresh: set[tuple[str, str]], out: Outcome) -> None:
         key, rules, zone = step.key, step.rules, step.programme.zone
-        member = out.states.setdefault(key, Member.new(rules))
+        member = out.states.get(key)
+        if member is None:
+            member = out.states[key] = Member.new(rules)
+            out.created.add(key)
         changes: list[Change] = []
         if step.added is not None:
             if (key[0], step.added.key) not in fresh:
@@ -242,6 +246,8 @@ async def record(uow: UnitOfWork, out: Outcome, metrics: TiersMetrics, announce:
     states = [Stored(key, out.states[key], wake_at(out.states[key], rules, now))
               for key, (rules, now) in out.touched.items()]
     await repository.store(uow.db, states, [(k, n, c) for k, n, c, _ in numbered])
+    for key in out.created & out.touched.keys():
+        uow.after_commit.append(metrics.members.labels(key[0], out.touched[key][0].base.tier).inc)
     if not announce:
         return
     for (program_id, member_id), n, change, rules in numbered:
@@ -285,9 +291,8 @@ def review(catalogue: Catalogue[TiersProgramme], metrics: TiersMetrics, schema: 
             programme = catalogue.at(key[0], now)
             if programme is not None and programme.tiers is not None:
                 rules[key] = programme
-        known = await repository.members(uow.db, dict.fromkeys(rules, now), with_contributions=False)
         out = Outcome(states=await repository.members(uow.db, {
-            k: horizon(p.tiers, now, known[k].valid_until) for k, p in rules.items() if p.tiers and k in known}))
+            k: (now, reach(p.tiers)) for k, p in rules.items() if p.tiers is not None}))
         for key, programme in rules.items():
             member, tiers = out.states.get(key), programme.tiers
             if member is None or tiers is None:

@@ -9,6 +9,7 @@ stored by key). The rebuild announces nothing: the changes it re-derives were an
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from services.tiers import app
 from services.tiers.handlers import ProjectTiers, lock_key
@@ -84,15 +85,17 @@ async def rebuild(settings: TiersSettings, program_id: str, now: datetime,
 async def _replay(settings: TiersSettings, topics: list[str], apply: Callable[[list[Any]], Any], batch_size: int,
                   progress: Callable[[str], None]) -> int:
     """Every record of the topics, from the first offset to the end as it is now, applied batch by batch."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+    # Without a group the consumer takes every partition of the topics itself, and commits nothing.
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster's metadata
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        if not partitions:
-            raise RebuildError(f"none of {topics} exists on {settings.kafka_bootstrap}")
-        consumer.assign(partitions)
+        deadline = time.monotonic() + 30
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise RebuildError(f"none of {topics} exists on {settings.kafka_bootstrap}")
+            await asyncio.sleep(0.1)
+        partitions = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         left = {tp for tp in partitions if ends[tp] > 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -25,29 +25,31 @@ class NewContribution:
     contribution: Contribution
 
 
-async def members(db: asyncpg.Connection, wanted: dict[MemberKey, datetime],
+async def members(db: asyncpg.Connection, wanted: dict[MemberKey, tuple[datetime, timedelta]],
                   with_contributions: bool = True) -> dict[MemberKey, Member]:
-    """The members' states and their contributions from `wanted[member]` on (older ones cannot reach a window the
-    batch will look at). Members never seen are absent."""
+    """The members' states and, for each, the contributions a change at `wanted[member][0]` can look at: those from
+    `reach` before the earliest of that time, the end of the member's tier period and the window its last upgrade
+    was crossed in. Members never seen are absent."""
     if not wanted:
         return {}
     keys = list(wanted)
+    columns = ([p for p, _ in keys], [m for _, m in keys], [at for at, _ in wanted.values()],
+               [reach for _, reach in wanted.values()])
     rows = await db.fetch(
         """SELECT m.* FROM members m JOIN unnest($1::text[], $2::text[]) AS u(p, m)
-             ON m.program_id = u.p AND m.member_id = u.m""",
-        [p for p, _ in keys], [m for _, m in keys])
+             ON m.program_id = u.p AND m.member_id = u.m""", columns[0], columns[1])
     found = {(r["program_id"], r["member_id"]): _member(r) for r in rows}
-    if not with_contributions:
+    if not with_contributions or not found:
         return found
     for r in await db.fetch(
             """SELECT c.program_id, c.member_id, c.occurred_at, c.points, c.spend, c.purchases
-               FROM contributions c JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(p, m, since)
-                 ON c.program_id = u.p AND c.member_id = u.m AND c.occurred_at >= u.since
-               ORDER BY c.occurred_at""",
-            [p for p, _ in keys], [m for _, m in keys], list(wanted.values())):
-        member = found.get((r["program_id"], r["member_id"]))
-        if member is not None:
-            member.contributions.append(Contribution(r["occurred_at"], r["points"], r["spend"], r["purchases"]))
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::interval[]) AS u(p, m, at, reach)
+               JOIN members s ON s.program_id = u.p AND s.member_id = u.m
+               JOIN contributions c ON c.program_id = u.p AND c.member_id = u.m
+                AND c.occurred_at >= least(u.at, s.valid_until, s.upgraded_from) - u.reach
+               ORDER BY c.occurred_at""", *columns):
+        found[(r["program_id"], r["member_id"])].contributions.append(
+            Contribution(r["occurred_at"], r["points"], r["spend"], r["purchases"]))
     return found
 
 

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.tiers.app import spec as tiers_spec
 from shared import auth
 from shared.auth import ApiKey
 from shared.contracts import topics
@@ -44,7 +45,7 @@ def guarded(app: FastAPI) -> list[str]:
     return [p.replace("{program_id}", "default").replace("{member_id:path}", "ann") for p in paths]
 
 
-@pytest.mark.parametrize("make", [earn_spec, ledger_spec], ids=["earn", "ledger"])
+@pytest.mark.parametrize("make", [earn_spec, ledger_spec, tiers_spec], ids=["earn", "ledger", "tiers"])
 async def test_every_endpoint_but_health_and_metrics_answers_401_without_a_valid_key(infra: Infra,
                                                                                      make: object) -> None:
     async with ServiceHarness(make(), await infra.new_database("http_")) as service:  # type: ignore[operator]
