@@ -223,6 +223,15 @@ def lines_of(purchase: PurchaseCompleted) -> list[PurchaseLine]:
     return [PurchaseLine(sku="*", quantity=Decimal(1), unit_price=purchase.total, total=purchase.total)]
 
 
+def paid_share(purchase: PurchaseCompleted) -> Decimal:
+    """The share of the basket paid with money, which earns points; the rest (`points_value`) was paid with points.
+    It scales what each line earns by the base rate, multipliers, campaigns and rebates; fixed bonuses per unit or
+    line are for the goods and stay whole."""
+    if not purchase.points_value or not purchase.total:
+        return Decimal(1)
+    return (purchase.total - purchase.points_value) / purchase.total
+
+
 def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseCompleted,
                 tier: MemberTier | None = None) -> list[RulePoints]:
     """Every rule's points for this purchase, in a stable order: base, tier, multipliers, bonuses, campaigns,
@@ -232,7 +241,8 @@ def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseC
         return []
     lines = lines_of(purchase)
     eligible = {i: line for i, line in enumerate(lines) if not (rules.exclude and rules.exclude.matches(line))}
-    base = {i: line.total * rules.base.points_per_unit for i, line in eligible.items()}
+    paid = paid_share(purchase)  # what was paid with money: points paid with points earn nothing
+    base = {i: line.total * paid * rules.base.points_per_unit for i, line in eligible.items()}
     result = [RulePoints(rules.base.rule_id, "base", _floor(sum(base.values(), Decimal(0))), base,
                          f"{rules.base.points_per_unit} per unit of currency, {rules.base.rounding}")]
     if rules.tier is not None and tier is not None and tier.multiplier > 1:
@@ -259,13 +269,13 @@ def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseC
         extra = {i: base[i] * (c.multiplier - 1) for i, line in eligible.items() if running and c.applies_to(line)}
         result.append(RulePoints(c.rule_id, "campaign", _floor(sum(extra.values(), Decimal(0))), extra,
                                  f"×{c.multiplier} from {c.starts.isoformat()} to {c.ends.isoformat()}"))
-    spent = sum((line.total for line in eligible.values()), Decimal(0))
+    spent = sum((line.total * paid for line in eligible.values()), Decimal(0))
     for r in rules.rebates:
         back: dict[int, Decimal] = {}
         if spent >= r.min_total and spent > 0:
             for i, line in eligible.items():
                 percent = max([h.percent for h in r.higher if h.matches(line)], default=r.percent)
-                back[i] = line.total * percent / 100
+                back[i] = line.total * paid * percent / 100
         result.append(RulePoints(r.rule_id, "rebate", _floor(sum(back.values(), Decimal(0))), back,
                                  f"{r.percent}% back from {r.min_total} spent"))
     return result
@@ -316,6 +326,7 @@ def credits_from(programme: Programme, event_id: str, occurred_at: datetime, pur
         expires_at=when_expires,
         cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase"),
         details={"order_id": purchase.order_id, "total": str(purchase.total), "currency": purchase.currency,
+                 **({"points_value": str(purchase.points_value)} if purchase.points_value else {}),
                  "rule": {"rule_id": r.rule_id, "kind": r.kind, "points": r.points, "why": r.note},
                  "lines": [{"sku": lines[i].sku, "points": str(p)} for i, p in sorted(r.lines.items()) if p],
                  **({"tier": tier.tier} if tier is not None else {})},

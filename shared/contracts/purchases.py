@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.contracts.base import Channel, Contract, Currency, Id, Money, ProgramId
 
@@ -29,6 +29,15 @@ class PurchaseCompleted(Contract):
     currency: Currency
     total: Money
     lines: list[PurchaseLine] = Field(default_factory=list)
+    # The part of `total` paid with points (抵扣, a captured payment of the redemption service), in the purchase's
+    # currency: earn awards no points on it.
+    points_value: Money | None = None
+
+    @model_validator(mode="after")
+    def _points_within_total(self) -> PurchaseCompleted:
+        if self.points_value is not None and self.points_value > self.total:
+            raise ValueError(f"points_value {self.points_value} is more than the total {self.total}")
+        return self
 
 
 class PurchaseRefunded(Contract):

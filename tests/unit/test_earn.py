@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from services.earn.domain import (
     BaseRate,
@@ -301,3 +302,16 @@ def test_a_replayed_event_earns_identical_credits_so_the_ledger_sees_a_replay(
     second = credits_for_purchase(shop, "pos://s|e1", at, again, tier)
     assert first == second
     assert [payload_hash(c) for c in first] == [payload_hash(c) for c in second]
+
+
+def test_the_part_of_a_basket_paid_with_points_earns_nothing_but_fixed_bonuses_stay_whole() -> None:
+    """A till that lets a member pay 40 of 100 with points (the redemption service's points payment) says so in
+    `points_value`; money-based rules earn on the 60 paid with money, per-unit bonuses on the goods bought."""
+    rules = programme(bonuses=[{"rule_id": "tea-bonus", "skus": ["tea"], "points": 5, "per": "unit"}],
+                      rebates=[{"rule_id": "rebate-10", "min_total": "50", "percent": "10"}])
+    paid = purchase("100", line("tea", "40", "drinks", quantity="2"), line("rice", "60", "food"))
+    paid = paid.model_copy(update={"points_value": Decimal("40")})
+    points = {r.rule_id: r.points for r in rule_points(rules, MONDAY, paid) if r.points}
+    assert points == {"base": 60, "tea-bonus": 10, "rebate-10": 6}
+    with pytest.raises(ValidationError, match="more than the total"):
+        PurchaseCompleted.model_validate({**paid.model_dump(), "points_value": "100.01"})
