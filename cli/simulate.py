@@ -148,7 +148,7 @@ async def _tiers_settled(api: Api | None, deadline: float) -> str:
     last: dict[str, int] | None = None
     while time.monotonic() < deadline:
         try:
-            lag = sum(v for k, v in scrape(port("tiers")).items() if k.startswith("jifen_consumer_lag{"))
+            lag = sum(v for k, v in scrape(port("tiers")).items() if k.startswith("jifen_consumer_lag_records{"))
             levels = api.get("tiers", "/v1/programs/default/tiers")["levels"]
         except (OSError, urllib.error.URLError, KeyError, ValueError) as exc:
             return f"(the tiers service did not answer: {exc})"

@@ -1,10 +1,25 @@
-"""Prometheus metrics every consuming service exposes, on a registry of its own."""
+"""Prometheus metrics every service exposes, on a registry of its own.
+
+One label set everywhere: `service` on every Jifen metric, `program_id` wherever a programme is concerned; the unit
+in the name (`_seconds`, `_records`, `_points`, `_total` for counters). A service's own metrics are made with
+`counter`, `gauge` and `histogram` below, which put the `service` label first and fill it in.
+"""
 
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from shared.logs import REPEATS, RepeatsCollector
 
@@ -24,19 +39,20 @@ class Metrics:
                                "offset committed, nothing stored)", ["service", "topic", "type"], registry=r)
         self.dlq = Counter("jifen_dlq_messages", "Messages sent to a dead-letter topic, by reason",
                            ["service", "topic", "reason"], registry=r)
-        self.batch_size = Histogram("jifen_batch_size", "Records per consumed batch", ["service"],
+        self.batch_size = Histogram("jifen_batch_records", "Records per consumed batch", ["service"],
                                     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000), registry=r)
         self.event_to_commit = Histogram("jifen_event_to_commit_seconds",
                                          "From the event's own time to the commit of its effects",
                                          ["service"], buckets=LATENCY_BUCKETS, registry=r)
-        self.lag = Gauge("jifen_consumer_lag", "Records behind the partition's high watermark",
-                         ["service", "topic", "partition"], registry=r)
+        self.lag = Gauge("jifen_consumer_lag_records", "Records behind the partition's high watermark, as the "
+                         "consumer saw it after its last batch", ["service", "topic", "partition"], registry=r)
         self.transient_failures = Counter("jifen_transient_failures", "Batches retried after a transient failure",
                                           ["service", "error"], registry=r)
-        self.outbox_backlog = Gauge("jifen_outbox_backlog", "Outbox rows not yet published", ["service"], registry=r)
+        self.outbox_backlog = Gauge("jifen_outbox_backlog_messages", "Outbox rows not yet published", ["service"],
+                                    registry=r)
         self.outbox_oldest_age = Gauge("jifen_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row",
                                        ["service"], registry=r)
-        self.outbox_published = Counter("jifen_outbox_published", "Outbox rows published and acknowledged",
+        self.outbox_published = Counter("jifen_outbox_published_messages", "Outbox rows published and acknowledged",
                                         ["service"], registry=r)
         self.ready = Gauge("jifen_ready", "1 when the service can do its work", ["service"], registry=r)
         self.job_runs = Counter("jifen_job_runs", "Rounds of a periodic job, by outcome (ok, failed, standby: "
@@ -48,9 +64,39 @@ class Metrics:
         self.job_last_success = Gauge("jifen_job_last_success_timestamp_seconds", "When a periodic job last "
                                       "finished a round", ["service", "job"], registry=r)
         r.register(RepeatsCollector(service, REPEATS))
+        # The process's own: CPU, memory, file descriptors, start time, Python's version and collections.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.gc_pause = Histogram("jifen_gc_pause_seconds", "Python's collections of the older generations: the "
                                   "whole process stops for each", ["service", "generation"],
                                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+
+
+class Family:
+    """A metric of one service: `labels(...)` takes every label but `service`, which it fills in."""
+
+    def __init__(self, metric: Any, service: str) -> None:
+        self.metric = metric
+        self.service = service
+
+    def labels(self, *values: str) -> Any:
+        return self.metric.labels(self.service, *values)
+
+
+def counter(registry: CollectorRegistry, service: str, name: str, documentation: str,
+            labels: Sequence[str] = ()) -> Family:
+    return Family(Counter(name, documentation, ["service", *labels], registry=registry), service)
+
+
+def gauge(registry: CollectorRegistry, service: str, name: str, documentation: str,
+          labels: Sequence[str] = ()) -> Family:
+    return Family(Gauge(name, documentation, ["service", *labels], registry=registry), service)
+
+
+def histogram(registry: CollectorRegistry, service: str, name: str, documentation: str,
+              labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS) -> Family:
+    return Family(Histogram(name, documentation, ["service", *labels], buckets=buckets, registry=registry), service)
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:

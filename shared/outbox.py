@@ -59,6 +59,7 @@ class OutboxRelay:
 
     def __init__(self, dsn: str, schema: str, producer: AIOKafkaProducer, metrics: Metrics,
                  batch_size: int = 5000, poll_interval_s: float = 1.0) -> None:
+        self.service = metrics.service
         self.dsn = dsn
         self.schema = schema
         self.producer = producer
@@ -110,11 +111,11 @@ class OutboxRelay:
             "SELECT id, topic, key, value, headers, created_at FROM outbox ORDER BY id LIMIT $1",
             self.batch_size)
         if not rows:
-            self.metrics.outbox_backlog.labels(self.schema).set(0)
-            self.metrics.outbox_oldest_age.labels(self.schema).set(0)
+            self.metrics.outbox_backlog.labels(self.service).set(0)
+            self.metrics.outbox_oldest_age.labels(self.service).set(0)
             return 0
         oldest = rows[0]["created_at"].timestamp()
-        self.metrics.outbox_oldest_age.labels(self.schema).set(max(0.0, time.time() - oldest))
+        self.metrics.outbox_oldest_age.labels(self.service).set(max(0.0, time.time() - oldest))
         futures = [
             await self.producer.send(r["topic"], r["value"], key=r["key"],
                                      headers=decode_headers(r["headers"]))
@@ -122,7 +123,7 @@ class OutboxRelay:
         ]
         await asyncio.gather(*futures)  # every row acknowledged by the broker before any is deleted
         await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-        self.metrics.outbox_published.labels(self.schema).inc(len(rows))
+        self.metrics.outbox_published.labels(self.service).inc(len(rows))
         backlog = await conn.fetchval("SELECT count(*) FROM outbox")
-        self.metrics.outbox_backlog.labels(self.schema).set(backlog)
+        self.metrics.outbox_backlog.labels(self.service).set(backlog)
         return len(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.earn import repository
 from services.earn.activity import Award, award_refusal, checkin_awards, period_of, streak_length, task_award
@@ -27,6 +27,7 @@ from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.contracts.tasks import PointsAwarded, TaskCompleted
 from shared.contracts.tiers import TierChanged
+from shared.metrics import counter
 from shared.programmes import Catalogue
 from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
@@ -38,10 +39,10 @@ INBOUND = (PurchaseCompleted, PurchaseRefunded, CheckinRecorded, TaskCompleted, 
 
 class EarnMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.points = Counter("jifen_earn_points", "Points requested from the ledger", ["program", "rule"],
-                              registry=registry)
-        self.skipped = Counter("jifen_earn_skipped", "Events that earned nothing by a rule (a cap, a second "
-                               "check-in the same day)", ["program", "reason"], registry=registry)
+        self.points = counter(registry, "earn", "jifen_earn_points", "Points requested from the ledger",
+                              ["program_id", "rule"])
+        self.skipped = counter(registry, "earn", "jifen_earn_skipped", "Events that earned nothing by a rule (a cap, "
+                               "a second check-in the same day)", ["program_id", "reason"])
 
 
 @dataclass
@@ -280,7 +281,7 @@ class EarnFromEvents:
 
     def _send(self, credit: PostCredit, item: Inbound[Contract], batch: Batch) -> None:
         self._emit(credit, item, batch)
-        self.metrics.points.labels(credit.program_id, credit.cause.rule_id).inc(credit.amount)
+        self.metrics.points.labels(credit.program_id, credit.cause.rule_id or "").inc(credit.amount)
 
     @staticmethod
     def _emit(cmd: LedgerCommand, item: Inbound[Contract], batch: Batch) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.ledger import domain, repository
 from services.ledger.domain import Entry, HoldState, MemberBook, Resolution
@@ -28,6 +28,7 @@ from shared.contracts.ledger_commands import (
     TransferPoints,
 )
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved, PointsEntryPosted
+from shared.metrics import counter
 from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
 
@@ -53,13 +54,14 @@ class Outgoing:
 
 class LedgerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.entries = Counter("jifen_ledger_entries", "Entries posted", ["program", "kind"], registry=registry)
-        self.points = Counter("jifen_ledger_points", "Points moved by posted entries", ["program", "kind"],
-                              registry=registry)
-        self.rejected = Counter("jifen_ledger_commands_rejected", "Commands rejected, by reason", ["reason"],
-                                registry=registry)
-        self.replays = Counter("jifen_ledger_command_replays", "Commands seen before with the same payload",
-                               registry=registry)
+        self.entries = counter(registry, "ledger", "jifen_ledger_entries", "Entries posted",
+                               ["program_id", "kind"])
+        self.points = counter(registry, "ledger", "jifen_ledger_points", "Points moved by posted entries",
+                              ["program_id", "kind"])
+        self.rejected = counter(registry, "ledger", "jifen_ledger_commands_rejected", "Commands rejected, by reason",
+                                ["reason"])
+        self.replays = counter(registry, "ledger", "jifen_ledger_command_replays", "Commands seen before with the "
+                               "same payload")
 
 
 @dataclass
@@ -177,7 +179,7 @@ class ApplyCommands:
                 known[key] = digest
                 fresh.append((item, digest))
             elif prior == digest:
-                uow.after_commit.append(self.metrics.replays.inc)
+                uow.after_commit.append(self.metrics.replays.labels().inc)
             else:
                 outcomes[id(item)] = [self._rejected(uow, item, "idempotency_conflict",
                                                      f"key {key!r} was already used for a command with another "

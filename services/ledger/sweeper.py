@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from services.ledger.repository import LOT_RESERVED, LOT_USED
 from shared.contracts.ledger_commands import Cause, ExpireHold, ExpireLot, LedgerCommand
 from shared.jobs import Job, Page
+from shared.metrics import counter
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.ledger.sweeper"
@@ -23,8 +24,8 @@ SOURCE = "jifen.ledger.sweeper"
 
 class SweepMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.sent = Counter("jifen_ledger_sweep_commands", "Expiry commands sent by the sweeper", ["kind"],
-                            registry=registry)
+        self.sent = counter(registry, "ledger", "jifen_ledger_sweep_commands", "Expiry commands sent by the sweeper",
+                            ["kind"])
 
 
 Cursor = tuple[datetime, str] | None

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from services.tiers import domain, repository
 from services.tiers.domain import Change, Contribution, Expiring, Member, TierRules, TiersProgramme
@@ -22,6 +22,7 @@ from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.contracts.tiers import TierChanged, TierExpiring
 from shared.db import advisory_key
 from shared.jobs import Job, Page
+from shared.metrics import counter, gauge
 from shared.programmes import Catalogue
 from shared.subscription import Inbound, Rejections
 from shared.uow import UnitOfWork
@@ -32,15 +33,15 @@ RECHECK = timedelta(days=1)  # a member inside the warning window is looked at a
 
 class TiersMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.members = Gauge("jifen_tiers_members", "Members known to the tiers service, by tier (counted by each "
-                             "review round, moved by every change)", ["program_id", "tier"], registry=registry)
-        self.changes = Counter("jifen_tier_changes", "Tier changes announced, by reason",
-                               ["program_id", "reason"], registry=registry)
-        self.warnings = Counter("jifen_tier_warnings", "Warnings sent before a review lowers a tier",
-                                ["program_id"], registry=registry)
-        self.ignored = Counter("jifen_tiers_events_ignored", "Events that move no tier metric (a programme without "
-                               "tiers or with another metric, a correction of something not counted)",
-                               ["program_id", "reason"], registry=registry)
+        self.members = gauge(registry, "tiers", "jifen_tiers_members", "Members known to the tiers service, by tier "
+                             "(counted by each review round, moved by every change)", ["program_id", "tier"])
+        self.changes = counter(registry, "tiers", "jifen_tier_changes", "Tier changes announced, by reason",
+                               ["program_id", "reason"])
+        self.warnings = counter(registry, "tiers", "jifen_tier_warnings", "Warnings sent before a review lowers a "
+                                "tier", ["program_id"])
+        self.ignored = counter(registry, "tiers", "jifen_tiers_events_ignored", "Events that move no tier metric (a "
+                               "programme without tiers or with another metric, a correction of something not "
+                               "counted)", ["program_id", "reason"])
 
 
 def lock_key(schema: str) -> int:
