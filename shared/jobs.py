@@ -45,6 +45,7 @@ class Job:
     name: str
     page: PageFn
     interval_s: float
+    first_after_s: float = 0.0  # the first round's delay after start (a heavy job need not run at every start)
 
 
 class JobRunner:
@@ -58,6 +59,7 @@ class JobRunner:
         self.clock = clock
         self.lock_key = advisory_key(f"job:{schema}:{job.name}")
         self.stopping = asyncio.Event()
+        metrics.job_interval.labels(service, job.name).set(job.interval_s)
 
     async def run_once(self, now: datetime | None = None) -> int | None:
         """One round at `now` (default: the clock); returns the items handled, or None when another process is
@@ -103,6 +105,8 @@ class JobRunner:
     async def run(self) -> None:
         """Rounds every `interval_s` until `stopping` is set; a failed round (the database down) is logged and the
         next one tries again."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), self.job.first_after_s)
         while not self.stopping.is_set():
             try:
                 await self.run_once()

@@ -46,6 +46,9 @@ class Metrics:
                                          ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("jifen_consumer_lag_records", "Records behind the partition's high watermark, as the "
                          "consumer saw it after its last batch", ["service", "topic", "partition"], registry=r)
+        self.group_lag = Gauge("jifen_consumer_group_lag_records", "Records the service's consumer group has not "
+                               "committed yet, as Kafka sees it (end offset less committed offset)",
+                               ["service", "group", "topic", "partition"], registry=r)
         self.transient_failures = Counter("jifen_transient_failures", "Batches retried after a transient failure",
                                           ["service", "error"], registry=r)
         self.outbox_backlog = Gauge("jifen_outbox_backlog_messages", "Outbox rows not yet published", ["service"],
@@ -61,6 +64,8 @@ class Metrics:
                                  "inbox rows pruned, ...)", ["service", "job"], registry=r)
         self.job_seconds = Histogram("jifen_job_seconds", "Time of one round of a periodic job", ["service", "job"],
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.job_interval = Gauge("jifen_job_interval_seconds", "How often a periodic job is meant to run (an alert "
+                                  "compares it with the last success)", ["service", "job"], registry=r)
         self.job_last_success = Gauge("jifen_job_last_success_timestamp_seconds", "When a periodic job last "
                                       "finished a round", ["service", "job"], registry=r)
         r.register(RepeatsCollector(service, REPEATS))

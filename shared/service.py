@@ -30,7 +30,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import auth, db, http, logs
+from shared import auth, db, http, lag, logs
 from shared.auth import KeyStore, Scope
 from shared.consumer import BatchConsumer, Health
 from shared.http import ApiError
@@ -195,10 +195,14 @@ def build_app(spec: ServiceSpec) -> FastAPI:
         await runtime.open_storage()
         assert runtime.engine is not None
         broker = runtime.broker = make_broker(settings, runtime.metrics, spec.name)
+        watchers: list[asyncio.Task[None]] = []
         if spec.subscriptions:
-            runtime.consumer().subscribe(
-                broker, group_id=settings.consumer_group or settings.topic(f"jifen-{spec.name}"),
-                max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms)
+            consumer = runtime.consumer()
+            group = settings.consumer_group or settings.topic(f"jifen-{spec.name}")
+            consumer.subscribe(broker, group_id=group, max_records=settings.batch_max_records,
+                               batch_timeout_ms=settings.batch_timeout_ms)
+            watchers.append(asyncio.create_task(lag.watch(settings.kafka_bootstrap, group, consumer.topics,
+                                                          runtime.metrics), name=f"{spec.name}-group-lag"))
         producer = make_producer(settings, spec.name)
         await producer.start()
         runtime.relay = OutboxRelay(settings.asyncpg_dsn, spec.schema, producer, runtime.metrics,
@@ -219,9 +223,10 @@ def build_app(spec: ServiceSpec) -> FastAPI:
             gc.callbacks.remove(gc_timer)
             await asyncio.gather(*(runtime.jobs[name].stop(task) for name, task in jobs.items()))
             await broker.stop()
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in [relay_task, *watchers]:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await producer.stop()
             await runtime.engine.dispose()
 

@@ -386,3 +386,114 @@ class Postgres:
         """Stop immediately and start again (used by the outage tests)."""
         self.stop(mode="immediate")
         self.start()
+
+
+# --- Prometheus --------------------------------------------------------------------------------------
+
+PROMETHEUS_RULES = REPO / "deploy" / "prometheus" / "rules"
+
+
+def install_prometheus() -> Path:
+    """Debian's prometheus package (the server and promtool), installed when missing, as for PostgreSQL."""
+    found = shutil.which("prometheus")
+    if found is not None and shutil.which("promtool") is not None:
+        return Path(found).parent
+    if os.geteuid() != 0:
+        raise StackError("Prometheus is not installed and we are not root: run `sudo apt-get install -y "
+                         "prometheus`, or set JIFEN_PROMETHEUS=off to run the stack without it")
+    log("installing Prometheus from Debian's packages (first run only)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    # Debian's package would start a system Prometheus on 9090 where a service manager runs; the stack runs its own.
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    found = shutil.which("prometheus")
+    if found is None:
+        raise StackError("apt-get installed prometheus but no `prometheus` binary is on the PATH")
+    return Path(found).parent
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus server scraping the stack's services, with Jifen's recording and alert rules."""
+
+    run_dir: Path
+    port: int = 9090
+
+    def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.resolve()
+
+    @property
+    def home(self) -> Path:
+        return self.run_dir / "prometheus"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "pids" / "prometheus.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / "prometheus.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self, targets: dict[str, int]) -> str:
+        """The scrape config: every service under job `jifen` (its metrics carry their own `service` label)."""
+        rules = "\n".join(f"  - {path}" for path in sorted(PROMETHEUS_RULES.glob("*.yml")))
+        services = "\n".join(
+            f"      - targets: ['127.0.0.1:{port}']\n        labels: {{instance_name: {name}}}"
+            for name, port in targets.items())
+        return f"""\
+# Written by `jifen stack up`; edit deploy/local/infra.py, not this file.
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files:
+{rules}
+scrape_configs:
+  - job_name: jifen
+    honor_labels: true
+    static_configs:
+{services}
+  - job_name: prometheus
+    static_configs:
+      - targets: ['127.0.0.1:{self.port}']
+"""
+
+    def start(self, targets: dict[str, int], timeout: float = 60.0) -> None:
+        if pid_alive(self.pid_file):
+            log(f"Prometheus already running (pid {pid_alive(self.pid_file)}) on {self.url}")
+            return
+        if port_open(self.port):
+            raise StackError(f"port {self.port} is taken by a process this stack did not start; stop it or set "
+                             "JIFEN_PROMETHEUS=off")
+        bin_dir = install_prometheus()
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        config = self.home / "prometheus.yml"
+        config.write_text(self.config(targets))
+        pid = spawn([str(bin_dir / "prometheus"), f"--config.file={config}",
+                     f"--storage.tsdb.path={self.home / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                     "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"], self.log_file, self.pid_file)
+        deadline = time.monotonic() + timeout
+        while not _http_ok(f"{self.url}/-/ready"):
+            if not pid_alive(self.pid_file):
+                raise StackError(f"Prometheus exited during start; last log lines:\n{tail(self.log_file)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"Prometheus not ready after {timeout:.0f}s; see {self.log_file}")
+            time.sleep(0.3)
+        log(f"Prometheus ready (pid {pid}) on {self.url}, scraping {', '.join(targets)}")
+
+    def stop(self) -> None:
+        stop_pid(self.pid_file, "Prometheus")
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

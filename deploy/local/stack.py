@@ -16,6 +16,7 @@ from deploy.local.infra import (
     REPO,
     Kafka,
     Postgres,
+    Prometheus,
     StackError,
     ensure_topics,
     log,
@@ -50,6 +51,7 @@ class Stack:
         self.external_kafka = "JIFEN_KAFKA_BOOTSTRAP" in os.environ
         self.kafka = Kafka(self.run_dir, port=int(self.settings.kafka_bootstrap.rsplit(":", 1)[1]))
         self.postgres = Postgres(self.run_dir)
+        self.prometheus = Prometheus(self.run_dir) if os.environ.get("JIFEN_PROMETHEUS", "on") != "off" else None
 
     def pid_file(self, name: str) -> Path:
         return self.run_dir / "pids" / f"{name}.pid"
@@ -74,6 +76,8 @@ class Stack:
             "(send it as `Authorization: Bearer $(cat .run/api-key)`)")
         for service in SERVICES:
             self.start_service(service, self.service_env())
+        if self.prometheus is not None:
+            self.prometheus.start({s.name: s.port for s in SERVICES})
 
     @property
     def database_url(self) -> str:
@@ -112,6 +116,7 @@ class Stack:
 
     def down(self) -> None:
         print("Stopping the Jifen stack", flush=True)
+        Prometheus(self.run_dir).stop()  # whatever JIFEN_PROMETHEUS says now: stop one the stack started
         for service in reversed(SERVICES):
             stop_pid(self.pid_file(service.name), service.name)
         self.kafka.stop()
@@ -140,6 +145,10 @@ class Stack:
             body = _http_get(service.url("/health/ready"))
             rows.append((service.name, body is not None and '"ready":true' in body,
                          f"pid {pid}, :{service.port}, ready: {body or 'no answer'}"))
+        if self.prometheus is not None:
+            pid = pid_alive(self.prometheus.pid_file)
+            rows.append(("prometheus", pid is not None and http_ok(f"{self.prometheus.url}/-/ready"),
+                         f"pid {pid}, {self.prometheus.url}" if pid else "not running"))
         for name, ok, why in rows:
             healthy &= ok
             print(f"  {'✔' if ok else '✘'} {name:<9} {why}")

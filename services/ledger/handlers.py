@@ -141,6 +141,7 @@ class ApplyCommands:
         if claimed != len(results):
             raise Retryable("another consumer claimed some of these commands first")
         await repository.store(uow.db, changes)
+        await repository.add_totals(uow.db, changes.entries)
         touched = [b for b in loaded.books.values() if b.account.id in journal.touched]
         if not await repository.advance_accounts(uow.db, touched):
             raise Retryable("an account moved on since it was read")

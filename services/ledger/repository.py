@@ -278,6 +278,26 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
             [r.resolved_at for r in res])
 
 
+async def add_totals(db: asyncpg.Connection, entries: Sequence[Entry]) -> None:
+    """Add a batch's entries to their programmes' totals, summed per (programme, kind) first: one statement."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    for e in entries:
+        total = sums.setdefault((e.program_id, e.kind), [0, 0, 0])
+        total[0] += 1
+        total[1 if e.to_account_id == e.account_id else 2] += e.amount
+    if not sums:
+        return
+    keys = sorted(sums)  # in key order, so two ledgers adding to the same rows cannot deadlock
+    await db.execute(
+        """INSERT INTO programme_totals (program_id, kind, entries, points_in, points_out)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+           ON CONFLICT (program_id, kind) DO UPDATE SET entries = programme_totals.entries + excluded.entries,
+               points_in = programme_totals.points_in + excluded.points_in,
+               points_out = programme_totals.points_out + excluded.points_out""",
+        [p for p, _ in keys], [k for _, k in keys], [sums[k][0] for k in keys], [sums[k][1] for k in keys],
+        [sums[k][2] for k in keys])
+
+
 async def advance_accounts(db: asyncpg.Connection, books: Sequence[MemberBook]) -> bool:
     """Move each account's tip forward, only from the version it was read at (optimistic concurrency)."""
     if not books:

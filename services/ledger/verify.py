@@ -188,4 +188,27 @@ async def _holds(db: asyncpg.Connection, program_id: str | None, report: Report)
                           "captures within the hold")
 
 
-CHECKS: list[Check] = [_chains, _accounts, _zero_sum, _lots, _holds]
+async def _totals(db: asyncpg.Connection, program_id: str | None, report: Report) -> None:
+    """The programme totals kept per batch equal the entries they sum."""
+    if not await db.fetchval("SELECT to_regclass('programme_totals') IS NOT NULL"):
+        return
+    rows = await db.fetch(
+        """WITH derived AS (
+               SELECT program_id, kind, count(*) AS entries,
+                      coalesce(sum(amount) FILTER (WHERE to_account_id = account_id), 0) AS points_in,
+                      coalesce(sum(amount) FILTER (WHERE to_account_id <> account_id), 0) AS points_out
+               FROM entries WHERE $1::text IS NULL OR program_id = $1 GROUP BY program_id, kind)
+           SELECT coalesce(d.program_id, t.program_id) AS program_id, coalesce(d.kind, t.kind) AS kind,
+                  d.entries AS d_entries, d.points_in AS d_in, d.points_out AS d_out,
+                  t.entries AS t_entries, t.points_in AS t_in, t.points_out AS t_out
+           FROM derived d FULL JOIN (SELECT * FROM programme_totals WHERE $1::text IS NULL OR program_id = $1) t
+             ON t.program_id = d.program_id AND t.kind = d.kind""", program_id)
+    for r in rows:
+        if (r["d_entries"], r["d_in"], r["d_out"]) != (r["t_entries"], r["t_in"], r["t_out"]):
+            report.problems.append(
+                f"programme {r['program_id']}: totals of {r['kind']} entries say {r['t_entries']} entries, "
+                f"{r['t_in']} in, {r['t_out']} out; the entries sum to {r['d_entries']}, {r['d_in']}, {r['d_out']}")
+    report.checked.append(f"{len(rows)} programme totals (by entry kind) equal their entries")
+
+
+CHECKS: list[Check] = [_chains, _accounts, _zero_sum, _lots, _holds, _totals]
