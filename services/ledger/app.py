@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from services.ledger import repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from services.ledger.settings import LedgerSettings
 from services.ledger.sweeper import SweepMetrics, sweeper
+from services.ledger.totals import TotalsMetrics, totals_job, verify_job
 from shared.contracts.ledger_commands import COMMANDS
 from shared.http import BIGINT_MAX, PathId, ProgramPath, error_responses
 from shared.service import Runtime, ServiceSpec, build_app, utc_now
@@ -84,10 +86,13 @@ def spec(settings: LedgerSettings | None = None, clock: Callable[[], datetime] =
     settings = settings or LedgerSettings()
     registry = CollectorRegistry()
     apply = ApplyCommands(LedgerMetrics(registry), clock)
+    totals = TotalsMetrics(registry)
     return ServiceSpec(
         name="ledger", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
         subscriptions=[Subscription(dict.fromkeys(COMMANDS, apply))],
-        jobs=[sweeper(SweepMetrics(registry), settings.sweep_interval_s, settings.sweep_batch_size)],
+        jobs=[sweeper(SweepMetrics(registry), settings.sweep_interval_s, settings.sweep_batch_size),
+              totals_job(totals, settings.totals_interval_s),
+              verify_job(totals, settings.verify_interval_s, settings.verify_first_after_s, log.error)],
         routes=_routes, use_inbox=False, pool_size=8, clock=clock)  # commands are deduplicated by their keys
 
 
@@ -96,6 +101,7 @@ def create_app(settings: LedgerSettings | None = None) -> FastAPI:
 
 
 MEMBER = "/v1/programs/{program_id}/members/{member_id:path}"
+log = logging.getLogger(__name__)
 
 
 def _routes(app: FastAPI, runtime: Runtime) -> None:

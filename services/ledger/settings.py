@@ -12,3 +12,8 @@ class LedgerSettings(Settings):
     # The expiry sweeper: how often it looks for due lots and timed-out holds, and how many per transaction.
     sweep_interval_s: float = 30.0
     sweep_batch_size: int = 2000
+    # Programme figures for Prometheus (jifen_programme_points), from the totals kept per batch.
+    totals_interval_s: float = 60.0
+    # `jifen ledger verify` on a schedule (jifen_ledger_verify_ok): it reads every entry, so daily, and not at start.
+    verify_interval_s: float = 86400.0
+    verify_first_after_s: float = 600.0

@@ -1,0 +1,131 @@
+"""A programme's points as a whole: issued, redeemed, expired, adjusted and outstanding, exact, from the totals the
+ledger keeps per batch (`programme_totals`); what is pending and what expires month by month, from the lots; and the
+two periodic jobs that export them and re-check the ledger's invariants for Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from services.ledger.repository import LOT_RESERVED, LOT_USED
+from services.ledger.verify import verify
+from shared.jobs import Job, Page
+from shared.metrics import gauge
+from shared.uow import UnitOfWork
+
+MEASURES = ("issued", "redeemed", "expired", "adjusted", "outstanding")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A programme's points. `issued`: earn credits less their reversals and cancels; `redeemed`: spent less what
+    cancelled redemptions gave back; `expired`; `adjusted`: manual credits less manual debits; `outstanding`: what
+    members hold (the sum of their balances, debts included), which the others add up to with transfers netting
+    to zero."""
+
+    program_id: str
+    issued: int
+    redeemed: int
+    expired: int
+    adjusted: int
+    outstanding: int
+    entries: int
+
+    def get(self, measure: str) -> int:
+        value: int = getattr(self, measure)
+        return value
+
+
+def figures(program_id: str, rows: list[asyncpg.Record] | list[dict[str, Any]]) -> Figures:
+    by = {r["kind"]: (int(r["entries"]), int(r["points_in"]), int(r["points_out"])) for r in rows}
+
+    def of(kind: str, part: int) -> int:
+        return by.get(kind, (0, 0, 0))[part]
+
+    # A reversal that takes points out corrects a credit (an earn, nearly always); one that brings points back
+    # corrects a debit (a redemption cancelled).
+    issued = of("earn", 1) - of("reversal", 2) - of("cancel", 2)
+    redeemed = of("redeem", 2) - of("reversal", 1)
+    adjusted = of("adjust_credit", 1) - of("adjust_debit", 2)
+    outstanding = sum(i - o for _, i, o in by.values())
+    return Figures(program_id, issued, redeemed, of("expire", 2), adjusted, outstanding,
+                   sum(n for n, _, _ in by.values()))
+
+
+async def programme_figures(db: asyncpg.Connection) -> list[Figures]:
+    rows = await db.fetch("SELECT program_id, kind, entries, points_in, points_out FROM programme_totals "
+                          "ORDER BY program_id, kind")
+    grouped: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        grouped.setdefault(r["program_id"], []).append(r)
+    return [figures(p, rs) for p, rs in grouped.items()]
+
+
+async def members_of(db: asyncpg.Connection, program_id: str) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM accounts WHERE program_id = $1 AND kind = 'member'",
+                                 program_id))
+
+
+async def pending_and_expiring(db: asyncpg.Connection, program_id: str, now: datetime,
+                               months: int = 12) -> tuple[int, list[tuple[str, int]]]:
+    """Points not yet available (the return window open), and what the open lots will expire month by month."""
+    pending = await db.fetchval(
+        f"""SELECT coalesce(sum(l.amount - {LOT_USED} - {LOT_RESERVED}), 0)
+            FROM lots l JOIN accounts a ON a.id = l.account_id
+            WHERE a.program_id = $1 AND l.available_at > $2
+              AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)""", program_id, now)
+    rows = await db.fetch(
+        f"""SELECT to_char(date_trunc('month', l.expires_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
+                   sum(l.amount - {LOT_USED}) AS points
+            FROM lots l JOIN accounts a ON a.id = l.account_id
+            WHERE a.program_id = $1 AND l.expires_at > $2 AND l.expires_at <= $2 + make_interval(months => $3)
+              AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
+            GROUP BY 1 ORDER BY 1""", program_id, now, months)
+    return int(pending), [(r["month"], int(r["points"])) for r in rows if r["points"]]
+
+
+class TotalsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.points = gauge(registry, "ledger", "jifen_programme_points", "A programme's points as a whole, exact "
+                            "(issued, redeemed, expired, adjusted, outstanding)", ["program_id", "measure"])
+        self.members = gauge(registry, "ledger", "jifen_programme_members", "Member accounts of a programme",
+                             ["program_id"])
+        self.verify_ok = gauge(registry, "ledger", "jifen_ledger_verify_ok", "1 when the last scheduled `jifen "
+                               "ledger verify` found every rule holding, 0 when it found a problem")
+        self.verify_problems = gauge(registry, "ledger", "jifen_ledger_verify_problems", "Problems the last "
+                                     "scheduled verify found")
+
+
+def totals_job(metrics: TotalsMetrics, interval_s: float) -> Job:
+    """Export each programme's figures (cheap: one small table and a count of accounts)."""
+
+    async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
+        found = await programme_figures(uow.db)
+        for f in found:
+            for measure in MEASURES:
+                metrics.points.labels(f.program_id, measure).set(f.get(measure))
+            metrics.members.labels(f.program_id).set(await members_of(uow.db, f.program_id))
+        return Page(len(found))
+
+    return Job("programme-totals", page, interval_s)
+
+
+def verify_job(metrics: TotalsMetrics, interval_s: float, first_after_s: float,
+               log: Callable[[str], None] = lambda _: None) -> Job:
+    """`jifen ledger verify` on a schedule, its result a metric an alert watches. It reads every entry: daily by
+    default, and not right at start."""
+
+    async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
+        report = await verify(uow.db)
+        metrics.verify_ok.labels().set(1 if report.ok else 0)
+        metrics.verify_problems.labels().set(len(report.problems))
+        for problem in report.problems[:5]:
+            log(problem)
+        return Page(len(report.checked))
+
+    return Job("ledger-verify", page, interval_s, first_after_s)
