@@ -197,10 +197,13 @@ class BatchConsumer:
         self.metrics.ready.labels(self.service).set(1)
 
     def _note_outage(self, exc: BaseException, delay: float) -> None:
+        first = self.health.db_error is None
         self.health.db_error = _describe(exc)
         self.metrics.ready.labels(self.service).set(0)
         self.metrics.transient_failures.labels(self.service, type(exc).__name__).inc()
-        log.warning("transient failure; batch will be retried", extra={"error": repr(exc), "retry_in_s": delay})
+        # Said once per streak; the retries are counted. An outage's start and end are logged by shared.outages.
+        (log.warning if first else log.debug)("transient failure; the batch is retried until it is stored",
+                                              extra={"error": repr(exc), "retry_in_s": delay})
 
     def _parse(self, records: Sequence[ConsumerRecord[Any, Any]]) -> Parsed:
         parsed = Parsed([], [], [])

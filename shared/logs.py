@@ -95,11 +95,17 @@ REPEATS = Repeats()
 
 
 def configure(service: str, level: str = "INFO") -> None:
+    """Every line through one JSON handler: the root's. FastStream sets up a logger of its own at import (plain text
+    with colour codes, on stderr, not propagating); it is taken over here."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     handler.addFilter(REPEATS)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in ("faststream", "faststream.access", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        own = logging.getLogger(name)
+        own.handlers[:] = []
+        own.propagate = True
     for noisy in ("aiokafka", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -68,6 +68,7 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.lock_key = advisory_key(f"outbox:{schema}")
         self.is_leader = False
+        self._connected = True  # connected since the last failure (so the next failure starts a streak)
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -80,14 +81,16 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # reconnect after any failure; the rows stay in the outbox
                 self.is_leader = False
-                log.warning("outbox relay interrupted, retrying", extra={"error": repr(exc), "delay_s": delay})
+                if self._connected:  # a new streak: said once (an outage's start and end: shared.outages)
+                    self._connected, delay = False, 0.2
+                    log.warning("outbox relay interrupted; it reconnects until it can publish",
+                                extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            else:
-                delay = 0.2
 
     async def _lead(self) -> None:
         conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema}, timeout=5)
+        self._connected = True
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
                 self.is_leader = False

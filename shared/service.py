@@ -30,7 +30,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import auth, db, http, lag, logs
+from shared import auth, db, http, lag, logs, outages
 from shared.auth import KeyStore, Scope
 from shared.consumer import BatchConsumer, Health
 from shared.http import ApiError
@@ -162,19 +162,33 @@ class Runtime:
             retry_max_delay_s=settings.retry_max_delay_s, clock=self.spec.clock,
             future_tolerance_s=settings.future_tolerance_s)
 
+    async def database_answers(self) -> bool:
+        assert self.engine is not None
+        async with asyncio.timeout(1.0), self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.fetchval("SELECT 1")  # type: ignore[union-attr]
+        return True
+
+    async def kafka_answers(self) -> bool:
+        assert self.broker is not None
+        return bool(await self.broker.ping(timeout=1.0))
+
+    def dependencies(self) -> list[outages.Dependency]:
+        retried = self.metrics.transient_failures
+        return [outages.Dependency("database", self.database_answers,
+                                   lambda: sum(s.value for m in retried.collect() for s in m.samples
+                                               if s.name.endswith("_total"))),
+                outages.Dependency("kafka", self.kafka_answers, outages.kafka_client_errors)]
+
     async def readiness(self) -> dict[str, object]:
         checks: dict[str, object] = {}
         try:
-            assert self.engine is not None
-            async with asyncio.timeout(1.0), self.engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.fetchval("SELECT 1")  # type: ignore[union-attr]
+            await self.database_answers()
             checks["database"] = "ok" if self.health.db_error is None else f"recovering: {self.health.db_error}"
         except Exception as exc:
             checks["database"] = f"down: {type(exc).__name__}: {exc}"[:300]
         try:
-            assert self.broker is not None
-            checks["kafka"] = "ok" if await self.broker.ping(timeout=1.0) else "down: broker did not answer"
+            checks["kafka"] = "ok" if await self.kafka_answers() else "down: broker did not answer"
         except Exception as exc:
             checks["kafka"] = f"down: {type(exc).__name__}"
         relay = self.relay

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from shared.contracts import topics
@@ -77,3 +78,13 @@ async def test_postgres_restart_mid_feed_loses_nothing_and_readiness_reports_it(
     assert await credited(world, "pg") == (feed.expected_credits, feed.expected_points)
     for svc in (ledger, earn):
         await svc.ready(timeout=30)  # readiness comes back by itself
+    # Each service said the outage once when it began and once when it ended, with its length and its retries;
+    # the retries in between are counted, not logged one by one.
+    for svc in (ledger, earn):
+        lines = [orjson.loads(line) for line in svc.log.read_text().splitlines() if line.startswith("{")]
+        began = [line for line in lines if line["msg"] == "database unreachable: outage began"]
+        ended = [line for line in lines if line["msg"].startswith("database reachable again: outage ended after")]
+        assert len(began) == 1 and len(ended) == 1, (svc.name, began, ended)
+        assert ended[0]["outage_s"] >= 2 and ended[0]["retries"] >= 1, ended[0]
+        retried = [line for line in lines if line["msg"].startswith("transient failure")]
+        assert len(retried) <= 2, retried  # once per streak (a streak may restart after a short recovery)
