@@ -7,7 +7,7 @@ import os
 
 from shared.settings import Settings
 
-MODES = ["pipeline", "ledger", "history", "rules", "tiers", "all"]
+MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "all"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +17,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "commands; history: balance and entry pages of a member with a long history; rules: "
                             "the pipeline under the base rule alone, the default programme and every purchase "
                             "rule (restarts the stack's earn); tiers: the tiers service on preloaded ledger entries; "
+                            "referral: referral and purchase events through the stack's referral service; "
                             "all: every mode")
     bench.add_argument("--tier-entries", type=int, default=200_000,
                        help="tiers: earn credits to preload (default %(default)s)")
     bench.add_argument("--tier-members", type=int, default=20_000,
                        help="tiers: members they spread over (default %(default)s)")
+    bench.add_argument("--referrals", type=int, default=10_000,
+                       help="referral: accepted referrals of the first phase (default %(default)s)")
+    bench.add_argument("--referral-purchases", type=int, default=50_000,
+                       help="referral: purchases of the second phase (default %(default)s)")
     bench.add_argument("--history-entries", type=int, default=100_000,
                        help="history: entries of the member (default %(default)s)")
     bench.add_argument("--count", type=int, default=200_000,
@@ -68,6 +73,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         from bench.tiers import run_tiers_bench
 
         codes.append(await run_tiers_bench(args))
+    if args.mode in ("referral", "all"):
+        from bench.referral import run_referral_bench
+
+        codes.append(await run_referral_bench(args))
     return max(codes)
 
 

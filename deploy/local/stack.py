@@ -40,7 +40,7 @@ class ServiceProcess:
 
 
 SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101),
-            ServiceProcess("tiers", "services.tiers", 8104))
+            ServiceProcess("tiers", "services.tiers", 8104), ServiceProcess("referral", "services.referral", 8105))
 
 
 class Stack:

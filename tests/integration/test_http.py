@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.referral.app import spec as referral_spec
 from services.tiers.app import spec as tiers_spec
 from shared import auth
 from shared.auth import ApiKey
@@ -39,26 +41,28 @@ def credit(member: str, amount: int, key: str) -> bytes:
     return cloud_event(PostCredit, key, NOW, cmd.model_dump(mode="json"))
 
 
-def guarded(app: FastAPI) -> list[str]:
-    """Every route a key must open, with its path parameters filled in."""
-    paths = [r.path for r in app.routes if isinstance(r, APIRoute) and r.path not in OPEN_PATHS]
-    return [p.replace("{program_id}", "default").replace("{member_id:path}", "ann") for p in paths]
+def guarded(app: FastAPI) -> list[tuple[str, str]]:
+    """Every route a key must open, as (method, path) with its path parameters filled in."""
+    routes = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) and r.path not in OPEN_PATHS
+              for m in sorted(r.methods)]
+    return [(m, re.sub(r"\{[a-z_]+(:path)?\}", "x", p.replace("{program_id}", "default"))) for m, p in routes]
 
 
-@pytest.mark.parametrize("make", [earn_spec, ledger_spec, tiers_spec], ids=["earn", "ledger", "tiers"])
+@pytest.mark.parametrize("make", [earn_spec, ledger_spec, tiers_spec, referral_spec],
+                         ids=["earn", "ledger", "tiers", "referral"])
 async def test_every_endpoint_but_health_and_metrics_answers_401_without_a_valid_key(infra: Infra,
                                                                                      make: object) -> None:
     async with ServiceHarness(make(), await infra.new_database("http_")) as service:  # type: ignore[operator]
-        paths = guarded(service.app)
-        assert paths, "the service has routes behind keys"
-        for path in paths:
-            response = await service.request("GET", path, token="")
-            assert (response.status_code, response.json()["error"]) == (401, "missing_api_key"), path
+        routes = guarded(service.app)
+        assert routes, "the service has routes behind keys"
+        for method, path in routes:
+            response = await service.request(method, path, token="")
+            assert (response.status_code, response.json()["error"]) == (401, "missing_api_key"), (method, path)
             assert response.headers["www-authenticate"] == "Bearer"
-            response = await service.request("GET", path, token="jifen_000000000000_" + "x" * 43)
-            assert (response.status_code, response.json()["error"]) == (401, "invalid_api_key"), path
-            response = await service.request("GET", path, token="not a key at all")
-            assert response.status_code == 401, path
+            response = await service.request(method, path, token="jifen_000000000000_" + "x" * 43)
+            assert (response.status_code, response.json()["error"]) == (401, "invalid_api_key"), (method, path)
+            response = await service.request(method, path, token="not a key at all")
+            assert response.status_code == 401, (method, path)
         for open_path in ("/health/live", "/metrics", "/openapi.json"):
             assert (await service.request("GET", open_path, token="")).status_code == 200, open_path
 

@@ -27,6 +27,7 @@ from schemathesis.checks import (
 
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.referral.app import spec as referral_spec
 from services.tiers.app import spec as tiers_spec
 from shared.contracts import topics
 from shared.contracts.ledger_commands import Cause, PostCredit
@@ -35,7 +36,8 @@ from shared.testing import ServiceHarness, cloud_event
 from tests.support import Infra
 
 EXAMPLES = int(os.environ.get("JIFEN_FUZZ_EXAMPLES", "25"))
-SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec}
+SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
+                                                     "referral": referral_spec}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

@@ -13,13 +13,15 @@ import pytest
 from deploy.local.infra import REPO, install_prometheus
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.referral.app import spec as referral_spec
 from services.tiers.app import spec as tiers_spec
 from shared.service import ServiceSpec
 from shared.testing import ServiceHarness
 from tests.support import Infra
 
 RULES = REPO / "deploy" / "prometheus"
-SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec}
+SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
+                                                     "referral": referral_spec}
 
 
 @pytest.fixture(scope="module")
