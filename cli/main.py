@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from bench import main as bench
-from cli import asyncapi, earn, keys, ledger, programme, simulate, tiers
+from cli import asyncapi, dlq, earn, keys, ledger, programme, simulate, tiers
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     stack = sub.add_parser("stack", help="run Kafka, PostgreSQL and the services locally")
     stack.add_argument("action", choices=["up", "down", "status"])
-    for module in (simulate, keys, programme, ledger, earn, tiers, asyncapi, bench):
+    for module in (simulate, keys, programme, ledger, earn, tiers, dlq, asyncapi, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                 return earn.explain(args)
             case "tiers":
                 return asyncio.run(tiers.run(args))
+            case "dlq":
+                return asyncio.run(dlq.run(args))
             case "asyncapi":
                 return asyncapi.run(args)
             case _:

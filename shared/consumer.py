@@ -251,6 +251,10 @@ class BatchConsumer:
                         duplicates += 1
             for handler, run in _runs(fresh):
                 await handler(run, uow, rejections)
+            if self.use_inbox and rejections.event_ids:
+                # A refused event is not "seen": once its cause is fixed, `jifen dlq replay` brings it back and the
+                # inbox must let it through.
+                await uow.unclaim(rejections.event_ids)
             refused = bad + rejections.items
             for record, reason in refused:
                 uow.dead_letter(dlq_message(record, reason, self.service, _error_class(reason), now))

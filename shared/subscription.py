@@ -38,9 +38,11 @@ class Rejections:
 
     def __init__(self) -> None:
         self.items: list[tuple[ConsumerRecord[Any, Any], BadMessage]] = []
+        self.event_ids: list[str] = []
 
     def reject(self, item: Inbound[Contract], reason: str, detail: str) -> None:
         self.items.append((item.record, BadMessage(reason, detail)))
+        self.event_ids.append(item.event.event_id)
 
 
 Handler = Callable[[list[Inbound[Any]], "UnitOfWork", Rejections], Awaitable[None]]

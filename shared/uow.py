@@ -105,6 +105,10 @@ class UnitOfWork:
             list(event_ids))
         return {r["event_id"] for r in rows}
 
+    async def unclaim(self, event_ids: Sequence[str]) -> None:
+        """Forget ids claimed in this unit (events refused by a business rule, so a replay may try them again)."""
+        await self.db.execute("DELETE FROM inbox WHERE event_id = ANY($1::text[])", list(event_ids))
+
     async def commit(self) -> None:
         assert self._tx is not None
         await outbox.write(self.db, self.schema, self.messages)

@@ -203,3 +203,14 @@ async def test_a_job_whose_lock_another_process_holds_skips_the_round(kit: tuple
     finally:
         await other.close()
     assert await harness.runtime.jobs["inbox-prune"].run_once(NOW) == 0
+
+
+async def test_an_event_refused_by_a_rule_is_not_remembered_so_a_replay_is_judged_again(
+        kit: tuple[ServiceHarness, Seen, Seen]) -> None:
+    harness, purchases, _ = kit
+    purchases.refused = {"r1"}
+    out = await harness.send(topics.PURCHASES, purchase("r1"))
+    assert out.reasons == ["no_rule"]
+    purchases.refused = set()  # its cause fixed (a programme added, say), the record comes back from the DLQ
+    out = await harness.send(topics.PURCHASES, out.dead[0].value)
+    assert out.dead == [] and await seen(harness) == ["r1"]
