@@ -224,6 +224,7 @@ def build_app(spec: ServiceSpec) -> FastAPI:
                                     poll_interval_s=settings.outbox_poll_interval_s)
         relay_task = asyncio.create_task(runtime.relay.run(), name=f"{spec.name}-outbox-relay")
         await broker.start()
+        watchers.append(asyncio.create_task(outages.watch(runtime.dependencies()), name=f"{spec.name}-outages"))
         _tune_gc(settings.gc_young_threshold)
         gc_timer = _gc_timer(runtime.metrics, spec.name)
         gc.callbacks.append(gc_timer)

@@ -52,7 +52,7 @@ class ReferralMetrics:
         self.referrals = Gauge("jifen_referrals", "Referrals by status and reason (recounted by every round of the "
                                "expiry job, moved by every verdict)", ["program_id", "status", "reason"],
                                registry=registry)
-        self.review_queue = Gauge("jifen_referral_review_queue", "Referrals held for review (velocity)",
+        self.review_queue = Gauge("jifen_referrals_in_review", "Referrals held for review (velocity)",
                                   ["program_id"], registry=registry)
         self.verdicts = Counter("jifen_referral_verdicts", "Verdicts reached (a referral's status or reason "
                                 "changed)", ["program_id", "status", "reason"], registry=registry)

@@ -65,5 +65,6 @@ async def test_each_services_metrics_are_clean_prometheus_text(infra: Infra, pro
     # Every family names its unit: counters count events, messages, points, ...; the rest say what they measure.
     ours = {f for f in families if f.startswith("jifen_")}
     units = {"seconds", "records", "messages", "points", "members", "events", "entries", "commands", "items", "runs",
-             "changes", "warnings", "skipped", "repeats", "failures", "replays", "rejected", "ok", "problems", "ready"}
+             "changes", "warnings", "skipped", "repeats", "failures", "replays", "rejected", "ok", "problems", "ready",
+             "referrals", "redemptions", "coupons", "refusals", "verdicts"}
     assert sorted(f for f in ours if not units & set(f.split("_"))) == [], "a metric without its unit in its name"
