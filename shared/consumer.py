@@ -160,8 +160,9 @@ class BatchConsumer:
         self.metrics.batch_size.labels(self.service).observe(len(records))
         parsed = self._parse(records)
         good, bad = parsed.good, parsed.bad
+        stored_any = bool(good or bad)
         delay = 0.1
-        while True:
+        while good or bad:  # a batch of records all left to other services needs no transaction
             try:
                 await self._apply(good, bad)
                 break
@@ -193,8 +194,9 @@ class BatchConsumer:
                     break
         for record, message_type in parsed.skipped:
             self.metrics.ignored.labels(self.service, record.topic, message_type).inc()
-        self.health.db_error = None
-        self.metrics.ready.labels(self.service).set(1)
+        if stored_any:  # only a stored batch says the database is back
+            self.health.db_error = None
+            self.metrics.ready.labels(self.service).set(1)
 
     def _note_outage(self, exc: BaseException, delay: float) -> None:
         first = self.health.db_error is None
