@@ -24,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from shared.consumer import REPLAYED_FROM
 from shared.contracts import topics
 from shared.settings import Settings
 
@@ -231,8 +232,9 @@ async def _send(bootstrap: str, target: str, dlq_topic: str, chosen: list[Dead])
         reported = time.monotonic()
         for n, dead in enumerate(chosen, 1):
             r = dead.record
-            headers = [(k, v) for k, v in (r.headers or ()) if not k.startswith("jifen-dlq-")]
-            headers.append(("jifen-replayed-from", f"{dlq_topic}/{r.partition}/{r.offset}".encode()))
+            # A record replayed before and refused again carries its earlier mark: only this replay's is kept.
+            headers = [(k, v) for k, v in (r.headers or ()) if not k.startswith("jifen-dlq-") and k != REPLAYED_FROM]
+            headers.append((REPLAYED_FROM, f"{dlq_topic}/{r.partition}/{r.offset}".encode()))
             pending.append(await producer.send(target, r.value or b"", key=r.key, headers=headers))
             if time.monotonic() - reported > PROGRESS_S:
                 reported = time.monotonic()

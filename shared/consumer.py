@@ -41,6 +41,7 @@ from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 Refused = tuple[ConsumerRecord[Any, Any], BadMessage]
+REPLAYED_FROM = "jifen-replayed-from"  # the header `jifen dlq replay` adds: the DLQ record it came from
 
 
 class Retryable(Exception):
@@ -242,8 +243,9 @@ class BatchConsumer:
         async with self.unit_of_work() as uow:
             fresh = good
             duplicates = 0
+            marks = {i.event.event_id: _replay_mark(i.record) for i, _ in good}
             if self.use_inbox and good:
-                claimed = await uow.claim(list(dict.fromkeys(i.event.event_id for i, _ in good)))
+                claimed = await uow.claim(list(marks), {event_id: m for event_id, m in marks.items() if m})
                 fresh = []
                 for item, handler in good:
                     if item.event.event_id in claimed:
@@ -254,9 +256,9 @@ class BatchConsumer:
             for handler, run in _runs(fresh):
                 await handler(run, uow, rejections)
             if self.use_inbox and rejections.event_ids:
-                # A refused event is not "seen": once its cause is fixed, `jifen dlq replay` brings it back and the
-                # inbox must let it through.
-                await uow.unclaim(rejections.event_ids)
+                # Once its cause is fixed, `jifen dlq replay` brings a refused event back and the inbox lets it
+                # through; a plain redelivery (a crash before the offsets moved) stays a duplicate.
+                await uow.refuse({event_id: marks[event_id] for event_id in rejections.event_ids})
             refused = bad + rejections.items
             for record, reason in refused:
                 uow.dead_letter(dlq_message(record, reason, self.service, _error_class(reason), now))
@@ -276,6 +278,13 @@ class BatchConsumer:
             log.info("message sent to DLQ", extra={"topic": record.topic, "partition": record.partition,
                                                    "offset": record.offset, "reason": reason.reason,
                                                    "detail": reason.detail[:300]})
+
+
+def _replay_mark(record: ConsumerRecord[Any, Any]) -> str:
+    """Where `jifen dlq replay` took the record from (its `jifen-replayed-from` header), or '' for an original."""
+    marks = [bytes(value).decode(errors="replace") or "?" for key, value in record.headers or ()
+             if key == REPLAYED_FROM]
+    return marks[-1] if marks else ""
 
 
 def _runs(items: list[tuple[Inbound[Contract], Handler]]) -> list[tuple[Handler, list[Inbound[Any]]]]:

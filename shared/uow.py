@@ -96,18 +96,35 @@ class UnitOfWork:
     def dead_letter(self, message: OutboxMessage) -> None:
         self.messages.append(message)
 
-    async def claim(self, event_ids: Sequence[str]) -> set[str]:
-        """Record the ids in the inbox; returns those not seen before (the others are duplicates)."""
+    async def claim(self, event_ids: Sequence[str], replays: Mapping[str, str] | None = None) -> set[str]:
+        """Record the ids in the inbox; returns those not seen before (the others are duplicates).
+
+        `replays` maps the ids of records sent back by `jifen dlq replay` to their replay's mark: such an id already
+        claimed is fresh again if it was refused, and by another delivery than this replay."""
         if not event_ids:
             return set()
         rows = await self.db.fetch(
             "INSERT INTO inbox (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
             list(event_ids))
-        return {r["event_id"] for r in rows}
+        claimed = {r["event_id"] for r in rows}
+        again = {event_id: mark for event_id, mark in (replays or {}).items() if event_id not in claimed}
+        if again:
+            rows = await self.db.fetch(
+                """UPDATE inbox SET refused_in = NULL, received_at = now()
+                   FROM unnest($1::text[], $2::text[]) AS r(event_id, mark)
+                   WHERE inbox.event_id = r.event_id AND refused_in IS NOT NULL AND refused_in <> r.mark
+                   RETURNING inbox.event_id""",
+                list(again), list(again.values()))
+            claimed |= {r["event_id"] for r in rows}
+        return claimed
 
-    async def unclaim(self, event_ids: Sequence[str]) -> None:
-        """Forget ids claimed in this unit (events refused by a business rule, so a replay may try them again)."""
-        await self.db.execute("DELETE FROM inbox WHERE event_id = ANY($1::text[])", list(event_ids))
+    async def refuse(self, refused: Mapping[str, str]) -> None:
+        """Mark ids claimed in this unit as refused by a business rule, in the delivery `mark` names ('' for the
+        first): a replay of the event once its cause is fixed may then try it again (see `claim`)."""
+        if refused:
+            await self.db.execute(
+                """UPDATE inbox SET refused_in = r.mark FROM unnest($1::text[], $2::text[]) AS r(event_id, mark)
+                   WHERE inbox.event_id = r.event_id""", list(refused), list(refused.values()))
 
     async def commit(self) -> None:
         assert self._tx is not None

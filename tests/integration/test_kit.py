@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.consumer import Retryable
+from shared.consumer import REPLAYED_FROM, Retryable
 from shared.contracts import topics
 from shared.contracts.base import Contract
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, PointsEntryPosted
@@ -23,7 +23,7 @@ from shared.jobs import JobRunner, inbox_prune
 from shared.service import ServiceSpec
 from shared.settings import Settings
 from shared.subscription import Inbound, Rejections, Subscription
-from shared.testing import ServiceHarness, cloud_event
+from shared.testing import STRUCTURED, ServiceHarness, cloud_event
 from shared.uow import UnitOfWork
 from tests.support import Infra
 
@@ -205,12 +205,22 @@ async def test_a_job_whose_lock_another_process_holds_skips_the_round(kit: tuple
     assert await harness.runtime.jobs["inbox-prune"].run_once(NOW) == 0
 
 
-async def test_an_event_refused_by_a_rule_is_not_remembered_so_a_replay_is_judged_again(
+async def test_an_event_refused_by_a_rule_is_dead_lettered_once_and_judged_again_when_replayed(
         kit: tuple[ServiceHarness, Seen, Seen]) -> None:
     harness, purchases, _ = kit
     purchases.refused = {"r1"}
     out = await harness.send(topics.PURCHASES, purchase("r1"))
     assert out.reasons == ["no_rule"]
+    # The same record again (a crash after the commit, before the offsets moved) is a duplicate, not a second DLQ copy.
+    again = await harness.send(topics.PURCHASES, purchase("r1"))
+    assert again.dead == [] and counted(harness, "jifen_duplicates_skipped_total", topic=topics.PURCHASES) >= 1
     purchases.refused = set()  # its cause fixed (a programme added, say), the record comes back from the DLQ
-    out = await harness.send(topics.PURCHASES, out.dead[0].value)
+    replay = [*STRUCTURED, (REPLAYED_FROM, b"jifen.purchases.dlq/0/7")]
+    out = await harness.send(topics.PURCHASES, out.dead[0].value, headers=replay)
     assert out.dead == [] and await seen(harness) == ["r1"]
+    # That replay delivered twice, or replayed again, finds the event applied: it is a duplicate from now on.
+    out = await harness.send(topics.PURCHASES, purchase("r1"), headers=replay)
+    assert out.dead == []
+    out = await harness.send(topics.PURCHASES, purchase("r1"), headers=[*STRUCTURED, (REPLAYED_FROM, b"dlq/0/9")])
+    assert out.dead == [] and await seen(harness) == ["r1"]
+    assert [c for c in purchases.calls if c == ["r1"]] == [["r1"], ["r1"]]  # judged twice: first, then the replay
