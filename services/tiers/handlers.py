@@ -275,13 +275,15 @@ def _counted(metrics: TiersMetrics, program_id: str, change: Change) -> Callable
 
 
 def review(catalogue: Catalogue[TiersProgramme], metrics: TiersMetrics, schema: str, interval_s: float,
-           page_size: int = 500) -> Job:
+           page_size: int = 500, rebuilding: bool = False) -> Job:
     """The daily review: members whose tier period ended (plus grace) are reviewed, at that time; members within
     `warn_days` of a review that, as things stand, lowers their tier are warned once per period. The first page of
-    a round also counts the members per tier."""
+    a round also counts the members per tier. `rebuilding`: the rebuild's own review, under the lock it holds,
+    announcing nothing again."""
 
     async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
-        if not await uow.db.fetchval("SELECT pg_try_advisory_xact_lock_shared($1)", lock_key(schema)):
+        if not rebuilding and not await uow.db.fetchval("SELECT pg_try_advisory_xact_lock_shared($1)",
+                                                        lock_key(schema)):
             return Page(0)  # a rebuild is running: the next round reviews
         if cursor is None:
             for (program_id, tier), n in (await repository.counts(uow.db)).items():
@@ -305,7 +307,7 @@ def review(catalogue: Catalogue[TiersProgramme], metrics: TiersMetrics, schema: 
                 member.warned_for = member.valid_until
                 out.warnings.append((key, warning, now))
         await repository.forget_due(uow.db, [k for k in keys if k not in rules])
-        await record(uow, out, metrics)
+        await record(uow, out, metrics, announce=not rebuilding)
         return Page(len(keys), True if len(keys) == page_size else None)
 
     return Job("tier-review", page, interval_s)

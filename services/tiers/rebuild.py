@@ -20,7 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from services.tiers import app
-from services.tiers.handlers import ProjectTiers, lock_key
+from services.tiers.handlers import ProjectTiers, lock_key, review
 from services.tiers.settings import TiersSettings
 from shared.service import Runtime
 from shared.subscription import Subscription
@@ -65,11 +65,13 @@ async def rebuild(settings: TiersSettings, program_id: str, now: datetime,
         progress(f"dropped programme {program_id}'s tier projection")
         consumer = runtime.consumer()
         records = await _replay(settings, consumer.topics, consumer.process, batch_size, progress)
-        job = runtime.jobs["tier-review"]
+        # The reviews due by now, as the live service's job applies them, but under this rebuild's lock (the live
+        # job's pages wait for it) and announcing nothing: those changes were announced when they were due.
+        job = review(project.catalogue, project.metrics, settings.schema_name, 0.0, rebuilding=True)
         reviewed = 0
-        while True:  # the reviews due by now, as the live service's job applies them
+        while True:
             async with runtime.unit_of_work() as uow:
-                page = await job.job.page(uow, now, None if reviewed == 0 else True)
+                page = await job.page(uow, now, None if reviewed == 0 else True)
                 await uow.commit()
             reviewed += page.items
             if page.next is None:

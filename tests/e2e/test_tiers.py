@@ -5,6 +5,7 @@ and `jifen tiers rebuild` rebuilds exactly what the live service built."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -101,6 +102,8 @@ async def test_tiers_climb_earn_more_fall_back_on_refund_are_reviewed_and_rebuil
     assert datetime.fromisoformat(bob_drop["time"]) < NOW - timedelta(days=20)  # at its own time, not the job's
 
     live = await projection(world.database_url)
+    # The live service stops first: its review job (every second here) must not mend what the rebuild leaves out.
+    await asyncio.to_thread(tiers.stop)
     code, out, err = await jifen("tiers", "rebuild", "--program", "default", "--database-url", world.database_url,
                                  "--kafka-bootstrap", world.infra.bootstrap, "--topic-prefix", world.prefix)
     assert code == 0, out + err
