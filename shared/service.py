@@ -282,6 +282,12 @@ def serve(spec: ServiceSpec) -> None:
                 access_log=False)
 
 
+# The 404 every route with path parameters may give; as a plain schema reference, since FastAPI reads a response's
+# `model` only when the route is made (ErrorBody is in the components: every route documents its 401).
+NOT_FOUND = {"description": "not found", "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+
+
 def _every_route_asks_for_a_key(app: FastAPI) -> None:
     """Refuse to build a service with a route that forgot its key: only health, metrics and docs are open."""
     for route in app.routes:
@@ -290,6 +296,10 @@ def _every_route_asks_for_a_key(app: FastAPI) -> None:
         scopes = [getattr(d.call, "jifen_scope", None) for d in route.dependant.dependencies]
         if not any(scopes):
             raise RuntimeError(f"route {route.path} has no API key scope: add dependencies=[runtime.requires(...)]")
+        if route.dependant.path_params:
+            # A path naming nothing (an unknown programme; an id with a line break, which no route's pattern
+            # matches) is answered 404 {error, detail}: the documents say so.
+            route.responses.setdefault(404, NOT_FOUND)
 
 
 def _gc_timer(metrics: Metrics, service: str) -> Callable[[str, dict[str, int]], None]:

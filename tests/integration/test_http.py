@@ -134,6 +134,18 @@ async def test_an_unknown_path_and_a_wrong_method_answer_in_the_error_shape(ledg
     assert (response.status_code, response.json()["error"]) == (405, "method_not_allowed")
 
 
+async def test_a_path_no_route_matches_is_a_documented_404_in_the_error_shape(ledger: ServiceHarness) -> None:
+    """Found by the fuzzer: a member id with a line break matches no route's pattern; the 404 it gets must be in the
+    OpenAPI document of every route with path parameters."""
+    status, body = await ledger.get("/v1/programs/default/members/a%0Ab/balance")
+    assert (status, body["error"]) == (404, "not_found")
+    status, document = await ledger.get("/openapi.json")
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "{" in path:
+                assert "404" in operation["responses"], (method, path)
+
+
 async def test_metrics_is_described_as_prometheus_text_and_serves_it(ledger: ServiceHarness) -> None:
     status, spec = await ledger.get("/openapi.json")
     assert status == 200
