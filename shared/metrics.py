@@ -114,3 +114,22 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+class ReloadCollector:
+    """`jifen_programme_reload_runs_total{service,outcome}` from a service's programme catalogue: reloads taken (ok) and
+    refused (a broken file: the versions in force stay)."""
+
+    def __init__(self, service: str, catalogue: Any) -> None:
+        self.service = service
+        self.catalogue = catalogue
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("jifen_programme_reload_runs", "Programme folder reloads after a change, by outcome "
+                                     "(refused: a broken file; the versions in force stay)",
+                                     labels=["service", "outcome"])
+        family.add_metric([self.service, "ok"], self.catalogue.reloads[True])
+        family.add_metric([self.service, "refused"], self.catalogue.reloads[False])
+        yield family

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
@@ -45,6 +46,9 @@ class ProgrammeVersion(BaseModel):
     effective_from: datetime
     timezone: str = "UTC"
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")  # None: any currency, 1:1
+    # What one point is worth in `currency` (0.01: 100 points to the yuan), for the liability the points held are;
+    # None: the programme puts no money value on its points (an employee scheme, say).
+    point_value: Decimal | None = Field(default=None, gt=0)
 
     @field_validator("timezone")
     @classmethod
@@ -111,6 +115,15 @@ def load_file(path: Path, model: type[P]) -> P:
         raise ProgrammeError(f"{path}: {problems}") from exc
 
 
+@dataclass(frozen=True)
+class Reload:
+    """The last time a catalogue looked at its folder after a change: when, and whether it took the files."""
+
+    at: datetime
+    ok: bool
+    detail: str
+
+
 @dataclass
 class Catalogue(Generic[P]):
     """Every version of every programme in a folder, as `model` reads them; `at` picks the version in effect at an
@@ -121,6 +134,8 @@ class Catalogue(Generic[P]):
     versions: dict[str, list[P]] = field(default_factory=dict)
     check_every_s: float = 2.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    last_reload: Reload | None = None
+    reloads: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})  # by outcome, since start
     _stamp: tuple[tuple[str, int, float], ...] = ()
     _checked: float = 0.0
 
@@ -130,6 +145,7 @@ class Catalogue(Generic[P]):
         catalogue.versions = load_folder(folder, model)
         catalogue._stamp = catalogue._files_stamp()
         catalogue._checked = time.monotonic()
+        catalogue.last_reload = Reload(catalogue.clock(), True, "loaded at start")
         return catalogue
 
     def at(self, program_id: str, when: datetime) -> P | None:
@@ -159,9 +175,13 @@ class Catalogue(Generic[P]):
         except ProgrammeError as exc:
             log.error("programme folder not reloaded; the versions in force stay", extra={"error": str(exc)})
             self._stamp = stamp  # report once per change, not on every event
+            self.last_reload = Reload(self.clock(), False, str(exc)[:1000])
+            self.reloads[False] += 1
             return False
         self.versions, self._stamp = versions, stamp
         log.info("programmes reloaded", extra={"versions": {p: [v.version for v in vs] for p, vs in versions.items()}})
+        self.last_reload = Reload(self.clock(), True, "reloaded")
+        self.reloads[True] += 1
         return True
 
     def _refuse_rewriting_history(self, versions: dict[str, list[P]]) -> None:

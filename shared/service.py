@@ -35,8 +35,9 @@ from shared.auth import KeyStore, Scope
 from shared.consumer import BatchConsumer, Health
 from shared.http import ApiError
 from shared.jobs import Job, JobRunner, inbox_prune
-from shared.metrics import Metrics
+from shared.metrics import Metrics, ReloadCollector
 from shared.outbox import OutboxRelay
+from shared.programmes import Catalogue
 from shared.settings import Settings
 from shared.subscription import Subscription, routes
 from shared.uow import UnitOfWork
@@ -86,6 +87,7 @@ class ServiceSpec:
     use_inbox: bool = True  # False for a consumer that dedupes by a key of its own (the ledger, by command key)
     pool_size: int = 5
     clock: Callable[[], datetime] = utc_now
+    catalogue: Catalogue[Any] | None = None  # the service's view of the programme files: its reloads are counted
 
     @property
     def schema(self) -> str:
@@ -124,7 +126,10 @@ class Runtime:
 
     @classmethod
     def of(cls, spec: ServiceSpec) -> Runtime:
-        return cls(spec=spec, metrics=Metrics(spec.name, spec.registry))
+        runtime = cls(spec=spec, metrics=Metrics(spec.name, spec.registry))
+        if spec.catalogue is not None:
+            spec.registry.register(ReloadCollector(spec.name, spec.catalogue))
+        return runtime
 
     def requires(self, scope: Scope) -> Any:
         """A route dependency: the caller's API key, which must carry `scope`."""

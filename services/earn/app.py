@@ -44,6 +44,7 @@ def spec(settings: EarnSettings | None = None, clock: Callable[[], datetime] = u
 
     return ServiceSpec(
         name="earn", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        catalogue=catalogue,
         # One handler for every type: it loads what a batch needs (orders, tiers, caps) once for the whole batch.
         subscriptions=[Subscription(dict.fromkeys(INBOUND, earn)),
                        Subscription({TierChanged: earn}, others="skip")],

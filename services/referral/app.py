@@ -204,6 +204,7 @@ def spec(settings: ReferralSettings | None = None, clock: Callable[[], datetime]
 
     return ServiceSpec(
         name="referral", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        catalogue=judging.catalogue,
         subscriptions=[
             # Members and purchases belong to several services: referral keeps its part of each.
             Subscription({ReferralAccepted: events, MemberEnrolled: events, PurchaseCompleted: events,

@@ -161,6 +161,7 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
 
     return ServiceSpec(
         name="tiers", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
+        catalogue=catalogue,
         use_inbox=False,  # contributions and assignments are stored by key: a replay changes nothing by itself
         subscriptions=[
             # Of the ledger's entries, earn credits and their reversals: the rest is skipped and counted.

@@ -229,6 +229,11 @@ def test_a_new_version_dropped_in_the_folder_is_used_without_a_restart(tmp_path:
     assert catalogue.at("shop", SATURDAY).version == 1  # type: ignore[union-attr]
     (tmp_path / "shop.v3.yaml").write_text("program_id: shop\nversion: oops\n")  # broken: the old ones stay
     assert catalogue.at("shop", MONDAY).version == 2  # type: ignore[union-attr]
+    # Each reload is counted by outcome and the last one is kept, for jifen_programme_reload_runs_total and the
+    # programme summary.
+    assert catalogue.reloads == {True: 1, False: 1}
+    assert catalogue.last_reload is not None and not catalogue.last_reload.ok
+    assert "shop.v3.yaml" in catalogue.last_reload.detail and catalogue.last_reload.at == SATURDAY
 
 
 def test_a_version_that_would_rewrite_history_is_not_loaded(tmp_path: Path) -> None:
