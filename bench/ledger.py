@@ -387,6 +387,8 @@ async def _measure(bench: Bench, args: argparse.Namespace) -> int:
             continue
         print(f"  {what:<44}{f'{phase.per_s:,.0f} commands/s':>22}  {ratio(phase.per_s, insert_rate):>13}  "
               f"{f'{target:,.0f}/s':>10}  {verdict(phase.per_s >= target)}")
+    if b.wall_commands:
+        args.ledger_mixed_rate = b.per_s  # for the redemption bench of the same run, to set beside
     print("\nChecks")
     ok = True
     for phase, wrong in ((a, wrong_a), (b, wrong_b)):

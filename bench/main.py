@@ -7,7 +7,7 @@ import os
 
 from shared.settings import Settings
 
-MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "all"]
+MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "all"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "the pipeline under the base rule alone, the default programme and every purchase "
                             "rule (restarts the stack's earn); tiers: the tiers service on preloaded ledger entries; "
                             "referral: referral and purchase events through the stack's referral service; "
+                            "redemption: concurrent clients redeeming through the stack's redemption service; "
                             "all: every mode")
     bench.add_argument("--tier-entries", type=int, default=200_000,
                        help="tiers: earn credits to preload (default %(default)s)")
@@ -51,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="ledger: record the ledger with py-spy during each phase, write the stacks to DIR and "
                             "print its hot spots (slows the ledger a little)")
     bench.add_argument("--keep", action="store_true", help="ledger, tiers: keep the bench's schema and topics")
+    from bench.redemption import add_arguments
+
+    add_arguments(bench)
+
 
 async def run_bench(args: argparse.Namespace) -> int:
     """The mode asked for (pipeline by default), or every mode one after the other for `all`."""
@@ -77,6 +82,19 @@ async def run_bench(args: argparse.Namespace) -> int:
         from bench.referral import run_referral_bench
 
         codes.append(await run_referral_bench(args))
+    if args.mode in ("redemption", "all"):
+        from bench.redemption import run_redemption_bench
+
+        if args.mode == "redemption" and args.ledger_mixed_rate is None:
+            # The ledger's mixed rate, measured in this run, is what the redemption rate is set beside.
+            from bench.ledger import run_ledger_bench
+
+            print("\nFirst the ledger alone on a short mixed load, to set the redemption rate beside:")
+            short = argparse.Namespace(**{**vars(args), "credits": min(args.credits, 20_000),
+                                          "mixed": min(args.mixed, 50_000), "keep": False})
+            codes.append(await run_ledger_bench(short))
+            args.ledger_mixed_rate = short.ledger_mixed_rate
+        codes.append(await run_redemption_bench(args))
     return max(codes)
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import yaml
 
 from services.earn.domain import Programme as EarnProgramme
+from services.redemption.programme import RedemptionProgramme
 from services.referral.domain import ReferralProgramme
 from services.tiers.domain import TiersProgramme
 from shared.programmes import SECTIONS, ProgrammeError, ProgrammeVersion, load_file, load_folder
 
 # Each service's view of a programme file: the header and the sections it owns (shared/programmes.py SECTIONS).
 MODELS: dict[str, type[ProgrammeVersion]] = {"earn": EarnProgramme, "tiers": TiersProgramme,
-                                              "referral": ReferralProgramme}
+                                              "referral": ReferralProgramme, "redemption": RedemptionProgramme}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

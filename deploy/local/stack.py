@@ -40,7 +40,8 @@ class ServiceProcess:
 
 
 SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101),
-            ServiceProcess("tiers", "services.tiers", 8104), ServiceProcess("referral", "services.referral", 8105))
+            ServiceProcess("tiers", "services.tiers", 8104), ServiceProcess("referral", "services.referral", 8105),
+            ServiceProcess("redemption", "services.redemption", 8103))
 
 
 class Stack:

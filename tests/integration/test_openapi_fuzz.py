@@ -27,6 +27,7 @@ from schemathesis.checks import (
 
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
 from services.tiers.app import spec as tiers_spec
 from shared.contracts import topics
@@ -37,7 +38,7 @@ from tests.support import Infra
 
 EXAMPLES = int(os.environ.get("JIFEN_FUZZ_EXAMPLES", "25"))
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "referral": referral_spec}
+                                                     "referral": referral_spec, "redemption": redemption_spec}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

@@ -13,6 +13,7 @@ import pytest
 from deploy.local.infra import REPO, install_prometheus
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
+from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
 from services.tiers.app import spec as tiers_spec
 from shared.service import ServiceSpec
@@ -21,7 +22,7 @@ from tests.support import Infra
 
 RULES = REPO / "deploy" / "prometheus"
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "referral": referral_spec}
+                                                     "referral": referral_spec, "redemption": redemption_spec}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,234 @@
+"""The HTTP side's bodies and answers, and how a request runs its unit of work (retried on a concurrent writer,
+answered 503 while the database is away: never a 500 for something that passes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal, TypeVar
+
+from fastapi import Header, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.redemption.domain import Coupon, Payment, points_value
+from services.redemption.programme import CashbackTerms, CouponTerms, Limit, RewardId
+from services.redemption.redeem import Offer, Shown
+from shared.consumer import is_transient
+from shared.contracts.base import Currency, Id, Money
+from shared.http import ApiError, ErrorBody
+from shared.service import Runtime
+from shared.uow import UnitOfWork
+
+T = TypeVar("T")
+ATTEMPTS = 3
+
+IdempotencyKey = Annotated[str, Header(min_length=1, max_length=150, pattern=r"^[\x21-\x7e]+$",
+                                       description="the client's key for this request: the same key and body "
+                                                   "answer the same result; another body is refused")]
+Wait = Annotated[float, Query(ge=0, le=10, description="seconds (at most 10) to wait for the final state")]
+CouponCode = Annotated[str, Path(min_length=10, max_length=40, pattern=r"^[A-Za-z0-9 -]+$",
+                                 description="the code as printed (dashes and case do not matter)")]
+StockKey = Annotated[str | None, Header(min_length=1, max_length=150, pattern=r"^[\x21-\x7e]+$",
+                                        description="optional: a retry with the same key adds nothing again")]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedeemIn(Body):
+    member_id: Id
+    reward_id: RewardId
+    quantity: int = Field(default=1, ge=1, le=100)
+
+
+class CouponOut(BaseModel):
+    coupon_id: str
+    code: str | None = Field(description="the code, in the one answer that shows it: the first with the redeem "
+                                         "scope to find the redemption completed; null in every other")
+    code_shown: bool = Field(description="the code has been shown (it is not kept anywhere since)")
+    value: Decimal
+    currency: str
+    expires_at: datetime
+    status: Literal["valid", "used", "void", "expired"]
+
+
+class RedemptionOut(BaseModel):
+    redemption_id: str
+    program_id: str
+    member_id: str
+    reward_id: str
+    kind: str
+    quantity: int
+    points: int
+    status: Literal["pending", "completed", "rejected", "cancelled"]
+    reason: str | None = Field(description="why it was rejected: a reason code")
+    detail: str | None
+    created_at: datetime
+    settled_at: datetime | None = Field(description="when it was completed or rejected")
+    cancelled_at: datetime | None
+    cancellable_until: datetime | None
+    fulfilment: str | None = Field(description="goods, services and cash back: to_fulfil once paid, withdrawn if "
+                                               "cancelled")
+    coupon: CouponOut | None
+
+
+class RedemptionRefused(ErrorBody):
+    redemption_id: str
+    status: Literal["rejected"]
+
+
+class RewardOut(BaseModel):
+    reward_id: str
+    name: str
+    kind: str
+    points: int = Field(description="the price of one unit for this member (the base price without a member)")
+    base_points: int
+    points_by_tier: dict[str, int]
+    tiers: list[str] | None = Field(description="only members at these tiers may redeem it")
+    stock_left: int | None = Field(description="none: the reward has no stock to run out of")
+    available_until: datetime | None
+    limit: Limit | None
+    coupon: CouponTerms | None
+    cashback: CashbackTerms | None
+    cancel_hours: int | None
+
+
+class RewardsOut(BaseModel):
+    program_id: str
+    version: int
+    member_id: str | None
+    tier: str | None
+    blocked: bool
+    rewards: list[RewardOut]
+
+
+class StockIn(Body):
+    quantity: int = Field(ge=1, le=1_000_000)
+
+
+class StockOut(BaseModel):
+    program_id: str
+    reward_id: str
+    added: bool = Field(description="false when this Idempotency-Key added its stock before")
+    stock_left: int
+
+
+class PaymentIn(Body):
+    member_id: Id
+    order_id: Id
+    points: int = Field(ge=1, le=10**9)
+    basket_total: Annotated[Money, Field(gt=0)]
+    currency: Currency | None = Field(default=None, description="the basket's; the programme's points currency when "
+                                                                "not given")
+
+
+class CaptureIn(Body):
+    points: int | None = Field(default=None, ge=1, le=10**9, description="at most the authorised points (default: "
+                                                                         "all of them)")
+
+
+class PaymentOut(BaseModel):
+    payment_id: str
+    program_id: str
+    member_id: str
+    order_id: str
+    status: Literal["pending", "authorised", "capturing", "captured", "voiding", "voided", "expired", "rejected"]
+    reason: str | None
+    detail: str | None
+    points: int = Field(description="authorised")
+    value: Decimal = Field(description="what the authorised points pay, rounded down to the currency's minor unit")
+    basket_total: Decimal
+    currency: str
+    captured_points: int
+    captured_value: Decimal
+    points_returned: int = Field(description="given back by refunds of the order")
+    expires_at: datetime | None = Field(description="when an authorisation not captured is released")
+    created_at: datetime
+    settled_at: datetime | None
+
+
+class CouponUseIn(Body):
+    order_id: Id
+
+
+class CouponView(BaseModel):
+    coupon_id: str
+    redemption_id: str
+    status: Literal["valid", "used", "void", "expired"]
+    valid: bool
+    value: Decimal
+    currency: str
+    expires_at: datetime
+    used_order_id: str | None
+    used_at: datetime | None
+
+
+def redemption_out(shown: Shown, now: datetime) -> RedemptionOut:
+    r, c = shown.redemption, shown.coupon
+    coupon = CouponOut(coupon_id=c.coupon_id, code=shown.code, code_shown=shown.code_shown, value=c.value,
+                       currency=c.currency, expires_at=c.expires_at, status=c.status(now)) if c is not None else None
+    return RedemptionOut(
+        redemption_id=r.redemption_id, program_id=r.program_id, member_id=r.member_id, reward_id=r.reward_id,
+        kind=r.kind, quantity=r.quantity, points=r.points, status=r.status, reason=r.reason, detail=r.detail,
+        created_at=r.created_at, settled_at=r.settled_at, cancelled_at=r.cancelled_at,
+        cancellable_until=r.cancellable_until, fulfilment=shown.fulfilment, coupon=coupon)
+
+
+def reward_out(offer: Offer) -> RewardOut:
+    r = offer.reward
+    return RewardOut(reward_id=r.reward_id, name=r.name, kind=r.kind, points=offer.points, base_points=r.points,
+                     points_by_tier=r.points_by_tier, tiers=r.tiers, stock_left=offer.stock_left,
+                     available_until=r.available.ends if r.available else None, limit=r.limit, coupon=r.coupon,
+                     cashback=r.cashback, cancel_hours=r.cancel_hours)
+
+
+def payment_out(p: Payment, returned: int) -> PaymentOut:
+    return PaymentOut(
+        payment_id=p.payment_id, program_id=p.program_id, member_id=p.member_id, order_id=p.order_id,
+        status=p.status, reason=p.reason, detail=p.detail, points=p.points,
+        value=points_value(p.points, p.points_per_unit, p.decimals), basket_total=p.basket_total, currency=p.currency,
+        captured_points=p.captured_points, captured_value=p.captured_value, points_returned=returned,
+        expires_at=p.expires_at, created_at=p.created_at, settled_at=p.settled_at)
+
+
+def coupon_view(c: Coupon, now: datetime) -> CouponView:
+    status = c.status(now)
+    return CouponView(coupon_id=c.coupon_id, redemption_id=c.redemption_id, status=status, valid=status == "valid",
+                      value=c.value, currency=c.currency, expires_at=c.expires_at, used_order_id=c.used_order_id,
+                      used_at=c.used_at)
+
+
+async def transaction(runtime: Runtime, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    """Run `work` in a unit of work and commit it. A deadlock or a concurrent writer is retried (the whole request
+    again, from the start); a database that does not answer is 503."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            async with runtime.unit_of_work() as uow:
+                done = await work(uow)
+                await uow.commit()
+                return done
+        except ApiError:
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == ATTEMPTS:
+                raise ApiError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from exc
+            await asyncio.sleep(0.02 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def reading(runtime: Runtime, work: Callable[..., Awaitable[T]], *args: object) -> T:
+    """A read on a connection of its own; 503 while the database is away."""
+    try:
+        async with runtime.connection() as db:
+            return await work(db, *args)
+    except ApiError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        raise ApiError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from exc

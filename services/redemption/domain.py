@@ -1,0 +1,338 @@
+"""Redemption rules: prices, eligibility and risk limits, cancellation windows, coupon states, points as payment and
+what a refund gives back, and how redemptions and payments move on the ledger's outcomes. Pure: no I/O, no clock.
+
+Points leave a balance only through the ledger's holds. A redemption reserves its stock and asks for a hold in one
+transaction; the hold placed, its coupon is issued and the hold captured; the capture makes it `completed`. A hold
+the ledger refuses (or that times out) makes it `rejected` with the ledger's reason, and its stock comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from services.redemption.programme import Period, PointsPayment, RedemptionRules, Reward
+from shared.refusal import Refusal
+
+Status = Literal["pending", "completed", "rejected", "cancelled"]
+PaymentStatus = Literal["pending", "authorised", "capturing", "captured", "voiding", "voided", "expired", "rejected"]
+CouponState = Literal["active", "used", "void"]  # as stored; `expired` is derived from the time
+Outcome = Literal["placed", "captured", "released", "expired", "refused"]  # what the ledger said about a hold
+Command = Literal["hold", "capture", "void", "cancel", "refund"]  # which of our commands an outcome answers
+
+OPEN_PAYMENT: frozenset[str] = frozenset({"pending", "authorised", "capturing", "voiding"})
+
+
+class Refused(Refusal):
+    """A request refused by a rule; the reason is the same string in the HTTP answer, the outcome event and the
+    refusals metric."""
+
+
+# --- members, prices, limits --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """What redemption knows of a member, projected from jifen.tiers and jifen.members."""
+
+    tier: str | None = None
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Past:
+    """A redemption of the member that counts towards limits (pending or completed)."""
+
+    reward_id: str
+    quantity: int
+    points: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    today: int = 0  # redemptions since the start of the local day
+    today_points: int = 0
+    recent: int = 0  # redemptions inside the velocity window
+    of_reward: int = 0  # units of the reward inside its limit's period
+
+
+def period_start(per: Period, now: datetime, zone: ZoneInfo) -> datetime | None:
+    """The start of the calendar period holding `now`, in the programme's time zone (None: `ever`)."""
+    local = now.astimezone(zone)
+    day = local.date()
+    match per:
+        case "day":
+            pass
+        case "week":
+            day -= timedelta(days=day.weekday())  # weeks start on Monday
+        case "month":
+            day = day.replace(day=1)
+        case "year":
+            day = day.replace(month=1, day=1)
+        case "ever":
+            return None
+    return datetime.combine(day, time(0), tzinfo=zone)
+
+
+def history_since(reward: Reward | None, rules: RedemptionRules, now: datetime, zone: ZoneInfo) -> datetime | None:
+    """How far back the member's redemptions can matter to the limits (None: all of them)."""
+    starts: list[datetime | None] = [period_start("day", now, zone)]
+    if rules.limits.velocity is not None:
+        starts.append(now - timedelta(minutes=rules.limits.velocity.minutes))
+    if reward is not None and reward.limit is not None:
+        starts.append(period_start(reward.limit.per, now, zone))
+    return None if any(s is None for s in starts) else min(s for s in starts if s is not None)
+
+
+def usage(history: Iterable[Past], reward: Reward | None, rules: RedemptionRules, now: datetime,
+          zone: ZoneInfo) -> Usage:
+    day = period_start("day", now, zone)
+    assert day is not None
+    velocity = rules.limits.velocity
+    recent_since = now - timedelta(minutes=velocity.minutes) if velocity is not None else now
+    limit_since = period_start(reward.limit.per, now, zone) if reward is not None and reward.limit else None
+    today = today_points = recent = of_reward = 0
+    for past in history:
+        if past.at >= day:
+            today += 1
+            today_points += past.points
+        if past.at > recent_since:
+            recent += 1
+        if reward is not None and past.reward_id == reward.reward_id and (limit_since is None
+                                                                         or past.at >= limit_since):
+            of_reward += past.quantity
+    return Usage(today, today_points, recent, of_reward)
+
+
+def refusal(reward: Reward | None, reward_id: str, quantity: int, member: MemberView, used: Usage,
+            rules: RedemptionRules, now: datetime) -> Refused | None:
+    """Why the member may not redeem `quantity` of the reward now (stock and points are checked after this: stock
+    by the database, points by the ledger's hold); None when nothing here stands in the way."""
+    if reward is None:
+        return Refused("unknown_reward", f"the catalogue has no reward {reward_id!r}")
+    if member.blocked:
+        return Refused("blocked_member", "the member is blocked from redeeming")
+    if reward.available is not None and not reward.available.holds(now):
+        return Refused("reward_not_available", f"{reward.reward_id!r} cannot be redeemed at {now.isoformat()}")
+    if reward.tiers is not None and member.tier not in reward.tiers:
+        return Refused("not_eligible_tier", f"{reward.reward_id!r} is for tiers {', '.join(reward.tiers)}; the "
+                                            f"member's tier is {member.tier or 'none yet'}")
+    velocity, daily = rules.limits.velocity, rules.limits.per_day
+    if velocity is not None and used.recent >= velocity.count:
+        return Refused("too_fast", f"{used.recent} redemptions in the last {velocity.minutes} minutes; at most "
+                                   f"{velocity.count}")
+    points = reward.price(member.tier) * quantity
+    if daily is not None and daily.redemptions is not None and used.today >= daily.redemptions:
+        return Refused("daily_limit", f"{used.today} redemptions today; at most {daily.redemptions} a day")
+    if daily is not None and daily.points is not None and used.today_points + points > daily.points:
+        return Refused("daily_limit", f"{used.today_points} points redeemed today and {points} asked; at most "
+                                      f"{daily.points} a day")
+    if reward.limit is not None and used.of_reward + quantity > reward.limit.count:
+        per = "in all" if reward.limit.per == "ever" else f"a {reward.limit.per}"
+        return Refused("member_limit", f"{used.of_reward} of {reward.reward_id!r} redeemed already; at most "
+                                       f"{reward.limit.count} {per}")
+    return None
+
+
+# --- redemptions ----------------------------------------------------------------------------------------
+
+@dataclass
+class Redemption:
+    redemption_id: str
+    program_id: str
+    member_id: str
+    reward_id: str
+    kind: str
+    quantity: int
+    points: int
+    status: Status
+    reward: Reward | None  # the reward as it was redeemed (its terms), None for an unknown reward
+    timezone: str
+    created_at: datetime
+    reason: str | None = None
+    detail: str | None = None
+    stock_taken: int = 0
+    held_at: datetime | None = None
+    hold_expires_at: datetime | None = None
+    settled_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+    @property
+    def hold_id(self) -> str:
+        return f"redeem:{self.redemption_id}"
+
+    def key(self, command: Command) -> str:
+        """The ledger command's idempotency key: derived from the redemption, so a replay is the same command."""
+        return f"redeem:{self.redemption_id}:{command}"
+
+    @property
+    def cancellable_until(self) -> datetime | None:
+        if self.reward is None or self.reward.cancel_hours is None or self.settled_at is None:
+            return None
+        return self.settled_at + timedelta(hours=self.reward.cancel_hours)
+
+
+Step = Literal["capture", "complete", "reject"]
+
+
+def step_of(redemption: Redemption, outcome: Outcome, command: Command) -> Step | None:
+    """What a ledger outcome does to a redemption; None: nothing (it is settled already, or a replay)."""
+    if redemption.status != "pending":
+        return None
+    if outcome == "placed":
+        return "capture" if redemption.held_at is None else None
+    if outcome == "captured":
+        return "complete"
+    if outcome == "refused" and command not in ("hold", "capture"):
+        return None
+    return "reject"  # the hold refused, released or timed out, or its capture refused
+
+
+def cancel_refusal(redemption: Redemption, coupon: Coupon | None, now: datetime) -> Refused | None:
+    """Why a redemption cannot be cancelled now (a cancelled one is answered as it is, not refused)."""
+    if redemption.status == "pending":
+        return Refused("redemption_pending", "the redemption is not completed yet; try again in a moment")
+    if redemption.status == "rejected":
+        return Refused("redemption_rejected", "a rejected redemption took no points: there is nothing to cancel")
+    until = redemption.cancellable_until
+    if until is None:
+        return Refused("not_cancellable", f"reward {redemption.reward_id!r} cannot be cancelled")
+    if now > until:
+        return Refused("cancel_window_closed", f"the redemption could be cancelled until {until.isoformat()}")
+    if coupon is not None and coupon.state == "used":
+        return Refused("coupon_used", f"its coupon was used on order {coupon.used_order_id!r}")
+    return None
+
+
+# --- coupons --------------------------------------------------------------------------------------------
+
+@dataclass
+class Coupon:
+    coupon_id: str
+    redemption_id: str
+    program_id: str
+    member_id: str
+    value: Decimal
+    currency: str
+    issued_at: datetime
+    expires_at: datetime
+    state: CouponState = "active"
+    used_order_id: str | None = None
+    used_at: datetime | None = None
+
+    def status(self, now: datetime) -> Literal["valid", "used", "void", "expired"]:
+        if self.state != "active":
+            return self.state
+        return "expired" if now >= self.expires_at else "valid"
+
+
+def coupon_expiry(issued_at: datetime, valid_days: int, zone: ZoneInfo) -> datetime:
+    """The end of the `valid_days`th day after issue, local time: issued on the 3rd for 30 days, good all of the 3rd
+    of next month."""
+    last_day = issued_at.astimezone(zone).date() + timedelta(days=valid_days + 1)
+    return datetime.combine(last_day, time(0), tzinfo=zone)
+
+
+def use_refusal(coupon: Coupon, order_id: str, now: datetime) -> Refused | None:
+    """Why the coupon cannot pay `order_id`; None also when it already paid that very order (a replay)."""
+    status = coupon.status(now)
+    if status == "void":
+        return Refused("coupon_void", "the coupon was voided (its redemption was cancelled or rejected)")
+    if status == "used":
+        if coupon.used_order_id == order_id:
+            return None
+        return Refused("coupon_used", "the coupon was used on another order")
+    if status == "expired":
+        return Refused("coupon_expired", f"the coupon expired at {coupon.expires_at.isoformat()}")
+    return None
+
+
+# --- points as payment ----------------------------------------------------------------------------------
+
+def points_value(points: int, points_per_unit: Decimal, decimals: int) -> Decimal:
+    """What points pay, rounded down to the currency's minor unit: the member never pays with more than the points
+    are worth."""
+    return (Decimal(points) / points_per_unit).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
+
+
+def payment_refusal(points: int, basket_total: Decimal, currency: str, rules: PointsPayment | None) -> Refused | None:
+    if rules is None:
+        return Refused("points_payment_not_offered", "this programme does not take points as payment")
+    if currency != rules.currency:
+        return Refused("currency_not_accepted", f"points pay {rules.currency} baskets, not {currency}")
+    if points < rules.min_points:
+        return Refused("below_minimum_points", f"at least {rules.min_points} points pay; {points} asked")
+    value = points_value(points, rules.points_per_unit, rules.decimals)
+    most = basket_total * rules.max_share
+    if value > most:
+        return Refused("exceeds_basket_share", f"{points} points pay {value} {currency}, more than {rules.max_share:%} "
+                                               f"of the {basket_total} basket ({most})")
+    return None
+
+
+@dataclass
+class Payment:
+    payment_id: str
+    program_id: str
+    member_id: str
+    order_id: str
+    points: int  # authorised
+    basket_total: Decimal
+    currency: str
+    points_per_unit: Decimal  # the terms it was authorised on
+    decimals: int
+    status: PaymentStatus
+    created_at: datetime
+    reason: str | None = None
+    detail: str | None = None
+    expires_at: datetime | None = None
+    capture_points: int | None = None  # asked for by the till
+    captured_points: int = 0
+    settled_at: datetime | None = None
+
+    @property
+    def hold_id(self) -> str:
+        return f"pay:{self.payment_id}"
+
+    def key(self, command: Command, refund_id: str = "") -> str:
+        if len(refund_id) > 100:  # an upstream id may be long; the key must stay within an id's 200 characters
+            refund_id = "sha256-" + hashlib.sha256(refund_id.encode()).hexdigest()
+        return f"pay:{self.payment_id}:{command}" + (f":{refund_id}" if refund_id else "")
+
+    @property
+    def captured_value(self) -> Decimal:
+        return points_value(self.captured_points, self.points_per_unit, self.decimals)
+
+
+def payment_after(payment: Payment, outcome: Outcome, command: Command) -> PaymentStatus | None:
+    """A payment's status after a ledger outcome; None: unchanged."""
+    status = payment.status
+    if status not in OPEN_PAYMENT:
+        return None
+    match outcome:
+        case "placed":
+            return "authorised" if status == "pending" else None
+        case "captured":
+            return "captured"
+        case "released":
+            return "voided"
+        case "expired":
+            return "expired"
+    # A refused hold rejects the payment; a refused capture or release is followed by the hold's own outcome (it
+    # timed out, or was resolved before), which settles it.
+    return "rejected" if command == "hold" else None
+
+
+def points_to_return(captured: int, basket_total: Decimal, refunded_before: Decimal, refund: Decimal,
+                     returned_before: int) -> int:
+    """Points a refund gives back: the captured points in proportion to the share of the basket refunded so far
+    (rounded down), less what earlier refunds gave back. Refunding the whole basket gives all of them back."""
+    share = min(Fraction(1), Fraction(refunded_before + refund) / Fraction(basket_total))
+    return max(0, math.floor(captured * share) - returned_before)
