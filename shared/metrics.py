@@ -127,8 +127,8 @@ class ReloadCollector:
     def collect(self) -> Any:
         from prometheus_client.core import CounterMetricFamily
 
-        family = CounterMetricFamily("jifen_programme_reload_runs", "Programme folder reloads after a change, by outcome "
-                                     "(refused: a broken file; the versions in force stay)",
+        family = CounterMetricFamily("jifen_programme_reload_runs", "Programme folder reloads after a change, by "
+                                     "outcome (refused: a broken file; the versions in force stay)",
                                      labels=["service", "outcome"])
         family.add_metric([self.service, "ok"], self.catalogue.reloads[True])
         family.add_metric([self.service, "refused"], self.catalogue.reloads[False])

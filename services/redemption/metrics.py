@@ -34,15 +34,15 @@ class RedemptionMetrics:
         self.payment_points = count("jifen_points_payment_points", "Points captured by points payments, and given "
                                     "back by refunds", "program_id", "direction")
         self.coupons = count("jifen_coupons", "Coupons issued, used and voided", "program_id", "event")
-        self.ignored = count("jifen_redemption_events_ignored", "Events that concern nothing of this service's (a hold of "
-                             "another service, a refund of an order not paid with points)", "reason")
+        self.ignored = count("jifen_redemption_events_ignored", "Events that concern nothing of this service's (a "
+                             "hold of another service, a refund of an order not paid with points)", "reason")
         self.ledger_refusals = count("jifen_redemption_ledger_refusals", "Cancellations and refunds whose reversal "
                                      "the ledger refused: a person must look", "program_id", "reason")
         self.lowest_points = gauge(registry, SERVICE, "jifen_rewards_lowest_points", "The cheapest reward's price in "
                                    "the catalogue in force: members should hold 2–3 times it (the seeds' health "
                                    "signal)", ["program_id"])
-        self.stock_left = gauge(registry, SERVICE, "jifen_redemption_stock_left_items", "Stock left of rewards with stock",
-                                ["program_id", "reward_id"])
+        self.stock_left = gauge(registry, SERVICE, "jifen_redemption_stock_left_items",
+                                "Stock left of rewards with stock", ["program_id", "reward_id"])
         self.pending = gauge(registry, SERVICE, "jifen_redemptions_pending", "Redemptions waiting for the ledger")
         self.pending_age = gauge(registry, SERVICE, "jifen_redemption_pending_oldest_seconds", "Age of the oldest "
                                  "pending redemption (0: none)")
