@@ -1,5 +1,6 @@
 """`jifen simulate`: publish a simulated store feed to the running stack and summarise what it became: points
-credited, members per tier, and the ledger's invariants."""
+credited, members per tier, redemptions and a points payment made over HTTP, referrals judged, and the ledger's
+invariants."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import asyncpg
 
 from deploy.local.stack import SERVICES, Stack
 from services.ledger.verify import verify
+from services.redemption.simulation import RedemptionRun, run_redemptions
+from services.referral import simulation as referrals
 from shared.contracts import topics
 from shared.metrics import scrape
 from shared.settings import Settings
-from shared.simulation import build_feed, publish
+from shared.simulation import Feed, build_feed, publish
 
 VIPS = 8  # regulars with big baskets: they reach gold
 
@@ -52,6 +55,20 @@ class Api:
                                          headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None,
+             service: str = "redemption") -> tuple[int, Any]:
+        """One request; the status and the JSON body, refusals (4xx) included."""
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        request = urllib.request.Request(f"http://127.0.0.1:{port(service)}{path}", method=method, headers=headers,
+                                         data=json.dumps(body).encode() if body is not None else None)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
 
 
 async def simulate(args: argparse.Namespace) -> int:
@@ -98,6 +115,8 @@ async def simulate(args: argparse.Namespace) -> int:
                 return 1
             await asyncio.sleep(0.5)
         tiers = await _tiers_settled(api, deadline)
+        judged = await _referrals(conn, settings, run_id, deadline)
+        redeemed = await asyncio.to_thread(_redemptions, api, run_id)
         # The whole ledger, not just this run: chains, sequences, zero-sum, lots, holds.
         await conn.execute("SET search_path = ledger")
         report = await verify(conn)
@@ -108,7 +127,8 @@ async def simulate(args: argparse.Namespace) -> int:
     for sample, value in dlq.items():
         by_reason[_label(sample, "reason")] += int(value)
     reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
-    ok = credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
+    ok = (credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
+          and judged[1] and not redeemed.problems)
     checks = report.checked[0].split(":")[0] if report.checked else "nothing"
     verified = f"✔ every rule holds ({checks})" if report.ok else f"✘ {report.problems[0]}"
     member = next(iter(sorted(feed.members)))
@@ -121,6 +141,10 @@ Summary {'✔' if ok else '✘'}
   duplicates skipped   {int(duplicates):,}
   sent to DLQ          {sum(by_reason.values()):,}{reasons}
   members per tier     {tiers}
+  redemptions          {redeemed.line()}
+                       {redeemed.points_redeemed:,} points redeemed, {redeemed.points_returned:,} returned by the cancel
+  points payment       {redeemed.payment}{''.join(f"{chr(10)}    ✘ {p}" for p in redeemed.problems)}
+  referrals            {judged[0]}
   ledger verify        {verified}
 
 Where to look (every endpoint but health and metrics needs an API key: make up wrote an admin key to .run/api-key)
@@ -128,13 +152,20 @@ Where to look (every endpoint but health and metrics needs an API key: make up w
                http://127.0.0.1:8102/v1/programs/default/members/{member}/balance
   tier       curl -H "Authorization: Bearer $(cat .run/api-key)" \\
                http://127.0.0.1:8104/v1/programs/default/members/vip-0/tier
+  rewards    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
+               "http://127.0.0.1:8103/v1/programs/default/rewards?member_id=vip-0"
+  redeem     curl -H "Authorization: Bearer $(cat .run/api-key)" -H "Idempotency-Key: try-$RANDOM" \\
+               -H "Content-Type: application/json" -d '{{"member_id": "vip-0", "reward_id": "coupon-5"}}' \\
+               "http://127.0.0.1:8103/v1/programs/default/redemptions?wait=5"
+  referrals  curl -H "Authorization: Bearer $(cat .run/api-key)" \\
+               http://127.0.0.1:8105/v1/programs/default/referrals/stats
   levels     curl -H "Authorization: Bearer $(cat .run/api-key)" http://127.0.0.1:8104/v1/programs/default/tiers
   entries    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
                http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
   keys       jifen keys create --name till-01 --scope read   (list, revoke KEY_ID)
-  API docs   http://127.0.0.1:8102/docs (ledger), :8101/docs (earn), :8104/docs (tiers)
-  metrics    http://127.0.0.1:8102/metrics, :8101/metrics, :8104/metrics
-  logs       .run/logs/ (JSON lines: ledger.log, earn.log, tiers.log, kafka.log, postgres.log)
+  API docs   http://127.0.0.1:8102/docs (ledger), :8101 (earn), :8103 (redemption), :8104 (tiers), :8105 (referral)
+  metrics    http://127.0.0.1:8102/metrics (and each service's port); Prometheus http://127.0.0.1:9090
+  logs       .run/logs/ (JSON lines: one per service, kafka.log, postgres.log)
   health     jifen stack status      stop everything: make down
 """)
     return 0 if ok else 1
@@ -158,6 +189,34 @@ async def _tiers_settled(api: Api | None, deadline: float) -> str:
         last = counts
         await asyncio.sleep(1.0)
     return ", ".join(f"{tier} {n:,}" for tier, n in (last or {}).items()) + " (still catching up)"
+
+
+async def _referrals(conn: asyncpg.Connection, settings: Settings, run_id: str, deadline: float
+                     ) -> tuple[str, bool]:
+    """Send referrals (honest ones, self-referrals, a refunded qualifying order) and wait for the referral service's
+    verdicts; the line for the summary and whether they are the expected ones."""
+    feed = referrals.build_referral_feed(run_id, datetime.now(UTC))
+    for topic in (topics.MEMBERS, topics.REFERRALS, topics.PURCHASES):  # members first: a referral names them
+        await publish(Feed(feed.messages[topic]), settings.kafka_bootstrap, settings.topic(topic))
+    got: Counter[str] = Counter()
+    while time.monotonic() < deadline:
+        got = await referrals.summary(conn, run_id)
+        if got == feed.expected:
+            break
+        await asyncio.sleep(0.5)
+    line = ", ".join(f"{n} {what.replace('rejected:', 'refused: ')}" for what, n in sorted(got.items())) or "none"
+    if got != feed.expected:
+        wanted = ", ".join(f"{n} {what}" for what, n in sorted(feed.expected.items()))
+        return f"✘ {line} (expected {wanted})", False
+    return f"{line} (self-referrals refused; a refunded first order revoked)", True
+
+
+def _redemptions(api: Api | None, run_id: str) -> RedemptionRun:
+    if api is None:
+        run = RedemptionRun()
+        run.problems.append("no API key in .run/api-key: run `jifen stack up` first")
+        return run
+    return run_redemptions(api.call, run_id, [f"vip-{n}" for n in range(min(4, VIPS))])
 
 
 def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
