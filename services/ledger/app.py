@@ -12,13 +12,14 @@ from fastapi import FastAPI, Query
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
-from services.ledger import repository
+from services.ledger import admin, repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from services.ledger.settings import LedgerSettings
 from services.ledger.sweeper import SweepMetrics, sweeper
 from services.ledger.totals import TotalsMetrics, totals_job, verify_job
 from shared.contracts.ledger_commands import COMMANDS
 from shared.http import BIGINT_MAX, PathId, ProgramPath, error_responses
+from shared.programmes import Catalogue, ProgrammeVersion
 from shared.service import Runtime, ServiceSpec, build_app, utc_now
 from shared.subscription import Subscription
 
@@ -87,13 +88,22 @@ def spec(settings: LedgerSettings | None = None, clock: Callable[[], datetime] =
     registry = CollectorRegistry()
     apply = ApplyCommands(LedgerMetrics(registry), clock)
     totals = TotalsMetrics(registry)
+    # The ledger reads only the programme files' headers: which programmes exist, their currency and point value.
+    catalogue = Catalogue.load(settings.programmes_dir, ProgrammeVersion)
+
+    def routes(app: FastAPI, runtime: Runtime) -> None:
+        _routes(app, runtime)
+        admin.routes(app, runtime, catalogue)
+        admin.summary_routes(app, runtime, catalogue)
+
     return ServiceSpec(
         name="ledger", settings=settings, migrations=Path(__file__).parent / "migrations", registry=registry,
         subscriptions=[Subscription(dict.fromkeys(COMMANDS, apply))],
         jobs=[sweeper(SweepMetrics(registry), settings.sweep_interval_s, settings.sweep_batch_size),
               totals_job(totals, settings.totals_interval_s),
               verify_job(totals, settings.verify_interval_s, settings.verify_first_after_s, log.error)],
-        routes=_routes, use_inbox=False, pool_size=8, clock=clock)  # commands are deduplicated by their keys
+        # Commands are deduplicated by their keys: no inbox.
+        routes=routes, catalogue=catalogue, use_inbox=False, pool_size=8, clock=clock)
 
 
 def create_app(settings: LedgerSettings | None = None) -> FastAPI:

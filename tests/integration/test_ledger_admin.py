@@ -1,0 +1,119 @@
+"""The ledger's operator side on the fast harness (its real consumer and routes over real PostgreSQL): the programme
+summary, whose outstanding points are the members' balances; admin calls that become ledger commands through the
+outbox, audited with the caller's key name, and refused without the `admin` scope; unknown programmes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from services.ledger.app import spec as ledger_spec
+from shared import auth
+from shared.contracts import topics
+from shared.contracts.ledger_commands import Cause, PostCredit, PostDebit
+from shared.testing import ServiceHarness, cloud_event
+from tests.support import Infra
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+MEMBERS = {"ann": 700, "bob": 250, "cy": 40}
+
+
+@pytest.fixture
+async def ledger(infra: Infra) -> AsyncIterator[ServiceHarness]:
+    async with ServiceHarness(ledger_spec(), await infra.new_database("admin_")) as harness:
+        for member, points in MEMBERS.items():
+            cmd = PostCredit(idempotency_key=f"earn:{member}", program_id="default", member_id=member, amount=points,
+                             occurred_at=NOW, expires_at=NOW + timedelta(days=40),
+                             cause=Cause(source_event_id=f"test|{member}"))
+            await harness.send(topics.LEDGER_COMMANDS, cloud_event(PostCredit, cmd.idempotency_key, NOW,
+                                                                   cmd.model_dump(mode="json")), key=member)
+        spend = PostDebit(idempotency_key="redeem:ann", program_id="default", member_id="ann", amount=100,
+                          occurred_at=NOW, cause=Cause(source_event_id="test|spend"))
+        await harness.send(topics.LEDGER_COMMANDS, cloud_event(PostDebit, "redeem:ann", NOW,
+                                                               spend.model_dump(mode="json")), key="ann")
+        yield harness
+
+
+async def balances(ledger: ServiceHarness) -> dict[str, int]:
+    rows = await ledger.query("SELECT member_id, balance FROM accounts WHERE kind = 'member' AND program_id = 'default'")
+    return {r["member_id"]: r["balance"] for r in rows}
+
+
+async def settle(ledger: ServiceHarness) -> None:
+    """What the admin calls put in the outbox, delivered to the ledger's own consumer, as Kafka would."""
+    out = await ledger.drain()
+    await ledger.deliver(out.messages)
+
+
+async def test_the_summary_counts_exactly_and_outstanding_is_the_sum_of_the_balances(ledger: ServiceHarness) -> None:
+    status, summary = await ledger.get("/v1/programs/default/summary")
+    assert status == 200, summary
+    held = await balances(ledger)
+    assert summary["outstanding"] == sum(held.values()) == sum(MEMBERS.values()) - 100
+    assert (summary["issued"], summary["redeemed"], summary["expired"], summary["adjusted"]) == (990, 100, 0, 0)
+    assert summary["members"] == 3 and summary["version"] == 1
+    # 890 points at the default programme's 0.01 a point.
+    assert Decimal(summary["point_value"]) == Decimal("0.01") and Decimal(summary["liability"]) == Decimal("8.90")
+    month = (NOW + timedelta(days=40)).strftime("%Y-%m")
+    assert summary["expiring"] == [{"month": month, "points": 890}]
+    assert summary["last_reload"]["ok"] is True
+
+
+async def test_admin_calls_post_entries_with_the_callers_name_and_the_summary_follows(ledger: ServiceHarness) -> None:
+    conn = await asyncpg.connect(ledger.spec.settings.asyncpg_dsn)
+    try:
+        _, desk = await auth.create_key(conn, "support-desk", ["admin"])
+        _, till = await auth.create_key(conn, "till-3", ["redeem"])
+    finally:
+        await conn.close()
+    base = "/v1/programs/default"
+    award = {"points": 60, "reason": "goodwill for a late delivery"}
+    refused = await ledger.request("POST", f"{base}/members/cy/awards", json=award, token=till)
+    assert (refused.status_code, refused.json()["error"]) == (403, "missing_scope")
+
+    calls = [("members/cy/awards", award),
+             ("members/bob/adjustments", {"direction": "debit", "points": 50, "reason": "double-scanned receipt"}),
+             ("transfers", {"from_member_id": "ann", "to_member_id": "cy", "points": 100, "reason": "household"})]
+    keys = []
+    for n, (path, body) in enumerate(calls):
+        response = await ledger.request("POST", f"{base}/{path}?wait=0", json=body, token=desk,
+                                        headers={"Idempotency-Key": f"ticket-{n}"})
+        assert response.status_code == 202 and response.json()["status"] == "pending", response.text
+        keys.append(response.json()["idempotency_key"])
+    await settle(ledger)
+    for key in keys:
+        status, done = await ledger.get(f"{base}/commands/{key}", token=desk)
+        assert status == 200 and done["status"] == "posted" and done["entries"], done
+    assert await balances(ledger) == {"ann": 500, "bob": 200, "cy": 200}
+    audit = await ledger.query("SELECT rule_id, reason, details FROM entries WHERE command_key = $1", keys[1])
+    assert audit[0]["rule_id"] == "admin:support-desk" and audit[0]["reason"] == "double-scanned receipt"
+
+    # The same request again (same Idempotency-Key) is the same command: nothing posted twice.
+    again = await ledger.request("POST", f"{base}/members/cy/awards?wait=0", json=award, token=desk,
+                                 headers={"Idempotency-Key": "ticket-0"})
+    assert again.json()["idempotency_key"] == keys[0]
+    await settle(ledger)
+    assert (await balances(ledger))["cy"] == 200
+
+    # A debit the member cannot cover is refused by the ledger with its reason, not posted.
+    response = await ledger.request("POST", f"{base}/members/cy/adjustments?wait=0", token=desk,
+                                    json={"direction": "debit", "points": 10_000, "reason": "test"})
+    await settle(ledger)
+    status, done = await ledger.get(f"{base}/commands/{response.json()['idempotency_key']}", token=desk)
+    assert done["status"] == "rejected" and done["reason"] and done["entries"] == []
+
+    status, summary = await ledger.get(f"{base}/summary")
+    assert summary["outstanding"] == sum((await balances(ledger)).values()) == 900
+    assert summary["adjusted"] == -50 and summary["issued"] == 990 + 60
+
+
+async def test_an_unknown_programme_is_a_404_for_the_summary_and_admin_calls(ledger: ServiceHarness) -> None:
+    status, body = await ledger.get("/v1/programs/nosuch/summary")
+    assert (status, body["error"]) == (404, "unknown_program") and "default" in body["detail"]
+    response = await ledger.request("POST", "/v1/programs/nosuch/members/ann/awards",
+                                    json={"points": 1, "reason": "x"})
+    assert (response.status_code, response.json()["error"]) == (404, "unknown_program")
