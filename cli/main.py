@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import uvloop
 
 from bench import main as bench
-from cli import asyncapi, dlq, earn, keys, ledger, programme, simulate, tiers
+from cli import asyncapi, dlq, earn, keys, ledger, points, programme, simulate, tiers
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     stack = sub.add_parser("stack", help="run Kafka, PostgreSQL and the services locally")
     stack.add_argument("action", choices=["up", "down", "status"])
-    for module in (simulate, keys, programme, ledger, earn, tiers, dlq, asyncapi, bench):
+    for module in (simulate, keys, programme, points, ledger, earn, tiers, dlq, asyncapi, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             case "keys":
                 return asyncio.run(keys.run(args))
             case "programme":
-                return programme.check(args)
+                return points.summary(args) if args.programme_command == "summary" else programme.check(args)
+            case "points":
+                return points.run(args)
             case "ledger":
                 return asyncio.run(ledger.run(args))
             case "earn":
@@ -47,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                 return uvloop.run(bench.run_bench(args))
     except StackError as exc:
         print(f"\n✘ {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\n✘ interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last guard: a user sees what went wrong, not a traceback (JIFEN_DEBUG=1 shows it)
+        if os.environ.get("JIFEN_DEBUG"):
+            raise
+        print(f"\n✘ {type(exc).__name__}: {exc}\n  (JIFEN_DEBUG=1 shows where)", file=sys.stderr)
         return 1
 
 

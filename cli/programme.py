@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from cli import points
 from services.earn.domain import Programme as EarnProgramme
 from services.redemption.programme import RedemptionProgramme
 from services.referral.domain import ReferralProgramme
@@ -25,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check = programme.add_parser("check", help="validate programme files or folders as every service loads them; "
                                                "exits 1 naming file, line and field")
     check.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="a programme file, or a folder of them")
+    summary = programme.add_parser("summary", help="a programme's points: issued, redeemed, expired, adjusted, "
+                                                   "outstanding, pending, liability, expiring by month (the ledger's "
+                                                   "GET /v1/programs/{p}/summary)")
+    summary.add_argument("program", help="the programme id")
+    points.add_connection(summary)
 
 
 def check(args: argparse.Namespace) -> int:

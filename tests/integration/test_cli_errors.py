@@ -1,0 +1,52 @@
+"""Every `jifen` command given bad arguments or an unreachable dependency answers with a line saying what is wrong
+and a non-zero exit, never a traceback (found: `ledger verify --database-url notaurl`, `tiers rebuild` likewise)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JIFEN = str(Path(sys.executable).parent / "jifen")
+NOWHERE = "http://127.0.0.1:1"
+
+BAD = [
+    ["simulate", "--count", "0"],
+    ["simulate", "--rate", "fast"],
+    ["ledger", "verify", "--database-url", "notaurl"],
+    ["ledger", "verify", "--database-url", "postgresql://nobody:x@127.0.0.1:1/none"],
+    ["tiers", "rebuild", "--program", "default", "--database-url", "notaurl"],
+    ["keys", "list", "--database-url", "notaurl"],
+    ["keys", "create", "--name", "x", "--scope", "everything"],
+    ["keys", "revoke"],
+    ["programme", "check", "/nonexistent/programme.yaml"],
+    ["programme", "summary", "default", "--url", NOWHERE],
+    ["programme", "summary", "default", "--url", "notaurl"],
+    ["programme"],
+    ["earn", "explain", "/nonexistent/event.json"],
+    ["points", "award", "ann", "five", "--reason", "x"],
+    ["points", "adjust", "ann", "0", "--reason", "x"],
+    ["points", "award", "ann", "5", "--reason", "x", "--url", NOWHERE],
+    ["points", "transfer", "ann", "--reason", "x"],
+    ["points", "reverse", "ann", "not-an-entry", "--reason", "x"],
+    ["dlq", "list", "--nope"],
+    ["dlq", "show", "nosuch.topic"],
+    ["dlq", "replay"],
+    ["bench", "--mode", "nope"],
+    ["stack", "sideways"],
+    ["asyncapi", "--nope"],
+    ["nosuchcommand"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD, ids=[" ".join(a) for a in BAD])
+def test_a_bad_argument_is_answered_in_a_line_not_a_traceback(argv: list[str]) -> None:
+    done = subprocess.run([JIFEN, *argv], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "JIFEN_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+                               "JIFEN_DATABASE_URL": "postgresql://nobody:x@127.0.0.1:1/none"})
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert "Traceback" not in said, said
+    assert "✘" in done.stderr or "error:" in done.stderr, said
