@@ -147,6 +147,16 @@ async def test_a_path_no_route_matches_is_a_documented_404_in_the_error_shape(le
                 assert "404" in operation["responses"], (method, path)
 
 
+async def test_the_api_docs_work_offline_from_the_packages_own_files(ledger: ServiceHarness) -> None:
+    for page in ("/docs", "/redoc"):
+        response = await ledger.request("GET", page, token="")
+        assert response.status_code == 200, page
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', response.text)
+        assert assets and all(a.startswith("/static-offline-docs/") for a in assets), (page, assets)  # no CDN
+        for asset in assets:
+            assert (await ledger.request("GET", asset, token="")).status_code == 200, asset
+
+
 async def test_metrics_is_described_as_prometheus_text_and_serves_it(ledger: ServiceHarness) -> None:
     status, spec = await ledger.get("/openapi.json")
     assert status == 200
