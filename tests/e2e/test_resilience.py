@@ -85,6 +85,9 @@ async def test_postgres_restart_mid_feed_loses_nothing_and_readiness_reports_it(
         began = [line for line in lines if line["msg"] == "database unreachable: outage began"]
         ended = [line for line in lines if line["msg"].startswith("database reachable again: outage ended after")]
         assert len(began) == 1 and len(ended) == 1, (svc.name, began, ended)
-        assert ended[0]["outage_s"] >= 2 and ended[0]["retries"] >= 1, ended[0]
+        assert ended[0]["outage_s"] >= 2, ended[0]
+        # Earn had the feed arriving all through the outage, so it retried; the ledger retries only if a batch of
+        # earn's commands was under way when the database went (CI found one that was not).
+        assert svc is ledger or ended[0]["retries"] >= 1, ended[0]
         retried = [line for line in lines if line["msg"].startswith("transient failure")]
         assert len(retried) <= 2, retried  # once per streak (a streak may restart after a short recovery)
