@@ -104,7 +104,8 @@ def summary(args: argparse.Namespace) -> int:
     status, s = call(args, "GET", f"/v1/programs/{urllib.parse.quote(args.program, safe='')}/summary", None, None)
     if status >= 400:
         return _refused(status, s)
-    money = f"{s['liability']} {s['currency'] or ''} at {s['point_value']} a point".strip() if s["liability"] \
+    currency = f" {s['currency']}" if s["currency"] else ""
+    money = f"{s['liability']}{currency} at {s['point_value']}{currency} a point" if s["liability"] is not None \
         else "none (the programme gives its points no money value)"
     reload = s["last_reload"]
     print(f"""programme {s['program_id']}, version {s['version']} in force

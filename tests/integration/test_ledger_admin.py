@@ -39,7 +39,8 @@ async def ledger(infra: Infra) -> AsyncIterator[ServiceHarness]:
 
 
 async def balances(ledger: ServiceHarness) -> dict[str, int]:
-    rows = await ledger.query("SELECT member_id, balance FROM accounts WHERE kind = 'member' AND program_id = 'default'")
+    rows = await ledger.query(
+        "SELECT member_id, balance FROM accounts WHERE kind = 'member' AND program_id = 'default'")
     return {r["member_id"]: r["balance"] for r in rows}
 
 
