@@ -127,10 +127,17 @@ def summary(args: argparse.Namespace) -> int:
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None,
          idempotency_key: str | None) -> tuple[int, Any]:
     token = args.api_key or os.environ.get("JIFEN_API_KEY") or _stack_key()
+    return request_json(args.url.rstrip("/") + path, token, method, body, idempotency_key)
+
+
+def request_json(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None,
+                 idempotency_key: str | None = None) -> tuple[int, Any]:
+    """One request with an API key: the status and the JSON body, refusals (4xx) included; 599 when nothing
+    answered. The CLI's one HTTP client (`jifen points`, `programme summary`, `simulate`)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    request = urllib.request.Request(args.url.rstrip("/") + path, method=method, headers=headers,
+    request = urllib.request.Request(url, method=method, headers=headers,
                                      data=json.dumps(body).encode() if body is not None else None)
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
@@ -143,7 +150,7 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] 
             return exc.code, {"error": f"http_{exc.code}", "detail": raw.decode(errors="replace")[:300]}
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return 599, {"error": "unreachable", "detail": f"no answer from {args.url}: {reason}"}
+        return 599, {"error": "unreachable", "detail": f"no answer from {url}: {reason}"}
 
 
 def _stack_key() -> str:

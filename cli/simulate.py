@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from cli.points import request_json
 from deploy.local.stack import SERVICES, Stack
 from services.ledger.verify import verify
 from services.redemption.simulation import RedemptionRun, run_redemptions
@@ -59,16 +60,7 @@ class Api:
     def call(self, method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None,
              service: str = "redemption") -> tuple[int, Any]:
         """One request; the status and the JSON body, refusals (4xx) included."""
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
-        request = urllib.request.Request(f"http://127.0.0.1:{port(service)}{path}", method=method, headers=headers,
-                                         data=json.dumps(body).encode() if body is not None else None)
-        try:
-            with urllib.request.urlopen(request, timeout=15) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+        return request_json(f"http://127.0.0.1:{port(service)}{path}", self.token, method, body, idempotency_key)
 
 
 async def simulate(args: argparse.Namespace) -> int:

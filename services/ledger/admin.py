@@ -103,8 +103,12 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
     def key_of(caller: ApiKey, idempotency_key: str | None) -> str:
         return f"admin:{caller.key_id}:{idempotency_key or uuid.uuid4().hex}"
 
-    def cause(key: str, reason: str, caller: ApiKey) -> Cause:
-        return Cause(source_event_id=f"{SOURCE}|{key}", rule_id=f"admin:{caller.name}", reason=reason)
+    def cause(key: str, reason: str, caller: ApiKey, rule_id: str | None = None) -> Cause:
+        return Cause(source_event_id=f"{SOURCE}|{key}", rule_id=rule_id or f"admin:{caller.name}", reason=reason)
+
+    def audit(caller: ApiKey, why: str | None = None) -> dict[str, str]:
+        """What every admin command's details record: who, by key, and why when the reason is not the cause's."""
+        return {**({"why": why} if why else {}), "by": caller.name, "key_id": caller.key_id}
 
     async def send(cmd: LedgerCommand, wait: float, response: Response) -> Done:
         async with runtime.unit_of_work(SOURCE) as uow:
@@ -154,7 +158,7 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         cmd = AdjustPoints(idempotency_key=key, program_id=program_id, member_id=member_id,
                            occurred_at=runtime.spec.clock(), cause=cause(key, body.reason, caller),
                            direction=body.direction, amount=body.points, reason=body.reason, actor=caller.name,
-                           expires_at=body.expires_at, details={"by": caller.name, "key_id": caller.key_id})
+                           expires_at=body.expires_at, details=audit(caller))
         return await send(cmd, wait, response)
 
     @app.post(f"{member}/awards", response_model=Done, tags=["admin"], status_code=201, responses=errors,
@@ -166,8 +170,7 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         now = runtime.spec.clock()
         cmd = PostCredit(idempotency_key=key, program_id=program_id, member_id=member_id, amount=body.points,
                          occurred_at=now, available_at=now, expires_at=body.expires_at,
-                         cause=Cause(source_event_id=f"{SOURCE}|{key}", rule_id="goodwill", reason="goodwill"),
-                         details={"why": body.reason, "by": caller.name, "key_id": caller.key_id})
+                         cause=cause(key, "goodwill", caller, rule_id="goodwill"), details=audit(caller, body.reason))
         return await send(cmd, wait, response)
 
     @app.post(f"{member}/entries/{{entry_id}}/reversal", response_model=Done, tags=["admin"], status_code=201,
@@ -180,7 +183,7 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         key = key_of(caller, idempotency_key)
         cmd = ReverseEntry(idempotency_key=key, program_id=program_id, member_id=member_id, entry_id=entry_id,
                            amount=body.points, occurred_at=runtime.spec.clock(), cause=cause(key, body.reason, caller),
-                           details={"why": body.reason, "by": caller.name, "key_id": caller.key_id})
+                           details=audit(caller, body.reason))
         return await send(cmd, wait, response)
 
     @app.post("/v1/programs/{program_id}/transfers", response_model=Done, tags=["admin"], status_code=201,
@@ -194,7 +197,7 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         cmd = TransferPoints(idempotency_key=key, program_id=program_id, member_id=body.from_member_id,
                              to_member_id=body.to_member_id, amount=body.points, occurred_at=runtime.spec.clock(),
                              cause=cause(key, body.reason, caller),
-                             details={"why": body.reason, "by": caller.name, "key_id": caller.key_id})
+                             details=audit(caller, body.reason))
         return await send(cmd, wait, response)
 
     async def member_event(event: MemberBlocked | MemberUnblocked, caller: ApiKey) -> Sent:
