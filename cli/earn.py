@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from services.earn.activity import Award, award_refusal, checkin_awards, task_award
-from services.earn.domain import MemberTier, Programme, credits_for_purchase, expires_at, rule_points
+from services.earn.domain import (
+    MemberTier,
+    Programme,
+    credits_for_purchase,
+    expires_at,
+    purchase_refusal,
+    rule_points,
+)
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.purchases import PurchaseCompleted
 from shared.contracts.tasks import PointsAwarded, TaskCompleted
@@ -61,9 +69,10 @@ def explain(args: argparse.Namespace) -> int:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
     programme = catalogue.at(data.program_id, event.time)
-    if programme is None:
-        print(f"✘ no version of programme {data.program_id!r} was in effect at {event.time.isoformat()}",
-              file=sys.stderr)
+    refused = _refusal(programme, catalogue, event, data)
+    if programme is None or refused is not None:
+        reason, detail = refused or ("unknown_program", data.program_id)
+        print(f"✘ earns nothing: the event would go to the DLQ as {reason}: {detail}")
         return 1
     print(f"{event.event_id} at {event.time.isoformat()}: programme {programme.program_id} "
           f"version {programme.version} (in effect from {programme.effective_from.isoformat()})")
@@ -80,6 +89,23 @@ def explain(args: argparse.Namespace) -> int:
           f"{expiry.isoformat() if expiry else 'never'}")
     _limits(programme, [a.rule_id for a in awards])
     return 0
+
+
+def _refusal(programme: Programme | None, catalogue: Catalogue[Programme], event: CloudEvent,
+             data: Explained) -> tuple[str, str] | None:
+    """The checks earn makes before any rule, with its reasons: the event's time, the version in force, and for a
+    purchase whether the programme rewards purchases in that currency."""
+    tolerance = timedelta(seconds=Settings().future_tolerance_s)
+    if event.time > datetime.now(UTC) + tolerance:
+        return "future_event", (f"time {event.time.isoformat()} is more than {tolerance.total_seconds():.0f}s ahead "
+                                "of this clock")
+    if programme is None:
+        known = data.program_id in catalogue.versions
+        return "unknown_program", (f"programme {data.program_id!r} was not in effect at {event.time.isoformat()}"
+                                   if known else f"no programme {data.program_id!r}")
+    if isinstance(data, PurchaseCompleted):
+        return purchase_refusal(programme, data)
+    return None
 
 
 def _purchase(programme: Programme, event: CloudEvent, purchase: PurchaseCompleted, tier: MemberTier | None) -> int:

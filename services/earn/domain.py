@@ -202,6 +202,16 @@ class RulePoints:
     note: str
 
 
+def purchase_refusal(programme: Programme, purchase: PurchaseCompleted) -> tuple[str, str] | None:
+    """Why a purchase earns nothing and goes to the DLQ (reason, detail), or None; `jifen earn explain` asks too."""
+    if programme.purchase is None:
+        return "no_rule", f"programme {programme.program_id!r} does not reward purchases"
+    if programme.currency is not None and purchase.currency != programme.currency:
+        return "currency_not_accepted", (f"programme {programme.program_id!r} earns on {programme.currency}, not "
+                                         f"{purchase.currency}")
+    return None
+
+
 def earn_key(event_id: str, rule_id: str) -> str:
     """Derived from the cause, so a re-derived command is recognised by the ledger as the same one."""
     return f"earn:{event_id}:{rule_id}"

@@ -16,6 +16,7 @@ from services.earn.domain import (
     expires_at,
     fired_rules,
     lines_of,
+    purchase_refusal,
     tier_at,
 )
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
@@ -211,12 +212,9 @@ class EarnFromEvents:
         programme = self._programme(item, purchase.program_id, batch.rejections)
         if programme is None:
             return
-        if programme.purchase is None:
-            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward purchases")
-            return
-        if programme.currency is not None and purchase.currency != programme.currency:
-            batch.rejections.reject(item, "currency_not_accepted", f"programme {programme.program_id!r} earns on "
-                                                                   f"{programme.currency}, not {purchase.currency}")
+        refused = purchase_refusal(programme, purchase)
+        if refused is not None:
+            batch.rejections.reject(item, *refused)
             return
         key = (purchase.program_id, purchase.order_id)
         if key in batch.recorded and batch.recorded[key] != item.event.event_id:

@@ -23,6 +23,7 @@ import yaml
 from services.earn.app import spec as earn_spec
 from services.earn.settings import EarnSettings
 from services.ledger.app import spec as ledger_spec
+from services.ledger.settings import LedgerSettings
 from shared.contracts import topics
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.purchases import PurchaseRefunded
@@ -121,6 +122,20 @@ async def test_refunds_take_back_exactly_what_the_refunded_lines_earned(earn_led
 
 
 FIRST_DAY = date(2026, 11, 10)
+
+
+async def test_a_purchase_in_another_currency_is_dead_lettered_not_credited(earn_ledger: Pipeline) -> None:
+    """The retail programme earns on CNY: a USD basket goes to the DLQ as `currency_not_accepted` (as `jifen earn
+    explain` predicts, tests/unit/test_earn_cli.py), and the member gets nothing."""
+    at = datetime.now(UTC) - timedelta(hours=1)
+    event = purchase_event("usd-1", "pos://store-1", at, "una", "usd-order", Decimal("100"), [
+        {"sku": "TEA-OOLONG-100", "category": "tea", "quantity": "2", "unit_price": "50", "total": "100"}],
+        program_id="retail")
+    event["data"]["currency"] = "USD"  # type: ignore[index]
+    out = await earn_ledger.send(topics.PURCHASES, orjson.dumps(event), key="una")
+    assert out.reasons == ["currency_not_accepted"]
+    assert "earns on CNY, not USD" in out.dead[0].detail
+    assert await entries(earn_ledger, "retail", "una") == []
 
 
 async def test_checkins_and_tasks_earn_by_the_default_programme(earn_ledger: Pipeline) -> None:
@@ -226,8 +241,9 @@ CAPPED = {"program_id": "capped", "name": "Capped", "version": 1, "effective_fro
 
 
 def earn_and_ledger(folder: Path, dsn: str) -> Pipeline:
+    """Both reading the same programme folder, as deployed services do."""
     return Pipeline(ServiceHarness(earn_spec(EarnSettings(programmes_dir=folder)), dsn),
-                    ServiceHarness(ledger_spec(), dsn))
+                    ServiceHarness(ledger_spec(LedgerSettings(programmes_dir=folder)), dsn))
 
 
 async def test_caps_and_the_budget_hold_across_batches_and_a_restart(infra: Infra, tmp_path: Path) -> None:

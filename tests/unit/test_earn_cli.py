@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import orjson
@@ -66,6 +67,22 @@ async def test_explain_judges_tasks_and_manual_awards_and_says_what_would_be_ref
     assert "✔ training-done" in out and "50 points" in out and "at most 2 per member per week" in out
 
 
+async def test_explain_refuses_what_earn_refuses_before_any_rule(tmp_path: Path) -> None:
+    """The dry run makes earn's checks: a USD purchase in a CNY programme, a programme that does not exist or was
+    not yet in effect, an event from the future. Each is named as the DLQ reason earn would give."""
+    event = tmp_path / "event.json"
+    cases = [({"currency": "USD"}, {}, "currency_not_accepted", "earns on CNY, not USD"),
+             ({"program_id": "nosuch"}, {}, "unknown_program", "no programme 'nosuch'"),
+             ({}, {"time": "2020-01-01T00:00:00+08:00"}, "unknown_program", "was not in effect at 2020-01-01"),
+             ({}, {"time": "2999-01-01T00:00:00+00:00"}, "future_event", "ahead of this clock")]
+    for data, envelope, reason, detail in cases:
+        event.write_bytes(orjson.dumps({**EVENT, **envelope, "data": {**EVENT["data"], **data}}))  # type: ignore[dict-item]
+        code, out, err = await jifen("earn", "explain", str(event))
+        assert code == 1, (data, envelope, out, err)
+        assert f"DLQ as {reason}" in out and detail in out, (reason, out)
+        assert "✔" not in out  # no rule is shown as earning
+
+
 async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
     shipped = sorted(str(p) for p in Settings().programmes_dir.glob("*.yaml"))
     code, out, _ = await jifen("programme", "check", *shipped)
@@ -74,3 +91,17 @@ async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a
     bad.write_text("program_id: x\nname: y\nversion: 0\n")
     code, _, err = await jifen("programme", "check", str(bad))
     assert code == 1 and "bad.yaml: line 3: version" in err
+
+
+async def test_programme_check_judges_the_files_given_together_as_the_services_load_a_folder(tmp_path: Path) -> None:
+    """Two files each valid alone but claiming the same version: the services refuse such a folder, so must the
+    check, whether given the two files or their folder."""
+    shipped = Settings().programmes_dir / "retail.yaml"
+    copy = tmp_path / "retail-copy.yaml"
+    copy.write_text(shipped.read_text())
+    code, out, err = await jifen("programme", "check", str(shipped), str(copy))
+    assert code == 1 and out.count("✔") == 2, (out, err)  # each file alone is fine
+    assert "together, as one folder" in err and "version 1 is already defined in retail.yaml" in err
+    shutil.copy(shipped, tmp_path / "retail.yaml")
+    code, _, err = await jifen("programme", "check", str(tmp_path))
+    assert code == 1 and "already defined in" in err
