@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -205,9 +205,17 @@ class Catalogue(Generic[P]):
 
 def load_folder(folder: Path, model: type[P]) -> dict[str, list[P]]:
     """Programme versions by programme id, oldest first; two files may not claim the same version."""
+    versions = load_files(sorted(folder.glob("*.y*ml")), model)
+    if not versions:
+        raise ProgrammeError(f"{folder}: no programme files (*.yaml)")
+    return versions
+
+
+def load_files(paths: Iterable[Path], model: type[P]) -> dict[str, list[P]]:
+    """The files as one folder: each valid, no version claimed twice, later versions taking effect later."""
     versions: dict[str, list[P]] = {}
     seen: dict[tuple[str, int], Path] = {}
-    for path in sorted(folder.glob("*.y*ml")):
+    for path in paths:
         programme = load_file(path, model)
         key = (programme.program_id, programme.version)
         if key in seen:
@@ -215,8 +223,6 @@ def load_folder(folder: Path, model: type[P]) -> dict[str, list[P]]:
                                  f"already defined in {seen[key].name}")
         seen[key] = path
         versions.setdefault(programme.program_id, []).append(programme)
-    if not versions:
-        raise ProgrammeError(f"{folder}: no programme files (*.yaml)")
     for program_id, found in versions.items():
         found.sort(key=lambda p: p.version)
         for older, newer in itertools.pairwise(found):
