@@ -34,6 +34,13 @@ async def run(args: argparse.Namespace) -> int:
         if not await conn.fetchval("SELECT to_regclass('entries') IS NOT NULL"):
             print(f"✘ no ledger tables in schema {schema!r}", file=sys.stderr)
             return 2
+        if args.program and not await conn.fetchval("SELECT EXISTS (SELECT FROM accounts WHERE program_id = $1)",
+                                                     args.program):
+            known = await conn.fetchval("SELECT string_agg(DISTINCT program_id, ', ' ORDER BY program_id) "
+                                        "FROM accounts")
+            print(f"✘ the ledger has no programme {args.program!r}: nothing was ever posted to it "
+                  f"(it holds: {known or 'none yet'})", file=sys.stderr)
+            return 2
         scope = f"programme {args.program}" if args.program else "all programmes"
         print(f"verifying the ledger ({scope}, schema {schema})")
         report = await verify(conn, args.program, stop_at_first=True,

@@ -47,9 +47,9 @@ def programme_folder(folder: Path) -> Path:
 
 
 async def start(world: World, folder: Path) -> tuple[ServiceProcess, ServiceProcess]:
-    ledger = world.service("ledger", JIFEN_SWEEP_INTERVAL_S="1").start()
-    redemption = world.service("redemption", JIFEN_PROGRAMMES_DIR=str(programme_folder(folder)),
-                               JIFEN_COUPON_KEY="e2e-coupon-key").start()
+    programmes = str(programme_folder(folder))  # one folder for both, as deployed services share it
+    ledger = world.service("ledger", JIFEN_SWEEP_INTERVAL_S="1", JIFEN_PROGRAMMES_DIR=programmes).start()
+    redemption = world.service("redemption", JIFEN_PROGRAMMES_DIR=programmes, JIFEN_COUPON_KEY="e2e-coupon-key").start()
     await ledger.ready()
     await redemption.ready()
     return ledger, redemption

@@ -4,6 +4,7 @@ outbox, audited with the caller's key name, and refused without the `admin` scop
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,6 +12,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from cli import ledger as ledger_cli
 from services.ledger.app import spec as ledger_spec
 from shared import auth
 from shared.contracts import topics
@@ -118,3 +120,24 @@ async def test_an_unknown_programme_is_a_404_for_the_summary_and_admin_calls(led
     response = await ledger.request("POST", "/v1/programs/nosuch/members/ann/awards",
                                     json={"points": 1, "reason": "x"})
     assert (response.status_code, response.json()["error"]) == (404, "unknown_program")
+    # Read too: a typo in the programme must not read as a member with nothing; a known programme's member who
+    # never earned has a zero balance and no entries.
+    for path in ("/v1/programs/nosuch/members/ann/balance", "/v1/programs/nosuch/members/ann/entries"):
+        status, body = await ledger.get(path)
+        assert (status, body["error"]) == (404, "unknown_program"), path
+    status, body = await ledger.get("/v1/programs/default/members/nobody/balance")
+    assert (status, body["available"]) == (200, 0)
+    status, body = await ledger.get("/v1/programs/default/members/nobody/entries")
+    assert (status, body["entries"]) == (200, [])
+
+
+async def test_ledger_verify_of_a_programme_the_ledger_never_saw_is_an_error(
+        ledger: ServiceHarness, capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(program="nosuch", database_url=ledger.spec.settings.database_url, schema="ledger")
+    assert await ledger_cli.run(args) == 2
+    said = capsys.readouterr()
+    assert "no programme 'nosuch'" in said.err and "(it holds: default)" in said.err
+    assert "every rule holds" not in said.out
+    args.program = "default"
+    assert await ledger_cli.run(args) == 0
+    assert "every rule holds" in capsys.readouterr().out

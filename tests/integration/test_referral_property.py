@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.ledger.app import spec as ledger_spec
+from services.ledger.settings import LedgerSettings
 from services.referral.app import spec as referral_spec
 from services.referral.domain import (
     Group,
@@ -212,7 +213,7 @@ class Harness:
     async def _pipeline(self, infra: Infra) -> Pipeline:
         dsn = await infra.new_database("referral_prop_")
         settings = ReferralSettings(programmes_dir=self.folder)
-        pipeline = Pipeline(ServiceHarness(ledger_spec(), dsn),
+        pipeline = Pipeline(ServiceHarness(ledger_spec(LedgerSettings(programmes_dir=self.folder)), dsn),
                             ServiceHarness(referral_spec(settings, clock=lambda: CLOCK), dsn))
         await pipeline.__aenter__()
         return pipeline
