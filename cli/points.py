@@ -120,14 +120,27 @@ def summary(args: argparse.Namespace) -> int:
         print(f"  expiring {month['month']}  {month['points']:>10,}")
     if reload:
         print(f"  last reload   {reload['at']}  {'✔' if reload['ok'] else '✘ refused: ' + reload['detail']}")
-    print("  members by tier: the tiers service, GET :8104/v1/programs/{p}/tiers")
+    _members_by_tier(args)
     return 0
 
 
+def _members_by_tier(args: argparse.Namespace) -> None:
+    """From the tiers service (the ledger knows no tiers): its levels in force and the members at each."""
+    program = urllib.parse.quote(args.program, safe="")
+    status, levels = call(args, "GET", f"/v1/programs/{program}/tiers", None, None, base=args.tiers_url)
+    if status == 200:
+        counts = ", ".join(f"{lv['tier']} {lv['members']:,}" for lv in levels["levels"])
+        print(f"  members by tier  {counts}   ({levels['metric']}, {levels['window']})")
+    elif levels.get("error") == "no_tiers":
+        print("  members by tier  (the programme has no tiers)")
+    else:
+        print(f"  members by tier  not known: {levels.get('error', status)}: {levels.get('detail', '')}")
+
+
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None,
-         idempotency_key: str | None) -> tuple[int, Any]:
+         idempotency_key: str | None, base: str | None = None) -> tuple[int, Any]:
     token = args.api_key or os.environ.get("JIFEN_API_KEY") or _stack_key()
-    return request_json(args.url.rstrip("/") + path, token, method, body, idempotency_key)
+    return request_json((base or args.url).rstrip("/") + path, token, method, body, idempotency_key)
 
 
 def request_json(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None,

@@ -101,6 +101,11 @@ async def test_tiers_climb_earn_more_fall_back_on_refund_are_reviewed_and_rebuil
                     and e["data"]["reason"] == "downgrade")
     assert datetime.fromisoformat(bob_drop["time"]) < NOW - timedelta(days=20)  # at its own time, not the job's
 
+    # The programme manager's summary: the ledger's totals, and the members at each tier from the tiers service.
+    code, out, err = await jifen("programme", "summary", "default", "--url", ledger.url(""), "--tiers-url",
+                                 tiers.url(""), "--api-key", world.token)
+    assert code == 0, out + err
+    assert "members by tier  normal 1, silver 1, gold 1, diamond 0" in out, out  # bob fell back, ann silver, cy gold
     live = await projection(world.database_url)
     # The live service stops first: its review job (every second here) must not mend what the rebuild leaves out.
     await asyncio.to_thread(tiers.stop)
