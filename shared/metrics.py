@@ -88,6 +88,10 @@ class Family:
     def labels(self, *values: str) -> Any:
         return self.metric.labels(self.service, *values)
 
+    def clear(self) -> None:
+        """Every child gone (a recount starts over); the registry is this service's alone."""
+        self.metric.clear()
+
 
 def counter(registry: CollectorRegistry, service: str, name: str, documentation: str,
             labels: Sequence[str] = ()) -> Family:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from services.referral import credits, repository
 from services.referral.credits import NewCredit, Reversal
@@ -31,6 +31,7 @@ from services.referral.domain import (
 from services.referral.repository import Judged, MemberKey, Span, Stored
 from shared.contracts.ledger_commands import Cause, PostCredit, ReverseEntry
 from shared.contracts.referral_outcomes import ReferralRejected, ReferralRevoked, ReferralRewarded
+from shared.metrics import Family, counter, gauge
 from shared.programmes import Catalogue
 from shared.uow import UnitOfWork
 
@@ -49,21 +50,21 @@ class ReferralMetrics:
     """The service's own metrics, beside the kit's (events, DLQ, jobs, outbox)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.referrals = Gauge("jifen_referrals", "Referrals by status and reason (recounted by every round of the "
-                               "expiry job, moved by every verdict)", ["program_id", "status", "reason"],
-                               registry=registry)
-        self.review_queue = Gauge("jifen_referrals_in_review", "Referrals held for review (velocity)",
-                                  ["program_id"], registry=registry)
-        self.verdicts = Counter("jifen_referral_verdicts", "Verdicts reached (a referral's status or reason "
-                                "changed)", ["program_id", "status", "reason"], registry=registry)
-        self.points = Counter("jifen_referral_points", "Points credited for referrals, by side",
-                              ["program_id", "role"], registry=registry)
-        self.reversed = Counter("jifen_referral_points_reversed", "Points of referral credits taken back (refunds, "
-                                "late refusals, moved bonuses), by side", ["program_id", "role"], registry=registry)
-        self.ledger_refusals = Counter("jifen_referral_ledger_refusals", "Referral credits or reversals the ledger "
-                                       "refused, by its reason", ["program_id", "reason"], registry=registry)
-        self.ignored = Counter("jifen_referral_events_ignored", "Events the referral service keeps nothing of (a "
-                               "programme without referrals)", ["program_id", "reason"], registry=registry)
+        def family(kind: Callable[..., Family], name: str, documentation: str, *labels: str) -> Family:
+            return kind(registry, "referral", name, documentation, ["program_id", *labels])
+
+        self.referrals = family(gauge, "jifen_referrals", "Referrals by status and reason (recounted by every round of "
+                                "the expiry job, moved by every verdict)", "status", "reason")
+        self.review_queue = family(gauge, "jifen_referrals_in_review", "Referrals held for review (velocity)")
+        self.verdicts = family(counter, "jifen_referral_verdicts", "Verdicts reached (a referral's status or reason "
+                               "changed)", "status", "reason")
+        self.points = family(counter, "jifen_referral_points", "Points credited for referrals, by side", "role")
+        self.reversed = family(counter, "jifen_referral_points_reversed", "Points of referral credits taken back "
+                               "(refunds, late refusals, moved bonuses), by side", "role")
+        self.ledger_refusals = family(counter, "jifen_referral_ledger_refusals", "Referral credits or reversals the "
+                                      "ledger refused, by its reason", "reason")
+        self.ignored = family(counter, "jifen_referral_events_ignored", "Events the referral service keeps nothing of "
+                              "(a programme without referrals)", "reason")
 
     def recount(self, counts: dict[tuple[str, str, str], int]) -> None:
         self.referrals.clear()
@@ -249,8 +250,8 @@ def _outcome(kind: str, referral: Referral, verdict: Verdict, taken_back: dict[R
                             detail=verdict.detail)
 
 
-def _counted(counter: Counter, program_id: str, role: str, points: int) -> Callable[[], None]:
-    return lambda: counter.labels(program_id, role).inc(points)
+def _counted(family: Family, program_id: str, role: str, points: int) -> Callable[[], None]:
+    return lambda: family.labels(program_id, role).inc(points)
 
 
 def _purchase_spans(referrals: Iterable[Referral]) -> list[Span]:

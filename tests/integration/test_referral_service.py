@@ -274,7 +274,7 @@ async def test_too_many_referees_on_one_device_wait_for_a_reviewer(chain: tuple[
     assert queue["referrals"][0]["detail"] == "4 referees on one device within 7 days (limit 3)"
     assert await balance(pipeline, "r-f4") == (0, 0)
     metrics = (await referral.request("GET", "/metrics")).text
-    assert 'jifen_referrals_in_review{program_id="default"} 2.0' in metrics
+    assert 'jifen_referrals_in_review{program_id="default",service="referral"} 2.0' in metrics
 
     f4, f5 = (r["referral_id"] for r in queue["referrals"])
     conn = await asyncpg.connect(referral.spec.settings.asyncpg_dsn)
@@ -306,7 +306,7 @@ async def test_too_many_referees_on_one_device_wait_for_a_reviewer(chain: tuple[
     response = await referral.request("POST", "/v1/programs/default/referrals/ref-nosuch/approve")
     assert (response.status_code, response.json()["error"]) == (404, "unknown_referral")
     metrics = (await referral.request("GET", "/metrics")).text
-    assert 'jifen_referrals_in_review{program_id="default"} 0.0' in metrics
+    assert 'jifen_referrals_in_review{program_id="default",service="referral"} 0.0' in metrics
 
 
 async def test_a_cap_and_bonus_follow_the_qualifying_times_when_a_late_referral_arrives(
