@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from bench import main as bench
-from cli import asyncapi, dlq, earn, keys, ledger, points, programme, simulate, tiers
+from cli import asyncapi, dlq, earn, keys, ledger, points, programme, publish, simulate, tiers, topics
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     stack = sub.add_parser("stack", help="run Kafka, PostgreSQL and the services locally")
     stack.add_argument("action", choices=["up", "down", "status"])
-    for module in (simulate, keys, programme, points, ledger, earn, tiers, dlq, asyncapi, bench):
+    for module in (simulate, publish, keys, programme, points, ledger, earn, tiers, dlq, asyncapi, topics, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _stack(args.action)
             case "simulate":
                 return asyncio.run(simulate.simulate(args))
+            case "publish":
+                return asyncio.run(publish.run(args))
             case "keys":
                 return asyncio.run(keys.run(args))
             case "programme":
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(dlq.run(args))
             case "asyncapi":
                 return asyncapi.run(args)
+            case "topics":
+                return asyncio.run(topics.run(args))
             case _:
                 # uvloop, as the services run under uvicorn: the bench's own clients take less of the machine.
                 return uvloop.run(bench.run_bench(args))

@@ -11,10 +11,17 @@ import pytest
 
 JIFEN = str(Path(sys.executable).parent / "jifen")
 NOWHERE = "http://127.0.0.1:1"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "purchase.json"
 
 BAD = [
     ["simulate", "--count", "0"],
     ["simulate", "--rate", "fast"],
+    ["publish"],
+    ["publish", "/nonexistent/event.json"],
+    ["publish", str(EXAMPLE)],  # Kafka unreachable
+    ["topics"],
+    ["topics", "create"],  # Kafka unreachable
+    ["topics", "check", "--wait", "soon"],
     ["ledger", "verify", "--database-url", "notaurl"],
     ["ledger", "verify", "--database-url", "postgresql://nobody:x@127.0.0.1:1/none"],
     ["tiers", "rebuild", "--program", "default", "--database-url", "notaurl"],
