@@ -45,7 +45,7 @@ def credit(member: str, amount: int, key: str) -> bytes:
 def guarded(app: FastAPI) -> list[tuple[str, str]]:
     """Every route a key must open, as (method, path) with its path parameters filled in."""
     routes = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) and r.path not in OPEN_PATHS
-              for m in sorted(r.methods)]
+              for m in sorted(r.methods or ())]
     return [(m, re.sub(r"\{[a-z_]+(:path)?\}", "x", p.replace("{program_id}", "default"))) for m, p in routes]
 
 

@@ -138,9 +138,9 @@ def model(steps: list[Step], catalogue: Catalogue[TiersProgramme]) -> list[Annou
         assert c.reason != "upgrade" or c.tier == supported, c
         assert c.detail != "review" or c.tier == supported, c
     held = dict.fromkeys(MEMBERS, rules.base.tier)
-    for member, tier, previous, *_ in out:
-        assert previous == held[member], (member, previous, held[member])
-        held[member] = tier
+    for name, tier, previous, *_ in out:
+        assert previous == held[name], (name, previous, held[name])
+        held[name] = tier
     return out
 
 

@@ -242,8 +242,9 @@ def test_the_ledgers_answers_move_a_redemption_once() -> None:
     pending.held_at = T0
     assert domain.step_of(pending, "placed", "hold") is None  # a second sighting captures nothing again
     assert domain.step_of(pending, "captured", "capture") == "complete"
-    assert [domain.step_of(pending, o, c) for o, c in (("refused", "hold"), ("refused", "capture"),
-                                                       ("expired", "hold"), ("released", "hold"))] == ["reject"] * 4
+    rejecting: list[tuple[domain.Outcome, domain.Command]] = [("refused", "hold"), ("refused", "capture"),
+                                                              ("expired", "hold"), ("released", "hold")]
+    assert [domain.step_of(pending, o, c) for o, c in rejecting] == ["reject"] * 4
     assert domain.step_of(pending, "refused", "cancel") is None
     for settled in ("completed", "rejected", "cancelled"):
         assert domain.step_of(redemption(settled), "captured", "capture") is None
