@@ -66,6 +66,21 @@ async def test_the_summary_counts_exactly_and_outstanding_is_the_sum_of_the_bala
     assert summary["last_reload"]["ok"] is True
 
 
+async def test_the_programme_totals_and_the_scheduled_verify_are_metrics_an_alert_can_watch(
+        ledger: ServiceHarness) -> None:
+    """jifen_ledger_points_total counts since the process started; the programme's exact figures, and whether the
+    last scheduled verify found every rule holding, come from the ledger's tables, by two jobs."""
+    await ledger.run_job("programme-totals", NOW)
+    await ledger.run_job("ledger-verify", NOW)
+    metrics = (await ledger.request("GET", "/metrics", token="")).text
+    for measure, points in (("issued", 990), ("redeemed", 100), ("outstanding", 890)):
+        assert (f'jifen_programme_points{{measure="{measure}",program_id="default",service="ledger"}} '
+                f"{float(points)}") in metrics, measure
+    assert 'jifen_programme_members{program_id="default",service="ledger"} 3.0' in metrics
+    assert 'jifen_ledger_verify_ok{service="ledger"} 1.0' in metrics
+    assert 'jifen_ledger_verify_problems{service="ledger"} 0.0' in metrics
+
+
 async def test_admin_calls_post_entries_with_the_callers_name_and_the_summary_follows(ledger: ServiceHarness) -> None:
     conn = await asyncpg.connect(ledger.spec.settings.asyncpg_dsn)
     try:
