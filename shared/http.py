@@ -8,6 +8,7 @@ parameter) are answered in the same shape, so a client reads one kind of error f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
@@ -39,11 +40,45 @@ class ApiError(Refusal):
         self.status = status
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI descriptions of the error answers a route gives, all `ErrorBody`."""
+# What any route may answer with these statuses, reason code → detail, as the service writes them: the key check
+# (shared/auth.py), FastAPI's parsing and validation (`install` below) and a service still starting. A 403 names
+# the route's scope, so the kit adds it (`missing_scope`).
+SHARED_REASONS: dict[int, dict[str, str]] = {
+    400: {"bad_request": "There was an error parsing the body"},
+    401: {"missing_api_key": "send `Authorization: Bearer <api key>`; create a key with `jifen keys create`",
+          "invalid_api_key": "the API key is unknown, malformed or revoked"},
+    422: {"invalid_request": "path.program_id: String should match pattern '^[A-Za-z0-9_.-]+$'"},
+    503: {"unavailable": "the service is starting; try again in a moment"},
+}
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def error_responses(*statuses: int, reasons: Mapping[int, Mapping[str, str]] | None = None,
+                    ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI descriptions of the error answers a route gives, all `ErrorBody`, with an example of each reason code:
+    the shared ones and the route's own (`reasons`: status → reason → an example detail; a route's own detail of a
+    shared reason replaces the shared one)."""
     said = {400: "bad request", 401: "no valid API key", 403: "the key lacks the scope", 404: "not found",
             409: "refused by a business rule", 422: "invalid request", 503: "the service is not ready"}
-    return {status: {"model": ErrorBody, "description": said.get(status, "error")} for status in statuses}
+    own = reasons or {}
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        given = {**SHARED_REASONS.get(status, {}), **own.get(status, {})}
+        answers[status] = {"model": ErrorBody, "description": said.get(status, "error"), "content": {
+            "application/json": examples({reason: {"error": reason, "detail": d} for reason, d in given.items()})}}
+    return answers
+
+
+def missing_scope(scope: str) -> dict[str, Any]:
+    """The 403 of a route that asks for `scope`: the key check's one refusal (`till-01` is an example key name)."""
+    refused = {"error": "missing_scope", "detail": f"key 'till-01' does not have the {scope!r} scope"}
+    return {"description": "the key lacks the scope",
+            "content": {"application/json": {"schema": ERROR_SCHEMA, **examples({"missing_scope": refused})}}}
+
+
+def examples(named: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAPI media type's named examples (Swagger UI offers them in a list)."""
+    return {"examples": {name: {"value": value} for name, value in named.items()}}
 
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",

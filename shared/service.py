@@ -261,22 +261,34 @@ def build_app(spec: ServiceSpec) -> FastAPI:
     app.state.runtime = runtime
     http.install(app)
 
-    @app.get("/health/live", tags=["health"], summary="The process is up")
+    @app.get("/health/live", tags=["health"], summary="The process is up",
+             responses={200: {"content": {"application/json": {"example": {"status": "live"}}}}})
     async def live() -> dict[str, str]:
+        """For a liveness probe: answers `{"status": "live"}` as long as the process serves HTTP, and checks nothing
+        else (the database and Kafka are /health/ready's). Open: no API key."""
         return {"status": "live"}
 
     @app.get("/health/ready", tags=["health"], summary="The database and Kafka answer (503 while they do not)",
-             responses={503: {"description": "not ready; the body says which part is down"}})
+             responses={200: {"content": {"application/json": {"example": READY}}},
+                        503: {"description": "not ready; the body says which part is down",
+                              "content": {"application/json": {"example": NOT_READY}}}})
     async def ready(response: Response) -> dict[str, object]:
+        """For a readiness probe: the database must answer `SELECT 1` and Kafka a ping, each within a second, and
+        the consumer must not be recovering from a database error. 200 with `ready: true`; otherwise 503 with the
+        same body, each part `ok` or why not. `outbox_relay` says whether this process leads the outbox relay
+        (`leader`) or waits (`standby`). Open: no API key."""
         checks = await runtime.readiness()
         if not checks["ready"]:
             response.status_code = 503
         return checks
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse,
-             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"},
+                                                                             "example": METRICS_SAMPLE}},
                               "description": "the Prometheus text format"}})
     async def metrics() -> Response:
+        """The service's Prometheus registry in the text exposition format, for a scraper: readiness, consumption
+        and dead letters, the outbox, periodic jobs, the service's own metrics and the process's. Open: no API key."""
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if spec.routes is not None:
@@ -292,6 +304,13 @@ def serve(spec: ServiceSpec) -> None:
                 access_log=False)
 
 
+# What /health/ready answers, ready and not (the examples of its OpenAPI description), and a few lines of /metrics.
+READY = {"database": "ok", "kafka": "ok", "outbox_relay": "leader", "ready": True}
+NOT_READY = {"database": "down: ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432)",
+             "kafka": "ok", "outbox_relay": "standby", "ready": False}
+METRICS_SAMPLE = ('# HELP jifen_ready 1 when the service can do its work\n# TYPE jifen_ready gauge\n'
+                  'jifen_ready{service="ledger"} 1.0\n')
+
 # The 404 every route with path parameters may give; as a plain schema reference, since FastAPI reads a response's
 # `model` only when the route is made (ErrorBody is in the components: every route documents its 401).
 NOT_FOUND = {"description": "not found", "content": {"application/json": {
@@ -304,8 +323,11 @@ def _every_route_asks_for_a_key(app: FastAPI) -> None:
         if not isinstance(route, APIRoute) or route.path in OPEN_PATHS:
             continue
         scopes = [getattr(d.call, "jifen_scope", None) for d in route.dependant.dependencies]
-        if not any(scopes):
+        scope = next((s for s in scopes if s), None)
+        if scope is None:
             raise RuntimeError(f"route {route.path} has no API key scope: add dependencies=[runtime.requires(...)]")
+        # A copy: routes share their `responses` dicts, and the 403's example names this route's scope.
+        route.responses = {**route.responses, 403: {**route.responses.get(403, {}), **http.missing_scope(scope)}}
         if route.dependant.path_params:
             # A path naming nothing (an unknown programme; an id with a line break, which no route's pattern
             # matches) is answered 404 {error, detail}: the documents say so.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from services.earn.birthdays import birthdays
 from services.earn.domain import Programme
@@ -22,6 +22,10 @@ from shared.subscription import Subscription
 
 
 class ProgrammeOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "name": "Default customer loyalty", "version": 1,
+         "effective_from": "2020-01-01T00:00:00+00:00"}]})
+
     program_id: str
     name: str
     version: int
@@ -36,8 +40,11 @@ def spec(settings: EarnSettings | None = None, clock: Callable[[], datetime] = u
 
     def routes(app: FastAPI, runtime: Runtime) -> None:
         @app.get("/v1/programs", tags=["earn"], response_model=list[ProgrammeOut], summary="Every loaded programme "
-                 "version", dependencies=[runtime.requires("read")], responses=error_responses(401, 403))
+                 "version", dependencies=[runtime.requires("read")], responses=error_responses(401, 403, 503))
         async def list_programmes() -> list[ProgrammeOut]:
+            """Every version of every programme that earn has loaded from the programme folder, with its name and
+            when it takes effect (`effective_from`, ISO 8601). Earn first looks for changed files (at most every two
+            seconds); a broken folder leaves the versions in force. Needs the `read` scope."""
             catalogue.refresh()
             return [ProgrammeOut(program_id=p.program_id, name=p.name, version=p.version,
                                  effective_from=p.effective_from.isoformat()) for p in catalogue]

@@ -12,10 +12,10 @@ import time
 import uuid
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.ledger import totals
 from shared.auth import ApiKey
@@ -44,6 +44,9 @@ IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200, 
 
 
 class Adjustment(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"direction": "credit", "points": 120, "reason": "the till double-charged order 8812"}]})
+
     direction: Literal["credit", "debit"]
     points: int = Field(gt=0, le=10_000_000)
     reason: NonBlank = Field(examples=["the till double-charged order 8812"])
@@ -51,17 +54,27 @@ class Adjustment(BaseModel):
 
 
 class Award(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"points": 50, "reason": "goodwill for a late delivery", "expires_at": "2027-12-31T23:59:59Z"}]})
+
     points: int = Field(gt=0, le=10_000_000)
     reason: NonBlank = Field(examples=["goodwill for a late delivery"])
     expires_at: datetime | None = None
 
 
 class Reversal(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"points": 100, "reason": "order o-20261120-0042 was refunded at the desk"}]})
+
     points: int | None = Field(default=None, gt=0, description="how much to take back (default: all not reversed)")
     reason: NonBlank
 
 
 class Transfer(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"from_member_id": "m-00001", "to_member_id": "m-00002", "points": 300,
+         "reason": "household pooling asked for by both members"}]})
+
     from_member_id: Id
     to_member_id: Id
     points: int = Field(gt=0, le=10_000_000)
@@ -69,6 +82,8 @@ class Transfer(BaseModel):
 
 
 class Blocking(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "twelve accounts on one device"}]})
+
     reason: NonBlank = Field(examples=["twelve accounts on one device"])
 
 
@@ -82,6 +97,11 @@ class PostedEntry(BaseModel):
 
 
 class Done(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "posted", "idempotency_key": "admin:3f9c2a7b1e04:adj-2026-0001", "reason": None,
+         "entries": [{"entry_id": 48250, "member_id": "m-00001", "seq": 13, "kind": "adjust_credit", "amount": 120,
+                      "balance_after": 1400}]}]})
+
     status: Literal["posted", "rejected", "pending"]
     idempotency_key: str
     reason: str | None = None
@@ -89,8 +109,29 @@ class Done(BaseModel):
 
 
 class Sent(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "sent", "event_id": "admin:3f9c2a7b1e04:5b1f0c2e9a7d4e3f8a6b1c0d2e3f4a5b"}]})
+
     status: Literal["sent"]
     event_id: str
+
+
+UNKNOWN_PROGRAM = {"unknown_program": "no programme 'defualt' is in force: the programmes are default, retail, staff, "
+                                      "starbucks"}
+PENDING: dict[str, Any] = {"status": "pending", "idempotency_key": "admin:3f9c2a7b1e04:adj-2026-0002", "reason": None,
+                           "entries": []}
+
+
+def command_answers(*reasons: str, invalid: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """What an admin call that sends a ledger command answers besides its 201: 202 while the ledger has not answered,
+    409 with each of the ledger's `reasons` (worded as `send` words them), and the errors, with a 422 of the route's
+    own (`invalid`)."""
+    key = "admin:3f9c2a7b1e04:adj-2026-0003"
+    refused = {reason: f"the ledger refused the command ({reason}); its key is {key}" for reason in reasons}
+    pending = {"model": Done, "description": "the ledger has not answered within ?wait: ask GET …/commands/{key}",
+               "content": {"application/json": {"example": PENDING}}}
+    return {202: pending, **error_responses(400, 401, 403, 404, 409, 422, 503, reasons={
+        404: UNKNOWN_PROGRAM, 409: refused, **({422: {"invalid_request": invalid}} if invalid else {})})}
 
 
 def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion]) -> None:
@@ -98,7 +139,6 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
 
     def known(program_id: str) -> None:
         known_program(catalogue, program_id, runtime.spec.clock())
-    errors = error_responses(400, 401, 403, 404, 409, 422, 503)
 
     def key_of(caller: ApiKey, idempotency_key: str | None) -> str:
         return f"admin:{caller.key_id}:{idempotency_key or uuid.uuid4().hex}"
@@ -143,16 +183,28 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
     member = "/v1/programs/{program_id}/members/{member_id:path}"
 
     @app.get("/v1/programs/{program_id}/commands/{idempotency_key}", response_model=Done, tags=["admin"],
-             responses=errors, summary="What became of a command sent by an admin call that answered 202 (pending)")
+             responses=error_responses(401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}),
+             summary="What became of a command sent by an admin call that answered 202 (pending)")
     async def command(program_id: ProgramPath, idempotency_key: Annotated[str, Path(max_length=300)],
                       caller: ApiKey = admin) -> Done:
+        """What became of the command an admin call sent, by the `idempotency_key` its answer gave
+        (`admin:<key id>:<Idempotency-Key>`): `posted` with the entries it made, `rejected` with the ledger's
+        reason, or `pending` while the ledger has not stored an outcome, which is also the answer for a key it never
+        saw. It looks once and does not wait. Needs the `admin` scope."""
         known(program_id)
         return await outcome(idempotency_key, 0)
 
-    @app.post(f"{member}/adjustments", response_model=Done, tags=["admin"], status_code=201, responses=errors,
+    @app.post(f"{member}/adjustments", response_model=Done, tags=["admin"], status_code=201,
+              responses=command_answers("insufficient_points", "negative_balance"),
               summary="Adjust a member's points by hand (a correction; the reason and your key's name are recorded)")
     async def adjust(program_id: ProgramPath, member_id: PathId, body: Adjustment, response: Response,
                      caller: ApiKey = admin, idempotency_key: IdemKey = None, wait: Wait = 5) -> Done:
+        """A correction by hand, sent to the ledger as `jifen.ledger.adjust.v1` through the outbox: a `credit` adds
+        a lot (expiring at `expires_at` when given), a `debit` takes the soonest-expiring points first (refused with
+        `insufficient_points`, or `negative_balance` while the member owes points). The entry records the reason and
+        your key's name. `?wait` (default 5 s, at most 10) waits for the ledger: 201 with the entries posted, 409
+        with its reason, 202 `pending` if it has not answered; the same `Idempotency-Key` posts nothing again and
+        answers the first call's outcome. Needs the `admin` scope."""
         known(program_id)
         key = key_of(caller, idempotency_key)
         cmd = AdjustPoints(idempotency_key=key, program_id=program_id, member_id=member_id,
@@ -161,10 +213,17 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
                            expires_at=body.expires_at, details=audit(caller))
         return await send(cmd, wait, response)
 
-    @app.post(f"{member}/awards", response_model=Done, tags=["admin"], status_code=201, responses=errors,
+    @app.post(f"{member}/awards", response_model=Done, tags=["admin"], status_code=201,
+              responses=command_answers("insufficient_points"),
               summary="Award goodwill points (earned points: they count for tiers; your key's name is recorded)")
     async def award(program_id: ProgramPath, member_id: PathId, body: Award, response: Response,
                     caller: ApiKey = admin, idempotency_key: IdemKey = None, wait: Wait = 5) -> Done:
+        """Goodwill points, sent to the ledger as an earn credit (`jifen.ledger.credit.v1`, rule `goodwill`):
+        available at once, expiring at `expires_at` when given, counted in lifetime earned and by the tiers service;
+        the entry records the reason and your key's name. `?wait` (default 5 s, at most 10) waits for the ledger:
+        201 with the entry, 202 `pending` if it has not answered. A credit is never refused: a 409 comes only from
+        an `Idempotency-Key` first used for a command the ledger refused (the same key answers the first call's
+        outcome). Needs the `admin` scope."""
         known(program_id)
         key = key_of(caller, idempotency_key)
         now = runtime.spec.clock()
@@ -174,11 +233,17 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         return await send(cmd, wait, response)
 
     @app.post(f"{member}/entries/{{entry_id}}/reversal", response_model=Done, tags=["admin"], status_code=201,
-              responses=errors, summary="Reverse an entry of a member's, in whole or in part (a correction: a new "
-              "entry naming it)")
+              responses=command_answers("entry_not_found", "not_reversible", "reversal_exceeds_entry"),
+              summary="Reverse an entry of a member's, in whole or in part (a correction: a new entry naming it)")
     async def reverse(program_id: ProgramPath, member_id: PathId, entry_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
                       body: Reversal, response: Response, caller: ApiKey = admin, idempotency_key: IdemKey = None,
                       wait: Wait = 5) -> Done:
+        """Take back `points` of entry `entry_id` of this member (all that is not reversed yet when not given),
+        sent to the ledger as `jifen.ledger.reverse.v1`: a new entry naming the one it corrects. Earn and adjustment
+        credits (pending points are cancelled; spent ones are taken from the member's other points, the rest becoming
+        debt) and redemption and adjustment debits (the points come back with their expiry) can be reversed;
+        refusals: `entry_not_found`, `not_reversible`, `reversal_exceeds_entry`. `?wait` and `Idempotency-Key` work
+        as for adjustments (201, 409, 202). Needs the `admin` scope."""
         known(program_id)
         key = key_of(caller, idempotency_key)
         cmd = ReverseEntry(idempotency_key=key, program_id=program_id, member_id=member_id, entry_id=entry_id,
@@ -187,9 +252,16 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         return await send(cmd, wait, response)
 
     @app.post("/v1/programs/{program_id}/transfers", response_model=Done, tags=["admin"], status_code=201,
-              responses=errors, summary="Move points from one member to another (they keep their expiry)")
+              responses=command_answers("insufficient_points", "negative_balance",
+                                        invalid="a transfer needs two different members"),
+              summary="Move points from one member to another (they keep their expiry)")
     async def transfer(program_id: ProgramPath, body: Transfer, response: Response, caller: ApiKey = admin,
                        idempotency_key: IdemKey = None, wait: Wait = 5) -> Done:
+        """Move points between two members of one programme, sent to the ledger as `jifen.ledger.transfer.v1`: a
+        `transfer_out` entry on the giver and a `transfer_in` on the receiver, whose points keep their expiry. The
+        giver's points must cover it (`insufficient_points`, `negative_balance`); the same member on both sides is
+        422. `?wait` and `Idempotency-Key` work as for adjustments (201 with both entries, 409, 202). Needs the
+        `admin` scope."""
         known(program_id)
         if body.from_member_id == body.to_member_id:
             raise ApiError(422, "invalid_request", "a transfer needs two different members")
@@ -200,6 +272,8 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
                              details=audit(caller, body.reason))
         return await send(cmd, wait, response)
 
+    member_errors = error_responses(400, 401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM})
+
     async def member_event(event: MemberBlocked | MemberUnblocked, caller: ApiKey) -> Sent:
         event_id = f"admin:{caller.key_id}:{uuid.uuid4().hex}"
         async with runtime.unit_of_work(SOURCE) as uow:
@@ -207,16 +281,25 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
             await uow.commit()
         return Sent(status="sent", event_id=event_id)
 
-    @app.post(f"{member}/block", response_model=Sent, tags=["admin"], status_code=202, responses=errors,
+    @app.post(f"{member}/block", response_model=Sent, tags=["admin"], status_code=202, responses=member_errors,
               summary="Block a member from redeeming (jifen.member.blocked.v1 from source jifen.admin)")
     async def block(program_id: ProgramPath, member_id: PathId, body: Blocking, caller: ApiKey = admin) -> Sent:
+        """Announce `jifen.member.blocked.v1` on jifen.members, from source `jifen.admin`, through the outbox; 202
+        with the event's id once it is stored to send. The redemption service then refuses the member's redemptions
+        and points payments (`blocked_member`) in programmes whose `redemption.block_sources` list `jifen.admin`;
+        elsewhere it dead-letters the event as `untrusted_source`. Each call is a new event. Needs the `admin`
+        scope."""
         known(program_id)
         return await member_event(MemberBlocked(program_id=program_id, member_id=member_id, reason=body.reason,
                                                 blocked_by=caller.name), caller)
 
-    @app.post(f"{member}/unblock", response_model=Sent, tags=["admin"], status_code=202, responses=errors,
+    @app.post(f"{member}/unblock", response_model=Sent, tags=["admin"], status_code=202, responses=member_errors,
               summary="Unblock a member (jifen.member.unblocked.v1 from source jifen.admin)")
     async def unblock(program_id: ProgramPath, member_id: PathId, body: Blocking, caller: ApiKey = admin) -> Sent:
+        """Announce `jifen.member.unblocked.v1` on jifen.members, from source `jifen.admin`, through the outbox;
+        202 with the event's id once it is stored to send. The redemption service lets the member redeem again in
+        programmes whose `redemption.block_sources` list `jifen.admin`. Each call is a new event. Needs the `admin`
+        scope."""
         known(program_id)
         return await member_event(MemberUnblocked(program_id=program_id, member_id=member_id, reason=body.reason,
                                                   unblocked_by=caller.name), caller)
@@ -234,6 +317,13 @@ class Reloaded(BaseModel):
 
 
 class Summary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "version": 1, "currency": None, "point_value": "0.01", "issued": 412000,
+         "redeemed": 21500, "expired": 4200, "adjusted": 300, "outstanding": 386600, "pending": 0,
+         "liability": "3866.00", "entries": 43716, "members": 308,
+         "expiring": [{"month": "2027-01", "points": 1250}, {"month": "2027-02", "points": 2310}],
+         "last_reload": {"at": "2026-11-24T08:00:02.113000Z", "ok": True, "detail": "loaded at start"}}]})
+
     program_id: str
     version: int | None = Field(description="the programme version in force now")
     currency: str | None
@@ -256,10 +346,15 @@ def summary_routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
     read = [runtime.requires("read")]
 
     @app.get("/v1/programs/{program_id}/summary", response_model=Summary, tags=["programme"], dependencies=read,
-             responses=error_responses(401, 403, 404, 422, 503),
+             responses=error_responses(401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}),
              summary="A programme's points as a whole: issued, redeemed, expired, adjusted, outstanding (exact), "
                      "pending, the liability, what expires month by month")
     async def summary(program_id: ProgramPath) -> Summary:
+        """A programme's points as a whole, from the ledger's own tables: issued, redeemed, expired and adjusted,
+        what members hold (`outstanding`, exact) and how much of it is still pending, the liability (outstanding ×
+        the programme's `point_value`, none without one), and the points expiring in each of the next 12 months.
+        `last_reload` says when the ledger last read the programme folder and whether that worked. A programme not
+        in force is 404 `unknown_program`. Needs the `read` scope."""
         now = runtime.spec.clock()
         known_program(catalogue, program_id, now)
         programme = catalogue.at(program_id, now)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.ledger import admin, repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
@@ -30,6 +30,11 @@ class NextExpiry(BaseModel):
 
 
 class Balance(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "member_id": "m-00001", "available": 1180, "pending": 0, "held": 100,
+         "lifetime_earned": 1530, "next_expiry": {"points": 250, "date": "2027-03-14T09:30:00Z"}, "balance": 1280,
+         "awaiting_expiry": 0, "debt": 0}]})
+
     program_id: str
     member_id: str
     available: int = Field(description="spendable now; negative while the member owes points")
@@ -78,6 +83,24 @@ class HoldOut(BaseModel):
 
 
 class EntriesPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "entries": [{
+            "entry_id": 48213, "seq": 12, "kind": "earn", "amount": 250, "balance_after": 1380,
+            "idempotency_key": "earn:evt-7f3a9c21:base", "source_event_id": "evt-7f3a9c21", "rule_id": "base",
+            "rule_version": 1, "reason": "purchase",
+            "details": {"order_id": "o-20261120-0042", "total": "250.00", "currency": "CNY",
+                        "rule": {"rule_id": "base", "kind": "base", "points": 250,
+                                 "why": "1 per unit of currency, floor"},
+                        "lines": [{"sku": "*", "points": "250.00"}]},
+            "occurred_at": "2026-11-20T09:30:00Z", "posted_at": "2026-11-20T09:30:01.204000Z",
+            "corrects_entry_id": None, "hold_id": None,
+            "lots": [{"lot_id": 30117, "amount": 250, "unspent": 250, "available_at": "2026-11-20T09:30:00Z",
+                      "expires_at": "2028-11-20T09:30:00Z"}],
+            "hash": "9f2c4e1a7b3d5f60a1c2e3d4b5a69788f0e1d2c3b4a5968778695a4b3c2d1e0f"}],
+        "next_before_seq": 12,
+        "open_holds": [{"hold_id": "redeem:rd_4be0c2a9d17f36e85a10", "amount": 100,
+                        "placed_at": "2026-11-24T02:10:00Z", "expires_at": "2026-11-24T02:15:00Z"}]}]})
+
     entries: list[EntryView]
     next_before_seq: int | None
     open_holds: list[HoldOut]
@@ -116,7 +139,8 @@ log = logging.getLogger(__name__)
 
 def _routes(app: FastAPI, runtime: Runtime) -> None:
     read = [runtime.requires("read")]
-    errors = error_responses(401, 403, 404, 422, 503)
+    errors = error_responses(401, 403, 404, 422, 503, reasons={404: {
+        "unknown_program": "no programme 'defualt': the programmes are default, retail, staff, starbucks"}})
 
     def unknown_programme(program_id: str) -> None:
         """404 for a programme no file defines and nothing was ever posted to (a typo should not read as zero)."""
@@ -128,6 +152,10 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
     @app.get(f"{MEMBER}/balance", response_model=Balance, tags=["ledger"], dependencies=read, responses=errors,
              summary="A member's points: available, pending, held, lifetime earned, next expiry")
     async def get_balance(program_id: ProgramPath, member_id: PathId) -> Balance:
+        """The member's points now, from the ledger's own tables: `available` is spendable (less any debt),
+        `pending` waits for its return window, `held` is reserved by open holds (a redemption or a points payment),
+        `awaiting_expiry` has expired and waits for the sweeper. A member with nothing posted has zeros; a programme
+        no file defines and nothing was posted to is 404 `unknown_program`. Needs the `read` scope."""
         now = runtime.spec.clock()
         async with runtime.connection() as db:
             book = await repository.member_book(db, program_id, member_id)
@@ -147,6 +175,11 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
     async def get_entries(program_id: ProgramPath, member_id: PathId,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
                           before_seq: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None) -> EntriesPage:
+        """The member's entries, newest first, `limit` at a time (at most 500): pass `next_before_seq` as
+        `before_seq` for the next page. Each entry shows its signed amount, the balance after it, its cause and the
+        lots it made with what is left of each; `open_holds` lists the holds reserving points now. A correction is a
+        new entry naming the one it corrects (`corrects_entry_id`). An unknown programme with nothing posted is 404
+        `unknown_program`. Needs the `read` scope."""
         async with runtime.connection() as db:
             rows, lots = await repository.entries_page(db, program_id, member_id, before_seq, limit)
             holds = await repository.open_holds_of(db, program_id, member_id)

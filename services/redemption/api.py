@@ -39,6 +39,9 @@ class Body(BaseModel):
 
 
 class RedeemIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"member_id": "vip-0", "reward_id": "coupon-5",
+                                                               "quantity": 1}]})
+
     member_id: Id
     reward_id: RewardId
     quantity: int = Field(default=1, ge=1, le=100)
@@ -56,6 +59,15 @@ class CouponOut(BaseModel):
 
 
 class RedemptionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"redemption_id": "rd_4be0c2a9d17f36e85a10", "program_id": "default", "member_id": "vip-0",
+         "reward_id": "coupon-5", "kind": "coupon", "quantity": 1, "points": 100, "status": "completed",
+         "reason": None, "detail": None, "created_at": "2026-11-24T02:10:00.120000Z",
+         "settled_at": "2026-11-24T02:10:00.480000Z", "cancelled_at": None,
+         "cancellable_until": "2026-11-25T02:10:00.480000Z", "fulfilment": None,
+         "coupon": {"coupon_id": "cp_9a7c3e1f0b2d4c6e8a10", "code": "7M3QK-2ZC9D-XW4HB-R8TNE", "code_shown": True,
+                    "value": "5.00", "currency": "CNY", "expires_at": "2026-12-25T00:00:00Z", "status": "valid"}}]})
+
     redemption_id: str
     program_id: str
     member_id: str
@@ -97,6 +109,17 @@ class RewardOut(BaseModel):
 
 
 class RewardsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "version": 1, "member_id": "vip-0", "tier": "gold", "blocked": False, "rewards": [
+            {"reward_id": "coupon-5", "name": "5 yuan coupon", "kind": "coupon", "points": 100, "base_points": 100,
+             "points_by_tier": {}, "tiers": None, "stock_left": None, "available_until": None, "limit": None,
+             "coupon": {"value": "5.00", "currency": "CNY", "valid_days": 30}, "cashback": None, "cancel_hours": 24},
+            {"reward_id": "coupon-30", "name": "30 yuan coupon", "kind": "coupon", "points": 450, "base_points": 500,
+             "points_by_tier": {"gold": 450, "diamond": 400}, "tiers": None, "stock_left": None,
+             "available_until": None, "limit": {"count": 4, "per": "month"},
+             "coupon": {"value": "30.00", "currency": "CNY", "valid_days": 30}, "cashback": None,
+             "cancel_hours": 24}]}]})
+
     program_id: str
     version: int
     member_id: str | None
@@ -106,10 +129,15 @@ class RewardsOut(BaseModel):
 
 
 class StockIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"quantity": 50}]})
+
     quantity: int = Field(ge=1, le=1_000_000)
 
 
 class StockOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "retail", "reward_id": "tote-bag", "added": True, "stock_left": 231}]})
+
     program_id: str
     reward_id: str
     added: bool = Field(description="false when this Idempotency-Key added its stock before")
@@ -117,6 +145,9 @@ class StockOut(BaseModel):
 
 
 class PaymentIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"member_id": "vip-0", "order_id": "order-9", "points": 2000, "basket_total": "100.00", "currency": "CNY"}]})
+
     member_id: Id
     order_id: Id
     points: int = Field(ge=1, le=10**9)
@@ -126,11 +157,20 @@ class PaymentIn(Body):
 
 
 class CaptureIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"points": 1500}]})
+
     points: int | None = Field(default=None, ge=1, le=10**9, description="at most the authorised points (default: "
                                                                          "all of them)")
 
 
 class PaymentOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"payment_id": "pm_1f0e2d3c4b5a69788796", "program_id": "default", "member_id": "vip-0",
+         "order_id": "order-9", "status": "authorised", "reason": None, "detail": None, "points": 2000,
+         "value": "20.00", "basket_total": "100.00", "currency": "CNY", "captured_points": 0, "captured_value": "0.00",
+         "points_returned": 0, "expires_at": "2026-11-24T02:25:00.350000Z", "created_at": "2026-11-24T02:10:00.200000Z",
+         "settled_at": None}]})
+
     payment_id: str
     program_id: str
     member_id: str
@@ -151,10 +191,17 @@ class PaymentOut(BaseModel):
 
 
 class CouponUseIn(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"order_id": "order-1"}]})
+
     order_id: Id
 
 
 class CouponView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"coupon_id": "cp_9a7c3e1f0b2d4c6e8a10", "redemption_id": "rd_4be0c2a9d17f36e85a10", "status": "used",
+         "valid": False, "value": "5.00", "currency": "CNY", "expires_at": "2026-12-25T00:00:00Z",
+         "used_order_id": "order-1", "used_at": "2026-11-24T03:41:12.500000Z"}]})
+
     coupon_id: str
     redemption_id: str
     status: Literal["valid", "used", "void", "expired"]

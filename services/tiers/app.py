@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.tiers import domain, repository
 from services.tiers.domain import Member, TierRules, TiersProgramme
@@ -44,6 +44,14 @@ class Keep(BaseModel):
 
 
 class TierOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "member_id": "vip-0", "tier": "gold", "since": "2026-06-02T11:20:00Z",
+         "valid_until": "2027-06-02T11:20:00Z", "manual": False,
+         "qualifying": {"metric": "points_earned", "value": "6420", "window_start": "2025-11-24T08:00:00Z",
+                        "window_end": "2026-11-24T08:00:00Z"},
+         "next": {"tier": "diamond", "needed": "13580"}, "keep": {"needed": "1900", "by": "2027-06-02T11:20:00Z"},
+         "benefits": ["×1.5 points", "priority service", "event invitations"], "earn_multiplier": "1.5"}]})
+
     program_id: str
     member_id: str
     tier: str
@@ -69,6 +77,13 @@ class ChangeOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"changes": [
+        {"seq": 2, "at": "2026-06-02T11:20:00Z", "tier": "gold", "previous_tier": "silver", "reason": "upgrade",
+         "detail": None, "valid_until": "2027-06-02T11:20:00Z", "qualifying_value": "5030"},
+        {"seq": 1, "at": "2026-02-10T09:05:00Z", "tier": "silver", "previous_tier": "normal", "reason": "upgrade",
+         "detail": None, "valid_until": "2027-02-10T09:05:00Z", "qualifying_value": "1010"}],
+        "next_before_seq": None}]})
+
     changes: list[ChangeOut]
     next_before_seq: int | None
 
@@ -83,6 +98,18 @@ class LevelOut(BaseModel):
 
 
 class LevelsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "default", "version": 1, "metric": "points_earned", "window": "rolling 12 months",
+         "downgrade": "to_qualifying", "warn_days": 30, "levels": [
+             {"tier": "normal", "threshold": "0", "earn_multiplier": "1", "grace_days": 0, "members": 6175,
+              "benefits": ["1 point per yuan", "birthday bonus"]},
+             {"tier": "silver", "threshold": "1000", "earn_multiplier": "1.25", "grace_days": 0, "members": 207,
+              "benefits": ["×1.25 points", "member prices"]},
+             {"tier": "gold", "threshold": "5000", "earn_multiplier": "1.5", "grace_days": 30, "members": 76,
+              "benefits": ["×1.5 points", "priority service", "event invitations"]},
+             {"tier": "diamond", "threshold": "20000", "earn_multiplier": "2", "grace_days": 30, "members": 8,
+              "benefits": ["×2 points", "priority service", "event invitations", "a personal shopper"]}]}]})
+
     program_id: str
     version: int
     metric: str
@@ -108,12 +135,19 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
         return programme, programme.tiers
 
     def routes(app: FastAPI, runtime: Runtime) -> None:
-        read, errors = [runtime.requires("read")], error_responses(401, 403, 404, 422, 503)
+        read = [runtime.requires("read")]
+        errors = error_responses(401, 403, 404, 422, 503, reasons={404: {
+            "unknown_program": "no programme 'defualt' is in effect", "no_tiers": "programme 'staff' has no tiers"}})
 
         @app.get("/v1/programs/{program_id}/members/{member_id:path}/tier", response_model=TierOut, tags=["tiers"],
                  dependencies=read, responses=errors, summary="A member's tier, what qualifies it, what the next tier "
                  "and keeping this one need")
         async def get_tier(program_id: ProgramPath, member_id: PathId) -> TierOut:
+            """Where the member stands now, any review due by now applied: the tier, since when and until when
+            (`valid_until`, when the next review judges it), whether it was set by hand, the metric's value in the
+            current window, what the next level needs in that window (`next`) and what keeping this tier needs in the
+            window the review judges (`keep`). A member the service never saw is at the first level. 404
+            `unknown_program`, or `no_tiers` for a programme without tiers. Needs the `read` scope."""
             now = runtime.spec.clock()
             programme, rules = rules_of(program_id, now)
             async with runtime.connection() as db:
@@ -138,6 +172,11 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
         async def get_history(program_id: ProgramPath, member_id: PathId,
                               limit: Annotated[int, Query(ge=1, le=500)] = 50,
                               before_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> HistoryOut:
+            """The member's tier changes as announced on jifen.tiers (`jifen.tier.changed.v1`), newest first,
+            `limit` at a time (at most 500; pass `next_before_seq` as `before_seq` for the next page): the tier and
+            the one before, the reason (upgrade, downgrade, manual, expired_manual) and its detail, the end of the
+            period and the metric's value that decided it. 404 `unknown_program` or `no_tiers`. Needs the `read`
+            scope."""
             rules_of(program_id, runtime.spec.clock())
             async with runtime.connection() as db:
                 rows = await repository.history(db, program_id, member_id, limit, before_seq)
@@ -148,6 +187,9 @@ def spec(settings: TiersSettings | None = None, clock: Callable[[], datetime] = 
         @app.get("/v1/programs/{program_id}/tiers", response_model=LevelsOut, tags=["tiers"], dependencies=read,
                  responses=errors, summary="The programme's levels in force, with the members at each")
         async def get_levels(program_id: ProgramPath) -> LevelsOut:
+            """The levels of the programme version in force, lowest first: threshold, earn multiplier, benefits and
+            grace days, with how many members the service holds at each now; and the metric, its window and how a
+            review lowers a tier (`downgrade`). 404 `unknown_program` or `no_tiers`. Needs the `read` scope."""
             programme, rules = rules_of(program_id, runtime.spec.clock())
             async with runtime.connection() as db:
                 counts = await repository.counts(db)
