@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared import auth
 from shared.contracts import topics
 from tests.support import REPO, World, jifen, read_all, wait_for
 
@@ -55,6 +56,25 @@ async def test_the_quickstart_works_as_written(world: World) -> None:
     assert redeemed["status"] == "completed" and redeemed["points"] == 100 and redeemed["coupon"]["code"]
     status, after = ledger.get("/v1/programs/default/members/qs-ann/balance", token=world.token)
     assert (status, after["available"]) == (200, 86)
+
+    # An operator's goodwill award, over real Kafka: the admin API's command goes through the ledger's outbox and
+    # comes back through its consumer; a key without `admin` is refused.
+    admin = ("--url", ledger.url(""), "--api-key", world.token)
+    code, out, err = await jifen("points", "award", "qs-ann", "50", "--reason", "late delivery", *admin)
+    assert code == 0 and "✔ posted" in out and "+50" in out, out + err
+    status, after = ledger.get("/v1/programs/default/members/qs-ann/balance", token=world.token)
+    assert (status, after["available"]) == (200, 136)
+    status, page = ledger.get("/v1/programs/default/members/qs-ann/entries?limit=1", token=world.token)
+    entry = page["entries"][0]
+    assert (entry["rule_id"], entry["details"]["why"], entry["details"]["by"]) == ("goodwill", "late delivery", "e2e")
+    conn = await world.db()
+    try:
+        _, read_key = await auth.create_key(conn, "till-01", ["read"])
+    finally:
+        await conn.close()
+    code, out, err = await jifen("points", "award", "qs-ann", "50", "--reason", "x", "--url", ledger.url(""),
+                                 "--api-key", read_key)
+    assert code == 1 and "missing_scope" in err, out + err
 
     await publish("purchase-usd.json")  # the retail programme earns on CNY: earn dead-letters it
     await read_all(world.infra.bootstrap, world.topic(topics.dlq(topics.PURCHASES)), expect=1)
