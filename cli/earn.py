@@ -100,9 +100,7 @@ def _refusal(programme: Programme | None, catalogue: Catalogue[Programme], event
         return "future_event", (f"time {event.time.isoformat()} is more than {tolerance.total_seconds():.0f}s ahead "
                                 "of this clock")
     if programme is None:
-        known = data.program_id in catalogue.versions
-        return "unknown_program", (f"programme {data.program_id!r} was not in effect at {event.time.isoformat()}"
-                                   if known else f"no programme {data.program_id!r}")
+        return "unknown_program", catalogue.why_not(data.program_id, event.time)
     if isinstance(data, PurchaseCompleted):
         return purchase_refusal(programme, data)
     return None

@@ -22,10 +22,8 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from shared.contracts import topics
-from shared.envelope import BadMessage, parse
+from shared.envelope import STRUCTURED_HEADERS, BadMessage, parse, validation_summary
 from shared.settings import Settings
-
-STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +74,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await producer.start()
         for out in outgoing:
-            sent = await (await producer.send(settings.topic(out.topic), out.value, key=out.key, headers=STRUCTURED))
+            sent = await (await producer.send(settings.topic(out.topic), out.value, key=out.key,
+                                              headers=STRUCTURED_HEADERS))
             print(f"  ✔ {out.event_id} ({out.type}) → {sent.topic} partition {sent.partition} offset {sent.offset}")
     except KafkaError as exc:
         print(f"✘ Kafka at {settings.kafka_bootstrap} did not take the events: {exc}", file=sys.stderr)
@@ -113,7 +112,7 @@ def _checked(where: str, event: Any, now: bool) -> Outgoing:
         event = {**event, "time": datetime.now(UTC).isoformat()}
     value = orjson.dumps(event)
     try:
-        parsed = parse(value, STRUCTURED)
+        parsed = parse(value, STRUCTURED_HEADERS)
     except BadMessage as exc:
         raise ValueError(f"{where}: the services would refuse it as {exc.reason}: {exc.detail}") from None
     contract = topics.contracts().get(parsed.type)
@@ -124,7 +123,6 @@ def _checked(where: str, event: Any, now: bool) -> Outgoing:
     try:
         data = contract.model_validate(parsed.data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'data'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{where}: the services would refuse it as invalid_data: {problems}") from None
+        raise ValueError(f"{where}: the services would refuse it as invalid_data: {validation_summary(exc)}") from None
     member = getattr(data, "member_id", None) or getattr(data, "referee_member_id", None)
     return Outgoing(where, channel.topic, member.encode() if member else None, value, parsed.id, parsed.type)

@@ -13,9 +13,9 @@ import asyncio
 import sys
 import time
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.local.infra import StackError, create_topics
 from shared.contracts.topics import all_topics
 from shared.settings import Settings
 
@@ -46,45 +46,34 @@ async def run(args: argparse.Namespace) -> int:
     settings = TopicSettings()
     bootstrap = args.bootstrap or settings.kafka_bootstrap
     names = all_topics(settings.topic_prefix if args.prefix is None else args.prefix)
+    if args.topics_command == "check":
+        return await _check(bootstrap, names, args.wait)
+    partitions = args.partitions or settings.partitions
+    replicas = args.replication_factor or settings.replication_factor
+    try:
+        created = await create_topics(bootstrap, names, partitions, replicas)
+    except StackError as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 1
+    for name in created:
+        print(f"  + {name}")
+    print(f"✔ {len(names)} topics present on {bootstrap} ({len(created)} created; {partitions} partitions, "
+          f"replication factor {replicas})")
+    return 0
+
+
+async def _check(bootstrap: str, names: list[str], wait_s: float) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
     await admin.start()
     try:
-        if args.topics_command == "check":
-            return await _check(admin, names, args.wait)
-        partitions = args.partitions or settings.partitions
-        replicas = args.replication_factor or settings.replication_factor
-        missing = sorted(set(names) - set(await admin.list_topics()))
-        refused = await _create(admin, missing, partitions, replicas) if missing else []
+        deadline = time.monotonic() + wait_s
+        while missing := sorted(set(names) - set(await admin.list_topics())):
+            if time.monotonic() >= deadline:
+                print(f"✘ {len(missing)} of {len(names)} topics missing (`jifen topics create` makes them): "
+                      f"{', '.join(missing)}", file=sys.stderr)
+                return 1
+            await asyncio.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     finally:
         await admin.close()
-    for name in sorted(set(missing) - {name for name, _ in refused}):
-        print(f"  + {name}")
-    for name, why in refused:
-        print(f"✘ {name}: {why}", file=sys.stderr)
-    print(f"{'✘' if refused else '✔'} {len(names) - len(refused)} of {len(names)} topics present on {bootstrap} "
-          f"({len(missing) - len(refused)} created; {partitions} partitions, replication factor {replicas})")
-    return 1 if refused else 0
-
-
-async def _create(admin: AIOKafkaAdminClient, names: list[str], partitions: int,
-                  replicas: int) -> list[tuple[str, str]]:
-    """The topics the broker refused to create, with its reason (one made meanwhile by someone else is no refusal)."""
-    response = await admin.create_topics([NewTopic(name, partitions, replicas) for name in names])
-    refused = []
-    for name, code, *message in response.topic_errors:
-        if code not in (0, TopicAlreadyExistsError.errno):
-            reason, detail = for_code(code).__name__, message[0] if message else None
-            refused.append((name, f"{reason}: {detail}" if detail else reason))
-    return refused
-
-
-async def _check(admin: AIOKafkaAdminClient, names: list[str], wait_s: float) -> int:
-    deadline = time.monotonic() + wait_s
-    while missing := sorted(set(names) - set(await admin.list_topics())):
-        if time.monotonic() >= deadline:
-            print(f"✘ {len(missing)} of {len(names)} topics missing (`jifen topics create` makes them): "
-                  f"{', '.join(missing)}", file=sys.stderr)
-            return 1
-        await asyncio.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     print(f"✔ every topic present ({len(names)})")
     return 0

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from shared.contracts.base import Contract, dlq
-from shared.envelope import BadMessage, parse
+from shared.envelope import BadMessage, parse, validation_summary
 from shared.metrics import Metrics
 from shared.outbox import OutboxMessage
 from shared.subscription import Handler, Inbound, Rejections, Route
@@ -225,7 +225,7 @@ class BatchConsumer:
                 try:
                     data = contract.model_validate(event.data)
                 except ValidationError as exc:
-                    raise BadMessage("invalid_data", _validation_summary(exc)) from exc
+                    raise BadMessage("invalid_data", validation_summary(exc)) from exc
                 if route.channel.external and event.time > latest:
                     # Rules judge an event by its time: one from the future would be judged by rules not yet in
                     # force and sit pending until then. A sender's clock that runs fast is a sender's problem.
@@ -305,14 +305,6 @@ def _error_class(bad: BadMessage) -> str:
 
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(exc)).strip()[:500]
-
-
-def _validation_summary(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "data"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 async def _raw_batch(records: tuple[ConsumerRecord[Any, Any], ...], original: Any) -> KafkaAckableMessage:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from shared.refusal import Refusal
 
@@ -125,3 +126,12 @@ def _default(value: Any) -> Any:
 
 
 STRUCTURED_HEADERS: list[tuple[str, bytes]] = [("content-type", STRUCTURED.encode())]
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """The first problems of invalid data, `field.path: message; …`: the detail of an `invalid_data` refusal."""
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "data"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

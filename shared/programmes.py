@@ -157,6 +157,12 @@ class Catalogue(Generic[P]):
                 chosen = programme
         return chosen
 
+    def why_not(self, program_id: str, when: datetime) -> str:
+        """Why `at(program_id, when)` found no version: the detail of an `unknown_program` refusal."""
+        if program_id in self.versions:
+            return f"programme {program_id!r} was not in effect at {when.isoformat()}"
+        return f"no programme {program_id!r}"
+
     def __iter__(self) -> Iterator[P]:
         for versions in self.versions.values():
             yield from versions

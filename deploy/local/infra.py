@@ -227,9 +227,12 @@ async def kafka_ready(bootstrap: str) -> bool:
         await admin.close()
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+async def create_topics(bootstrap: str, names: list[str], partitions: int, replicas: int = 1) -> list[str]:
+    """Create the topics that do not exist yet and wait until they are seen; returns the names created. Topics the
+    broker refuses (a replication factor above its brokers, say) raise StackError naming each with its reason; one
+    made meanwhile by someone else is no refusal."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
     await admin.start()
@@ -237,7 +240,13 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> li
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+            response = await admin.create_topics([NewTopic(n, partitions, replicas) for n in missing])
+            refused = [f"{name}: {for_code(code).__name__}" + (f": {detail[0]}" if detail and detail[0] else "")
+                       for name, code, *detail in response.topic_errors
+                       if code not in (0, TopicAlreadyExistsError.errno)]
+            if refused:
+                raise StackError(f"the broker refused {len(refused)} of {len(missing)} new topics: "
+                                 + "; ".join(refused))
         deadline = time.monotonic() + 30
         while set(missing) - set(await admin.list_topics()):
             if time.monotonic() > deadline:

@@ -271,10 +271,7 @@ class EarnFromEvents:
     def _programme(self, item: Inbound[Contract], program_id: str, rejections: Rejections) -> Programme | None:
         programme = self.catalogue.at(program_id, item.event.time)
         if programme is None:
-            known = program_id in self.catalogue.versions
-            rejections.reject(item, "unknown_program",
-                              f"programme {program_id!r} was not in effect at {item.event.time}" if known
-                              else f"no programme {program_id!r}")
+            rejections.reject(item, "unknown_program", self.catalogue.why_not(program_id, item.event.time))
         return programme
 
     def _send(self, credit: PostCredit, item: Inbound[Contract], batch: Batch) -> None:

@@ -375,8 +375,9 @@ def summary_routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
             last_reload=Reloaded(at=reload.at, ok=reload.ok, detail=reload.detail) if reload else None)
 
 
-def known_program(catalogue: Catalogue[ProgrammeVersion], program_id: str, now: datetime) -> None:
-    """404 `unknown_program` for a programme no file in the folder defines (or not yet in force)."""
-    if catalogue.at(program_id, now) is None:
-        raise ApiError(404, "unknown_program", f"no programme {program_id!r} is in force: the programmes are "
-                                               f"{', '.join(sorted(catalogue.versions)) or 'none'}")
+def known_program(catalogue: Catalogue[ProgrammeVersion], program_id: str, now: datetime | None) -> None:
+    """404 `unknown_program` for a programme no file in the folder defines, or (given `now`) none in force then."""
+    known = catalogue.at(program_id, now) is not None if now is not None else program_id in catalogue.versions
+    if not known:
+        raise ApiError(404, "unknown_program", f"no programme {program_id!r}{' is in force' if now else ''}: the "
+                                               f"programmes are {', '.join(sorted(catalogue.versions)) or 'none'}")

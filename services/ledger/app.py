@@ -18,7 +18,7 @@ from services.ledger.settings import LedgerSettings
 from services.ledger.sweeper import SweepMetrics, sweeper
 from services.ledger.totals import TotalsMetrics, totals_job, verify_job
 from shared.contracts.ledger_commands import COMMANDS
-from shared.http import BIGINT_MAX, ApiError, PathId, ProgramPath, error_responses
+from shared.http import BIGINT_MAX, PathId, ProgramPath, error_responses
 from shared.programmes import Catalogue, ProgrammeVersion
 from shared.service import Runtime, ServiceSpec, build_app, utc_now
 from shared.subscription import Subscription
@@ -115,7 +115,7 @@ def spec(settings: LedgerSettings | None = None, clock: Callable[[], datetime] =
     catalogue = Catalogue.load(settings.programmes_dir, ProgrammeVersion)
 
     def routes(app: FastAPI, runtime: Runtime) -> None:
-        _routes(app, runtime)
+        _routes(app, runtime, catalogue)
         admin.routes(app, runtime, catalogue)
         admin.summary_routes(app, runtime, catalogue)
 
@@ -137,17 +137,10 @@ MEMBER = "/v1/programs/{program_id}/members/{member_id:path}"
 log = logging.getLogger(__name__)
 
 
-def _routes(app: FastAPI, runtime: Runtime) -> None:
+def _routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion]) -> None:
     read = [runtime.requires("read")]
     errors = error_responses(401, 403, 404, 422, 503, reasons={404: {
         "unknown_program": "no programme 'defualt': the programmes are default, retail, staff, starbucks"}})
-
-    def unknown_programme(program_id: str) -> None:
-        """404 for a programme no file defines and nothing was ever posted to (a typo should not read as zero)."""
-        known = runtime.spec.catalogue.versions if runtime.spec.catalogue else {}
-        if program_id not in known:
-            raise ApiError(404, "unknown_program", f"no programme {program_id!r}: the programmes are "
-                                                   f"{', '.join(sorted(known)) or 'none'}")
 
     @app.get(f"{MEMBER}/balance", response_model=Balance, tags=["ledger"], dependencies=read, responses=errors,
              summary="A member's points: available, pending, held, lifetime earned, next expiry")
@@ -159,8 +152,8 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
         now = runtime.spec.clock()
         async with runtime.connection() as db:
             book = await repository.member_book(db, program_id, member_id)
-        if book is None:  # a member who never earned has nothing, which is not an error; an unknown programme is
-            unknown_programme(program_id)
+        if book is None:  # a member who never earned has nothing, which is not an error; a typo in the programme is
+            admin.known_program(catalogue, program_id, None)
             return Balance(program_id=program_id, member_id=member_id, available=0, pending=0, held=0,
                            lifetime_earned=0, next_expiry=None, balance=0, awaiting_expiry=0, debt=0)
         expiry = book.next_expiry(now)
@@ -184,7 +177,7 @@ def _routes(app: FastAPI, runtime: Runtime) -> None:
             rows, lots = await repository.entries_page(db, program_id, member_id, before_seq, limit)
             holds = await repository.open_holds_of(db, program_id, member_id)
         if not rows:
-            unknown_programme(program_id)
+            admin.known_program(catalogue, program_id, None)
         views = [EntryView(
             entry_id=r["id"], seq=r["seq"], kind=r["kind"], amount=r["amount"] if r["incoming"] else -r["amount"],
             balance_after=r["balance_after"], idempotency_key=r["command_key"], source_event_id=r["source_event_id"],

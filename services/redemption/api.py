@@ -12,7 +12,7 @@ from typing import Annotated, Literal, TypeVar
 from fastapi import Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.redemption.domain import Coupon, Payment, points_value
+from services.redemption.domain import Coupon, Payment, Status, points_value
 from services.redemption.programme import CashbackTerms, CouponTerms, Limit, RewardId
 from services.redemption.redeem import Offer, Shown
 from shared.consumer import is_transient
@@ -75,7 +75,7 @@ class RedemptionOut(BaseModel):
     kind: str
     quantity: int
     points: int
-    status: Literal["pending", "completed", "rejected", "cancelled"]
+    status: Status
     reason: str | None = Field(description="why it was rejected: a reason code")
     detail: str | None
     created_at: datetime
