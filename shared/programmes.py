@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.refusal import Refusal
+
 log = logging.getLogger(__name__)
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "programmes"
 
@@ -70,6 +72,14 @@ P = TypeVar("P", bound=ProgrammeVersion)
 
 class ProgrammeError(ValueError):
     pass
+
+
+class UnknownProgram(Refusal):
+    """No version of the programme is in effect (or no file defines it): 404 at the HTTP edge, a DLQ reason on
+    Kafka. One wording everywhere: `Catalogue.why_not`."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unknown_program", detail)
 
 
 def _line_of(node: yaml.Node, loc: tuple[Any, ...]) -> int | None:
@@ -157,11 +167,19 @@ class Catalogue(Generic[P]):
                 chosen = programme
         return chosen
 
+    def in_force(self, program_id: str, when: datetime) -> P:
+        """The version in effect at `when`; `UnknownProgram` (the one `unknown_program` refusal) when there is none."""
+        found = self.at(program_id, when)
+        if found is None:
+            raise UnknownProgram(self.why_not(program_id, when))
+        return found
+
     def why_not(self, program_id: str, when: datetime) -> str:
         """Why `at(program_id, when)` found no version: the detail of an `unknown_program` refusal."""
         if program_id in self.versions:
-            return f"programme {program_id!r} was not in effect at {when.isoformat()}"
-        return f"no programme {program_id!r}"
+            return f"programme {program_id!r} was not in effect at {when.isoformat(timespec='seconds')}"
+        known = ", ".join(sorted(self.versions)) or "none"
+        return f"no programme {program_id!r} (the programmes are {known})"
 
     def __iter__(self) -> Iterator[P]:
         for versions in self.versions.values():
