@@ -1,0 +1,172 @@
+"""Every key Jifen derives, built and parsed here only: ledger commands' idempotency keys, hold ids, causes and
+the ids of the events the services emit.
+
+A key is derived from its cause (`earn:{event_id}:{rule_id}`), so a command derived again after a crash is the same
+command to the ledger, and a consumer of the ledger's outcomes can tell from the key alone whose command it was and
+why. The shapes are a protocol between services: a key built here is parsed here, and the one place SQL builds a key
+(the sweeper's `'expire:' || lot.id`) is checked against `lot_expiry` by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+# What redemption asks the ledger, and about which of its objects (a redemption or a points payment).
+Command = Literal["hold", "capture", "void", "cancel", "refund"]
+Owner = Literal["redeem", "pay"]
+# The side of a referral a credit pays.
+Role = Literal["referrer", "referee", "bonus"]
+
+COMMANDS: frozenset[str] = frozenset(get_args(Command))
+OWNERS: frozenset[str] = frozenset(get_args(Owner))
+LOT_EXPIRY = "expire:"  # the sweeper's SQL builds `LOT_EXPIRY || lot.id` to find lots not yet expired
+REVERSAL = ":reversal"  # a referral reversal's key is its credit's key and this
+_LONG = 100  # an upstream id past this is hashed, so a key stays within an id's 200 characters
+
+
+# --- earn --------------------------------------------------------------------------------------------------------
+
+
+def earn_credit(event_id: str, rule_id: str) -> str:
+    """The credit a rule gives for an inbound event."""
+    return f"earn:{event_id}:{rule_id}"
+
+
+def refund_reversal(refund_event_id: str, rule_id: str) -> str:
+    """The reversal of what a rule gave for a purchase, taken back by a refund event."""
+    return f"refund:{refund_event_id}:{rule_id}"
+
+
+def birthday_credit(program_id: str, member_id: str, year: int) -> str:
+    """Once per member and year."""
+    return f"birthday:{program_id}:{member_id}:{year}"
+
+
+# --- ledger ------------------------------------------------------------------------------------------------------
+
+
+def lot_expiry(lot_id: int) -> str:
+    return f"{LOT_EXPIRY}{lot_id}"
+
+
+def hold_expiry(hold_id: str) -> str:
+    return f"hold-expire:{hold_id}"
+
+
+def admin_command(key_id: str, client_key: str) -> str:
+    """An operator's command: the caller's API key id and the request's `Idempotency-Key` (or a fresh one), so the
+    same key retried by the same caller is the same command."""
+    return f"admin:{key_id}:{client_key}"
+
+
+def admin_event(key_id: str, event_id: str) -> str:
+    return f"admin:{key_id}:{event_id}"
+
+
+def posted_event(entry_id: int) -> str:
+    """The id of the `points.entry.posted` event of a ledger entry."""
+    return f"entry:{entry_id}"
+
+
+def rejected_event(command_event_id: str) -> str:
+    """The id of the `command.rejected` event answering a command event."""
+    return f"rejected:{command_event_id}"
+
+
+# --- redemption --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Whose hold or command a key names: a redemption's or a payment's, and which command."""
+
+    owner: Owner
+    owner_id: str
+    command: Command | None = None  # None for a hold id
+
+
+def hold_of(owner: Owner, owner_id: str) -> str:
+    """The ledger hold of a redemption (`redeem:{id}`) or a points payment (`pay:{id}`)."""
+    return f"{owner}:{owner_id}"
+
+
+def redemption_command(owner: Owner, owner_id: str, command: Command, refund_id: str = "") -> str:
+    """The key of one of redemption's commands; a refund's names the refund, hashed when long."""
+    if len(refund_id) > _LONG:
+        refund_id = "sha256-" + hashlib.sha256(refund_id.encode()).hexdigest()
+    return f"{owner}:{owner_id}:{command}" + (f":{refund_id}" if refund_id else "")
+
+
+def parse_hold(hold_id: str) -> Held | None:
+    """The owner of a hold id; None for another service's holds."""
+    owner, _, owner_id = hold_id.partition(":")
+    if owner not in OWNERS or not owner_id or ":" in owner_id:
+        return None
+    return Held(owner, owner_id)  # type: ignore[arg-type]  # checked against OWNERS just above
+
+
+def parse_redemption_command(key: str) -> Held | None:
+    """The owner and command of one of redemption's command keys; None for any other key."""
+    parts = key.split(":", 3)
+    if len(parts) < 3 or parts[0] not in OWNERS or not parts[1] or parts[2] not in COMMANDS:
+        return None
+    return Held(parts[0], parts[1], parts[2])  # type: ignore[arg-type]  # checked against the Literals above
+
+
+def redemption_event(what: Literal["redemption-completed", "redemption-rejected", "redemption-cancelled",
+                                   "payment-captured", "payment-voided", "coupon-used"], subject_id: str) -> str:
+    return f"{what}:{subject_id}"
+
+
+# --- referral ----------------------------------------------------------------------------------------------------
+
+
+def referral_credit(referral_id: str, role: Role, grant_no: int = 1) -> str:
+    """A side's first grant is `referral:{id}:{role}`; a later one (paid again after a verdict took the first
+    back) names its number, `referral:{id}:{role}:{n}`."""
+    return f"referral:{referral_id}:{role}" if grant_no == 1 else f"referral:{referral_id}:{role}:{grant_no}"
+
+
+def referral_reversal(credit_key: str) -> str:
+    return credit_key + REVERSAL
+
+
+def reversed_credit(key: str) -> str | None:
+    """The credit key a referral reversal's key names; None for a key that is no reversal."""
+    return key.removesuffix(REVERSAL) if key.endswith(REVERSAL) else None
+
+
+def is_referral_credit(key: str) -> bool:
+    return key.startswith("referral:")
+
+
+# --- tiers -------------------------------------------------------------------------------------------------------
+
+
+def tier_event(program_id: str, member_id: str, change_no: int) -> str:
+    """The id of a member's n-th tier change: the same change announced again is the same event."""
+    return f"tier:{program_id}:{member_id}:{change_no}"
+
+
+Contribution = Literal["entry", "order", "refund"]
+
+
+def contribution(kind: Contribution, ref: str | int) -> str:
+    """What a tier metric's contribution came from: a ledger entry, a purchase's order or a refund."""
+    return f"{kind}:{ref}"
+
+
+def contribution_kind(key: str) -> Contribution | None:
+    kind = key.partition(":")[0]
+    return kind if kind in ("entry", "order", "refund") else None  # type: ignore[return-value]
+
+
+# --- causes ------------------------------------------------------------------------------------------------------
+
+
+def cause_of(source: str, subject: str) -> str:
+    """A cause's `source_event_id` for what no inbound event caused (a job, an operator, a redemption): the
+    emitting service's source and the subject, as `{source}|{subject}`."""
+    return f"{source}|{subject}"
