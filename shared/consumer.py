@@ -36,7 +36,7 @@ from shared.contracts.base import Contract, dlq
 from shared.envelope import BadMessage, parse, validation_summary
 from shared.metrics import Metrics
 from shared.outbox import OutboxMessage
-from shared.subscription import Handler, Inbound, Rejections, Route
+from shared.subscription import Batch, Handler, Inbound, Method, Rejections, Route
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,14 @@ class Health:
         self.consuming = False
 
 
+Good = tuple[Inbound[Contract], Any, Method | None]  # an event, its handler and the method of its type
+
+
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """A batch sorted out: events to apply (each with its handler), records refused, records skipped."""
 
-    good: list[tuple[Inbound[Contract], Handler]]
+    good: list[Good]
     bad: list[Refused]
     skipped: list[tuple[ConsumerRecord[Any, Any], str]]
 
@@ -184,11 +187,11 @@ class BatchConsumer:
                 if len(good) == 1:
                     # A failure no retry will cure: the event goes to the DLQ with the error, not lost.
                     log.exception("event failed in its handler; sent to the DLQ")
-                    bad = bad + [(item.record, BadMessage("processing_error", _describe(exc))) for item, _ in good]
+                    bad = bad + [(item.record, BadMessage("processing_error", _describe(exc))) for item, _, _ in good]
                     good = []
                     continue
                 log.warning("batch failed; applying its events one by one", extra={"error": repr(exc)})
-                for item, _ in good:
+                for item, _, _ in good:
                     await self.process([item.record])
                 good = []
                 if not bad:
@@ -219,7 +222,7 @@ class BatchConsumer:
                 if found is None:
                     parsed.skipped.append((record, event.type))
                     continue
-                contract, handler = found
+                contract, handler, method = found
                 if not isinstance(event.data, dict):
                     raise BadMessage("invalid_data", "data must be a JSON object")
                 try:
@@ -232,29 +235,29 @@ class BatchConsumer:
                     raise BadMessage("future_event", f"time {event.time.isoformat()} is more than "
                                                      f"{self.future_tolerance.total_seconds():.0f}s ahead of "
                                                      f"{self.service}'s clock")
-                parsed.good.append((Inbound(record, event, data), handler))
+                parsed.good.append((Inbound(record, event, data), handler, method))
             except BadMessage as exc:
                 parsed.bad.append((record, exc))
         return parsed
 
-    async def _apply(self, good: list[tuple[Inbound[Contract], Handler]], bad: list[Refused]) -> None:
+    async def _apply(self, good: list[Good], bad: list[Refused]) -> None:
         now = self.clock()
         rejections = Rejections()
         async with self.unit_of_work() as uow:
             fresh = good
             duplicates = 0
-            marks = {i.event.event_id: _replay_mark(i.record) for i, _ in good}
+            marks = {i.event.event_id: _replay_mark(i.record) for i, _, _ in good}
             if self.use_inbox and good:
                 claimed = await uow.claim(list(marks), {event_id: m for event_id, m in marks.items() if m})
                 fresh = []
-                for item, handler in good:
-                    if item.event.event_id in claimed:
-                        claimed.discard(item.event.event_id)  # a second copy within the batch is a duplicate
-                        fresh.append((item, handler))
+                for found in good:
+                    if found[0].event.event_id in claimed:
+                        claimed.discard(found[0].event.event_id)  # a second copy within the batch is a duplicate
+                        fresh.append(found)
                     else:
                         duplicates += 1
             for handler, run in _runs(fresh):
-                await handler(run, uow, rejections)
+                await _handle(handler, run, uow, rejections)
             if self.use_inbox and rejections.event_ids:
                 # Once its cause is fixed, `jifen dlq replay` brings a refused event back and the inbox lets it
                 # through; a plain redelivery (a crash before the offsets moved) stays a duplicate.
@@ -268,7 +271,7 @@ class BatchConsumer:
         if duplicates:
             self.metrics.duplicates.labels(self.service, topic).inc(duplicates)
         rejected = {id(r) for r, _ in rejections.items}
-        for item, _ in fresh:
+        for item, _, _ in fresh:
             if id(item.record) in rejected:
                 continue
             self.metrics.processed.labels(self.service, item.record.topic, item.event.type).inc()
@@ -287,15 +290,28 @@ def _replay_mark(record: ConsumerRecord[Any, Any]) -> str:
     return marks[-1] if marks else ""
 
 
-def _runs(items: list[tuple[Inbound[Contract], Handler]]) -> list[tuple[Handler, list[Inbound[Any]]]]:
+def _runs(items: list[Good]) -> list[tuple[Any, list[Good]]]:
     """The batch's events in order, cut where the handler changes: each run goes to its handler in one call."""
-    runs: list[tuple[Handler, list[Inbound[Any]]]] = []
-    for item, handler in items:
-        if runs and runs[-1][0] is handler:
-            runs[-1][1].append(item)
+    runs: list[tuple[Any, list[Good]]] = []
+    for found in items:
+        if runs and runs[-1][0] is found[1]:
+            runs[-1][1].append(found)
         else:
-            runs.append((handler, [item]))
+            runs.append((found[1], [found]))
     return runs
+
+
+async def _handle(handler: Any, run: list[Good], uow: UnitOfWork, rejections: Rejections) -> None:
+    """A run through its handler: `load` once, each event's method in order, `store` once."""
+    items = [item for item, _, _ in run]
+    if not isinstance(handler, Handler):
+        await handler(items, uow, rejections)  # the older form: a function of the whole run
+        return
+    changes = await handler.load(Batch(items, uow, rejections))
+    for item, _, method in run:
+        assert method is not None
+        await method(item, changes)
+    await handler.store(changes)
 
 
 def _error_class(bad: BadMessage) -> str:

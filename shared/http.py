@@ -8,7 +8,8 @@ parameter) are answered in the same shape, so a client reads one kind of error f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
@@ -19,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.contracts.base import ID_MAX_LENGTH, ID_PATTERN
 from shared.refusal import Refusal
+
+log = logging.getLogger(__name__)
 
 # A member, order or reward id in a URL obeys the same rule as in an event, so an id means the same on every path
 # in. A `/` inside an id is served: the route takes the rest of the path up to its last fixed segment.
@@ -33,11 +36,27 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Refusal):
-    """An HTTP refusal: status, reason code and detail."""
+    """An HTTP refusal: status, reason code and detail (and headers to send with it)."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(reason, detail)
         self.status = status
+        self.headers = dict(headers or {})
+
+
+RETRY_AFTER_S = 1
+
+
+def unavailable(exc: BaseException | str) -> ApiError:
+    """503 `unavailable` with `Retry-After`: the database (or the service) cannot answer now; the same request
+    later can. Never a 500 for an outage."""
+    detail = exc if isinstance(exc, str) else f"the database did not answer: {type(exc).__name__}"
+    return ApiError(503, "unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+# The status of a domain refusal (a `Refusal` a use case raises) at the HTTP edge, by reason code; a service adds
+# its own (`ServiceSpec.refusal_status`), and a reason named nowhere is 409, refused by a business rule.
+REFUSAL_STATUS: dict[str, int] = {"unknown_program": 404}
 
 
 # What any route may answer with these statuses, reason code → detail, as the service writes them: the key check
@@ -86,13 +105,31 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           422: "invalid_request", 429: "too_many_requests", 503: "unavailable"}
 
 
-def install(app: FastAPI) -> None:
-    """Answer every error as `{error, detail}` JSON."""
+def install(app: FastAPI, refusal_status: Mapping[str, int] | None = None,
+            is_transient: Callable[[BaseException], bool] = lambda _: False) -> None:
+    """Answer every error as `{error, detail}` JSON: refusals with their status, a database outage as 503 with
+    `Retry-After` wherever it surfaces, and a bug as a 500 that says so (and is logged)."""
+    statuses = {**REFUSAL_STATUS, **(refusal_status or {})}
 
     @app.exception_handler(ApiError)
     async def refused(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status, headers=headers)
+        headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status,
+                            headers=headers or None)
+
+    @app.exception_handler(Refusal)
+    async def domain_refusal(request: Request, exc: Refusal) -> JSONResponse:
+        if isinstance(exc, ApiError):
+            return await refused(request, exc)
+        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=statuses.get(exc.reason, 409))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            return await refused(request, unavailable(exc))
+        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse({"error": "internal_error", "detail": f"the request failed: {type(exc).__name__}; "
+                             "the service logged it"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,12 +12,12 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
@@ -33,17 +33,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import auth, db, http, lag, logs, outages
 from shared.auth import KeyStore, Scope
-from shared.consumer import BatchConsumer, Health
-from shared.http import ApiError
+from shared.consumer import BatchConsumer, Health, is_transient
 from shared.jobs import Job, JobRunner, inbox_prune
 from shared.metrics import Metrics, ReloadCollector
 from shared.outbox import OutboxRelay
 from shared.programmes import Catalogue
+from shared.refusal import Refusal
 from shared.settings import Settings
 from shared.subscription import Subscription, routes
 from shared.uow import UnitOfWork
+from shared.waiting import Waiting
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+WRITE_ATTEMPTS = 3
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
                         "/openapi.json"})
 
@@ -55,7 +58,8 @@ def utc_now() -> datetime:
 def make_broker(settings: Settings, metrics: Metrics, client_id: str) -> KafkaBroker:
     """A FastStream broker: idempotent producer (acks=all), Prometheus middleware, quiet per-batch logs."""
     return KafkaBroker(
-        settings.kafka_bootstrap, client_id=client_id, enable_idempotence=True, acks="all",
+        settings.kafka.bootstrap, security=settings.kafka.security(), client_id=client_id, enable_idempotence=True,
+        acks="all",
         middlewares=[KafkaPrometheusMiddleware(registry=metrics.registry, app_name=metrics.service)],
         logger=logging.getLogger(f"faststream.{client_id}"), log_level=logging.DEBUG,
     )
@@ -64,7 +68,7 @@ def make_broker(settings: Settings, metrics: Metrics, client_id: str) -> KafkaBr
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     """The outbox relay's producer: idempotent, so a retried send is written once per partition."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{client_id}-outbox", enable_idempotence=True,
+        **settings.kafka.options(), client_id=f"{client_id}-outbox", enable_idempotence=True,
         # No linger: the relay hands over every row it read before it yields, so they batch anyway, and a lone
         # message (a redemption's hold) is not held back 5 ms at each of its hops.
         acks="all", linger_ms=0, max_batch_size=512 * 1024, request_timeout_ms=30_000,
@@ -89,6 +93,7 @@ class ServiceSpec:
     pool_size: int = 5
     clock: Callable[[], datetime] = utc_now
     catalogue: Catalogue[Any] | None = None  # the service's view of the programme files: its reloads are counted
+    refusal_status: Mapping[str, int] = field(default_factory=dict)  # reason → HTTP status of its domain refusals
 
     @property
     def schema(self) -> str:
@@ -117,9 +122,11 @@ class Runtime:
     relay: OutboxRelay | None = None
     keys: KeyStore = field(init=False)
     jobs: dict[str, JobRunner] = field(default_factory=dict)
+    waiting: Waiting = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyStore(lambda: self.engine, self.spec.settings.api_key_cache_s)
+        self.waiting = Waiting(self.spec.settings.asyncpg_dsn, self.spec.schema)
 
     @property
     def settings(self) -> Settings:
@@ -138,18 +145,53 @@ class Runtime:
 
     def unit_of_work(self, source: str | None = None) -> UnitOfWork:
         if self.engine is None:
-            raise ApiError(503, "unavailable", f"{self.spec.name} is starting")
+            raise http.unavailable(f"{self.spec.name} is starting")
         return UnitOfWork(self.engine, self.spec.schema, source or self.spec.source, self.settings.topic_prefix)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection for a read (an HTTP query), outside any unit of work."""
         if self.engine is None:
-            raise ApiError(503, "unavailable", f"{self.spec.name} is starting")
+            raise http.unavailable(f"{self.spec.name} is starting")
         async with self.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
             yield raw
+
+    # --- the HTTP recipe: every route's database work goes through one of these two ---------------------------
+
+    async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]], source: str | None = None) -> T:
+        """Run `work` in a unit of work (inbox, outbox) and commit it. A deadlock or a concurrent writer is retried
+        (the whole of `work` again, from the start); a database that does not answer is 503 `unavailable` with
+        `Retry-After`, never a 500. A refusal `work` raises goes to the caller as it is."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                async with self.unit_of_work(source) as uow:
+                    done = await work(uow)
+                    await uow.commit()
+                    return done
+            except Refusal:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == WRITE_ATTEMPTS:
+                    raise http.unavailable(exc) from exc
+                await asyncio.sleep(0.02 * attempt)
+        raise AssertionError("unreachable")
+
+    async def read(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A read on a connection of its own, outside any unit of work; 503 `unavailable` while the database is
+        away."""
+        try:
+            async with self.connection() as db:
+                return await work(db)
+        except Refusal:
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise http.unavailable(exc) from exc
 
     async def open_storage(self) -> None:
         """Migrate the service's schema (and the keys' schema) and open its engine."""
@@ -223,7 +265,7 @@ def build_app(spec: ServiceSpec) -> FastAPI:
             group = settings.consumer_group or settings.topic(f"jifen-{spec.name}")
             consumer.subscribe(broker, group_id=group, max_records=settings.batch_max_records,
                                batch_timeout_ms=settings.batch_timeout_ms)
-            watchers.append(asyncio.create_task(lag.watch(settings.kafka_bootstrap, group, consumer.topics,
+            watchers.append(asyncio.create_task(lag.watch(settings.kafka, group, consumer.topics,
                                                           runtime.metrics), name=f"{spec.name}-group-lag"))
         producer = make_producer(settings, spec.name)
         await producer.start()
@@ -259,7 +301,7 @@ def build_app(spec: ServiceSpec) -> FastAPI:
                                               "/metrics needs `Authorization: Bearer <API key>` with the scope it "
                                               "names; every error is `{error, detail}`.")
     app.state.runtime = runtime
-    http.install(app)
+    http.install(app, spec.refusal_status, is_transient)
 
     @app.get("/health/live", tags=["health"], summary="The process is up",
              responses={200: {"content": {"application/json": {"example": {"status": "live"}}}}})

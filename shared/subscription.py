@@ -1,16 +1,23 @@
-"""What a service consumes: a map from message type to the handler of its events, per subscription, and what to do
-with the other types on the same topics.
+"""What a service consumes: a handler with one method per message type, per subscription, and what to do with the
+other types on the same topics.
 
-A handler gets a batch's events of its types, in order, inside the batch's unit of work. Where several types map
-to one handler, consecutive events of those types reach it as one list, so a handler that loads a batch's state
-in a few queries (the ledger) sees as much of the batch at once as it can.
+A handler is a `Handler`: `load(batch)` reads what a run of the batch's events needs, all at once, into the
+service's per-batch change object (`Changes`); the kit then calls the method of each event's type, in order, with
+the event and the changes; then `store(changes)` writes them, one statement per table. The methods are found by
+their annotation (`async def purchase(self, item: Inbound[PurchaseCompleted], changes: Changes) -> None`), once,
+so the kit routes by type and no handler dispatches again by hand. Consecutive events for one handler reach it as
+one run, so a handler that loads a batch's state in a few queries (the ledger) sees as much of the batch at once as
+it can.
 """
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from aiokafka import ConsumerRecord
 
@@ -22,6 +29,8 @@ if TYPE_CHECKING:
     from shared.uow import UnitOfWork
 
 T = TypeVar("T", bound=Contract, covariant=True)
+K = TypeVar("K", bound=Contract)
+C = TypeVar("C")  # a service's per-batch change object: `Changes`
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +54,89 @@ class Rejections:
         self.event_ids.append(item.event.event_id)
 
 
-Handler = Callable[[list[Inbound[Any]], "UnitOfWork", Rejections], Awaitable[None]]
+@dataclass(slots=True)
+class Batch:
+    """One run of a batch's events for one handler, in order, inside the batch's unit of work."""
+
+    items: list[Inbound[Contract]]
+    uow: UnitOfWork
+    rejections: Rejections
+
+    def of(self, contract: type[K]) -> list[Inbound[K]]:
+        """The run's events of one type, in order."""
+        return [item for item in self.items if type(item.data) is contract]  # type: ignore[misc]
+
+    def reject(self, item: Inbound[Contract], reason: str, detail: str) -> None:
+        """The event breaks a business rule: it goes to the DLQ with the reason, in this batch's transaction."""
+        self.rejections.reject(item, reason, detail)
+
+
+Method = Callable[[Inbound[Any], Any], Awaitable[None]]
+
+
+class Handler(Generic[C]):
+    """A service's handler of some message types: one method per type, typed by its first parameter
+    (`item: Inbound[X]`, or `Inbound[X | Y]` for types handled alike), plus `load` and `store` around a run.
+
+    The default `load` hands the methods the `Batch` itself; a handler that reads state for the whole run at once
+    returns its `Changes` instead, and writes it in `store`."""
+
+    _method_names: ClassVar[dict[type, dict[type[Contract], str]]] = {}
+
+    async def load(self, batch: Batch) -> C:
+        return batch  # type: ignore[return-value]  # the default change object is the batch itself
+
+    async def store(self, changes: C) -> None:
+        return None
+
+    @classmethod
+    def contracts(cls) -> dict[type[Contract], str]:
+        """Each handled message type and the name of its method, read from the annotations once per class."""
+        found = Handler._method_names.get(cls)
+        if found is None:
+            found = Handler._method_names[cls] = _methods_of(cls)
+        return found
+
+    def methods(self) -> dict[type[Contract], Method]:
+        return {contract: getattr(self, name) for contract, name in self.contracts().items()}
+
+
+def _methods_of(cls: type) -> dict[type[Contract], str]:
+    found: dict[type[Contract], str] = {}
+    for name, fn in inspect.getmembers(cls, inspect.iscoroutinefunction):
+        if name.startswith("_") or name in ("load", "store"):
+            continue
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 3:
+            continue
+        hint = params[1].annotation
+        if isinstance(hint, str):
+            hint = eval(hint, fn.__globals__)  # `from __future__ import annotations`: resolve the one we need
+        if typing.get_origin(hint) is not Inbound:
+            continue
+        (handled,) = typing.get_args(hint)
+        union = typing.get_origin(handled) in (typing.Union, types.UnionType)
+        for contract in typing.get_args(handled) if union else (handled,):
+            if not (isinstance(contract, type) and issubclass(contract, Contract) and contract.TYPE):
+                raise TypeError(f"{cls.__name__}.{name}: {contract!r} is not a message type")
+            if contract in found:
+                raise TypeError(f"{cls.__name__}: {contract.__name__} is handled by {found[contract]} and {name}")
+            found[contract] = name
+    if not found:
+        raise TypeError(f"{cls.__name__} has no method taking `item: Inbound[<message type>]`")
+    return found
+
+
+# The handler of a run, as the consumer calls it: a `Handler` (one method per type), or a plain function of the
+# run (kept while services move to `Handler`).
+Legacy = Callable[[list[Inbound[Any]], "UnitOfWork", Rejections], Awaitable[None]]
 Others = Literal["dlq", "skip"]
 
 
 @dataclass(frozen=True)
 class Subscription:
-    """`handlers` maps each handled message type to its handler; the topics are those the types travel on.
+    """A handler and the message types it takes here (by default every type it has a method for); the topics are
+    those the types travel on. (`handlers`, a map from type to a plain function, is the older form.)
 
     `others` says what becomes of a type no handler here takes. `skip`: ignored and counted
     (`jifen_events_ignored_total`), for topics whose writers are Jifen's own services and whose readers each want
@@ -59,28 +144,37 @@ class Subscription:
     as `unknown_type`; a type the topic carries for another service is ignored and counted, as with `skip`.
     """
 
-    handlers: Mapping[type[Contract], Handler]
+    handlers: Handler[Any] | Mapping[type[Contract], Legacy]
     others: Others = "dlq"
-    _by_type: dict[str, tuple[type[Contract], Handler]] = field(init=False, repr=False, compare=False)
+    types: Sequence[type[Contract]] | None = None
+    _by_type: dict[str, tuple[type[Contract], Any, Method | None]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.handlers, Handler):
+            handler = self.handlers
+            methods = handler.methods()
+            chosen = list(self.types) if self.types is not None else list(methods)
+            missing = [c.__name__ for c in chosen if c not in methods]
+            if missing:
+                raise ValueError(f"{type(handler).__name__} has no method for {', '.join(missing)}")
+            object.__setattr__(self, "handlers", dict.fromkeys(chosen, handler))
+            object.__setattr__(self, "_by_type", {c.TYPE: (c, handler, methods[c]) for c in chosen})
+        else:
+            object.__setattr__(self, "_by_type", {c.TYPE: (c, h, None) for c, h in self.handlers.items()})
         if not self.handlers:
             raise ValueError("a subscription handles at least one message type")
-        for contract in self.handlers:
-            if not contract.TYPE:
-                raise ValueError(f"{contract.__name__} is a part of a message, not a message type")
-        # Looked up once per record: by the CloudEvents type string, not by walking the map.
-        object.__setattr__(self, "_by_type", {c.TYPE: (c, h) for c, h in self.handlers.items()})
+        for contract in self._by_type.values():
+            if not contract[0].TYPE:
+                raise ValueError(f"{contract[0].__name__} is a part of a message, not a message type")
 
     @property
     def channels(self) -> list[Channel]:
+        assert isinstance(self.handlers, Mapping)
         return list(dict.fromkeys(topics.channel_of(contract) for contract in self.handlers))
 
-    def handler_of(self, message_type: str) -> tuple[type[Contract], Handler] | None:
-        for contract, handler in self.handlers.items():
-            if message_type == contract.TYPE:
-                return contract, handler
-        return None
+    def handler_of(self, message_type: str) -> tuple[type[Contract], Any, Method | None] | None:
+        """The contract, handler and method of a type: looked up by the CloudEvents type string, once per record."""
+        return self._by_type.get(message_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +184,7 @@ class Route:
     channel: Channel
     subscription: Subscription
 
-    def contract_and_handler(self, message_type: str) -> tuple[type[Contract], Handler] | None:
+    def contract_and_handler(self, message_type: str) -> tuple[type[Contract], Any, Method | None] | None:
         """The handler of a type; None for a type to ignore; BadMessage for a type to refuse."""
         found = self.subscription.handler_of(message_type)
         if found is not None:

@@ -22,7 +22,7 @@ from services.redemption.handlers import ProjectMembers, ReturnPaidPoints, Settl
 from services.redemption.metrics import RedemptionMetrics, watch
 from services.redemption.programme import RedemptionProgramme
 from services.redemption.settings import RedemptionSettings
-from services.redemption.waiting import Waiting
+from shared.waiting import Waiting
 from shared.auth import ApiKey
 from shared.contracts.base import ID_MAX_LENGTH, ID_PATTERN
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved

@@ -15,7 +15,7 @@ from services.redemption import codes, domain, events, repository
 from services.redemption.domain import Command, Coupon, Outcome, Payment, Redemption
 from services.redemption.metrics import RedemptionMetrics
 from services.redemption.programme import RedemptionProgramme
-from services.redemption.waiting import announce
+from shared.waiting import announce
 from shared.contracts.base import Contract
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved
 from shared.contracts.members import MemberBlocked, MemberUnblocked

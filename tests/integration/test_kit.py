@@ -22,17 +22,17 @@ from shared.db import advisory_key
 from shared.jobs import JobRunner, inbox_prune
 from shared.service import ServiceSpec
 from shared.settings import Settings
-from shared.subscription import Inbound, Rejections, Subscription
+from shared.subscription import Batch, Handler, Inbound, Subscription
 from shared.testing import STRUCTURED, ServiceHarness, cloud_event
-from shared.uow import UnitOfWork
 from tests.support import Infra
 
 MIGRATIONS = Path(__file__).parent / "kit_migrations"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-class Seen:
-    """A handler that stores each event it applies, and can be told to fail."""
+class Seen(Handler[Batch]):
+    """A handler that stores each event it applies, and can be told to fail: one method per type, routed by the
+    kit."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -40,26 +40,34 @@ class Seen:
         self.broken: set[str] = set()  # event ids that make the handler raise a bug
         self.refused: set[str] = set()  # event ids it refuses by a business rule
 
-    async def __call__(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections) -> None:
-        self.calls.append([i.event.id for i in items])
+    async def load(self, batch: Batch) -> Batch:
+        self.calls.append([i.event.id for i in batch.items])
         if self.fail_transiently:
             self.fail_transiently -= 1
             raise Retryable("a concurrent writer moved first")
-        if any(i.event.id in self.broken for i in items):
+        if any(i.event.id in self.broken for i in batch.items):
             raise ValueError("a bug in the handler")
-        for item in items:
-            if item.event.id in self.refused:
-                rejections.reject(item, "no_rule", f"nothing applies to {item.event.id}")
-                continue
-            await uow.db.execute("INSERT INTO seen VALUES ($1, $2)", item.event.id, item.event.type)
+        return batch
+
+    async def purchase(self, item: Inbound[PurchaseCompleted], batch: Batch) -> None:
+        await self._seen(item, batch)
+
+    async def entry(self, item: Inbound[PointsEntryPosted], batch: Batch) -> None:
+        await self._seen(item, batch)
+
+    async def _seen(self, item: Inbound[Contract], batch: Batch) -> None:
+        if item.event.id in self.refused:
+            batch.reject(item, "no_rule", f"nothing applies to {item.event.id}")
+            return
+        await batch.uow.db.execute("INSERT INTO seen VALUES ($1, $2)", item.event.id, item.event.type)
 
 
 @pytest.fixture
 async def kit(infra: Infra) -> AsyncIterator[tuple[ServiceHarness, Seen, Seen]]:
     purchases, entries = Seen(), Seen()
     spec = ServiceSpec(name="kit", settings=Settings(schema_name="kit"), migrations=MIGRATIONS,
-                       subscriptions=[Subscription({PurchaseCompleted: purchases}),
-                                      Subscription({PointsEntryPosted: entries}, others="skip")])
+                       subscriptions=[Subscription(purchases, types=[PurchaseCompleted]),
+                                      Subscription(entries, types=[PointsEntryPosted], others="skip")])
     async with ServiceHarness(spec, await infra.new_database("kit_")) as harness:
         yield harness, purchases, entries
 

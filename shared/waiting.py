@@ -1,8 +1,9 @@
-"""`?wait=S`: an HTTP request that waits for its redemption or payment to settle, without holding a connection of
-the pool and without polling.
+"""`?wait=S`: an HTTP request that waits for what it asked for to settle (a redemption, a payment, a ledger
+command), without holding a connection of the pool and without polling.
 
-The consumer that settles a redemption (the one that owns the member's partition, maybe in another process) sends
-`NOTIFY <schema>_settled, '<id>'` in the batch's transaction, so the notice goes out when the change is committed.
+The consumer that settles it (the one that owns the member's partition, maybe in another process) sends
+`NOTIFY <schema>_settled, '<id>'` in the batch's transaction (`announce`), so the notice goes out when the change is
+committed. Any service's HTTP side waits with `runtime.waiting.until(id, read, settled, wait_s)`.
 Each process listens on one connection of its own, opened when a request first waits and closed a few seconds after
 the last one is answered. A request registers before it reads the state (or before it commits the change it will
 wait on), so a notice cannot slip between its read and its wait; and it reads again after every notice and at its
@@ -32,7 +33,7 @@ def channel(schema: str) -> str:
 
 
 async def announce(uow: UnitOfWork, ids: list[str]) -> None:
-    """Wake whoever waits for these redemptions or payments, when the unit of work commits."""
+    """Wake whoever waits for these ids (redemptions, payments, command keys), when the unit of work commits."""
     if ids:
         await uow.db.execute("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id", channel(uow.schema), ids)
 
@@ -67,7 +68,7 @@ class Waiting:
             try:
                 await self._listen()
             except LISTEN_ERRORS as exc:  # no listener: the request still answers, at its deadline
-                log.warning("cannot listen for settled redemptions", extra={"error": repr(exc)})
+                log.warning("cannot listen for settled requests", extra={"error": repr(exc)})
             yield Watch(woken)
         finally:
             self._users -= 1
