@@ -18,6 +18,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.infra import create_topics
+from shared import db
+from shared.kafka import Cluster, client_options
 from shared.simulation import Feed, build_feed, publish
 
 RAW_PARTITIONS = 6  # as the pipeline's own topics
@@ -55,7 +57,7 @@ def ratio(value: float | None, baseline: float) -> str:
 
 # --- baselines ---------------------------------------------------------------------------------------
 
-async def kafka_baseline(bootstrap: str, count: int) -> tuple[float, float]:
+async def kafka_baseline(bootstrap: Cluster | str, count: int) -> tuple[float, float]:
     """(produce, consume) records/s through a throwaway topic, with the simulator's messages."""
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
     await create_topics(bootstrap, [topic], RAW_PARTITIONS)
@@ -63,7 +65,7 @@ async def kafka_baseline(bootstrap: str, count: int) -> tuple[float, float]:
         feed = purchases(count, f"raw{uuid.uuid4().hex[:6]}")
         produce_s = await publish(feed, bootstrap, topic)
         # No group: every partition from the start, and no offsets left behind.
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(topic, **client_options(bootstrap), group_id=None,
                                     auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         try:
@@ -80,7 +82,7 @@ async def kafka_baseline(bootstrap: str, count: int) -> tuple[float, float]:
             raise RuntimeError(f"raw consumer read only {read:,} of {len(feed.messages):,} records")
         return len(feed.messages) / produce_s, read / consume_s
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**client_options(bootstrap))
         await admin.start()
         try:
             await admin.delete_topics([topic])
@@ -115,7 +117,7 @@ def raw_entry_columns(count: int) -> list[list[Any]]:
 
 async def postgres_baseline(dsn: str, count: int, template: str = "ledger.entries") -> float:
     """Rows/s for bare 2,000-row inserts, one transaction each, into a copy of `template` (the ledger's entries)."""
-    conn = await asyncpg.connect(dsn)
+    conn = await db.connect(dsn)
     try:
         await conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
         await conn.execute("DROP TABLE IF EXISTS bench.bench_raw_entries")

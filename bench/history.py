@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
@@ -71,7 +70,7 @@ async def _timed(what: str, call: Callable[[], Awaitable[Any]]) -> Timing:
 async def run_history(settings: Settings, entries: int, progress: Callable[[str], None],
                       keep: bool = False) -> list[Timing]:
     name = f"jifen_bench_history_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(settings.asyncpg_dsn)
+    admin = await shared_db.connect(settings.asyncpg_dsn)
     await admin.execute(f"CREATE DATABASE {name}")
     dsn = f"{settings.asyncpg_dsn.rpartition('/')[0]}/{name}"
     try:
@@ -91,7 +90,7 @@ async def run_history(settings: Settings, entries: int, progress: Callable[[str]
                 progress(f"seeded {start + BATCH:,} of {len(commands):,} entries "
                          f"({(start + BATCH) / (time.monotonic() - started):,.0f}/s)")
         await engine.dispose()
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": "ledger"})
+        conn = await shared_db.connect(dsn, "ledger")
         try:
             await conn.execute("ANALYZE")
             book = await repository.member_book(conn, "history", "long-history")

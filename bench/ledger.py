@@ -113,7 +113,7 @@ class Bench:
         return topics.named(topics.LEDGER_COMMANDS, self.prefix)
 
     async def preload(self, commands: list[Command]) -> Preloaded:
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True,
+        producer = AIOKafkaProducer(**self.settings.kafka.options(), enable_idempotence=True,
                                     acks="all", linger_ms=5, max_batch_size=512 * 1024)
         await producer.start()
         started = last_print = time.monotonic()
@@ -145,7 +145,7 @@ class Bench:
 
     async def dlq_size(self) -> int:
         topic = topics.dlq(self.commands_topic)
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(topic, **self.settings.kafka.options(), group_id=None,
                                     enable_auto_commit=False)
         await consumer.start()
         try:
@@ -332,7 +332,7 @@ async def run_ledger_bench(args: argparse.Namespace) -> int:
     bench = Bench(settings, run_id, prefix, schema, args.timeout,
                   [PrivateLedger(settings, prefix, schema, log) for log in logs], profiler, conn)
     try:
-        await create_topics(settings.kafka_bootstrap, _topics(prefix), args.partitions)
+        await create_topics(settings.kafka, _topics(prefix), args.partitions)
         await db.migrate(settings.asyncpg_dsn, schema, LEDGER_MIGRATIONS)
         bench.postmaster = parent_of(await conn.fetchval("SELECT pg_backend_pid()"))
         bench.kafka_pid = pid_alive(Kafka(run_dir).pid_file)
@@ -404,11 +404,11 @@ async def _measure(bench: Bench, args: argparse.Namespace) -> int:
 
 async def _connect(settings: Settings, schema: str) -> asyncpg.Connection:
     """A connection to PostgreSQL with the run's schema on its search path, once Kafka and PostgreSQL answer."""
-    if not await kafka_ready(settings.kafka_bootstrap):
+    if not await kafka_ready(settings.kafka):
         raise BenchError(f"Kafka at {settings.kafka_bootstrap} does not answer: start the stack first "
                          "(jifen stack up; make bench does)")
     try:
-        return await asyncpg.connect(settings.asyncpg_dsn, server_settings={"search_path": schema}, timeout=10)
+        return await db.connect(settings.asyncpg_dsn, schema)
     except (OSError, asyncpg.PostgresError) as exc:
         raise BenchError(f"PostgreSQL (JIFEN_DATABASE_URL) does not answer: {exc!r}; start the stack first "
                          "(jifen stack up; make bench does)") from exc
@@ -423,7 +423,7 @@ async def _clean_up(settings: Settings, conn: asyncpg.Connection, schema: str, p
     """Drop the run's schema and topics (its consumer group's offsets expire by themselves)."""
     with contextlib.suppress(asyncpg.PostgresError, OSError):
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.options())
     try:
         await admin.start()
         await admin.delete_topics(_topics(prefix))

@@ -29,7 +29,9 @@ from bench.baselines import (
     ratio,
     verdict,
 )
+from shared import db
 from shared.contracts import topics
+from shared.kafka import Cluster, client_options
 from shared.settings import Settings
 from shared.simulation import Feed, publish
 
@@ -144,7 +146,7 @@ async def throughput(settings: Settings, conn: asyncpg.Connection, count: int,
     after_id = await last_entry_id(conn)
     # The clock includes the producer's connection (tens of ms), which publish opens before its first send.
     started = time.monotonic()
-    sender = asyncio.create_task(publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES)))
+    sender = asyncio.create_task(publish(feed, settings.kafka, settings.topic(topics.PURCHASES)))
     took = await wait_for_entries(conn, run_id, after_id, expected, started, sender)
     if took is None:
         sender.cancel()
@@ -158,10 +160,10 @@ async def throughput(settings: Settings, conn: asyncpg.Connection, count: int,
                       row["batches"])
 
 
-async def publish_stamped(feed: Feed, bootstrap: str, topic: str, rate: float) -> float:
+async def publish_stamped(feed: Feed, bootstrap: Cluster | str, topic: str, rate: float) -> float:
     """shared.simulation.publish at a rate, except that each event's `time` is the moment it is handed to the
     producer, so posted_at - occurred_at is the pipeline's latency. Returns the seconds sending took."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
     try:
         started = time.monotonic()
@@ -192,7 +194,7 @@ async def latency(settings: Settings, conn: asyncpg.Connection, count: int, rate
     try:
         started = time.monotonic()
         sender = asyncio.create_task(
-            publish_stamped(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES), rate))
+            publish_stamped(feed, settings.kafka, settings.topic(topics.PURCHASES), rate))
         if await wait_for_entries(conn, run_id, after_id, feed.expected_credits, started, sender) is None:
             sender.cancel()
             return None
@@ -216,7 +218,7 @@ async def run_pipeline_bench(args: argparse.Namespace) -> int:
     print(f"  start: {machine()}", flush=True)
 
     print("\n1. Raw Kafka: publish then read a throwaway topic with a bare consumer", flush=True)
-    produce_rate, consume_rate = await kafka_baseline(settings.kafka_bootstrap, args.count)
+    produce_rate, consume_rate = await kafka_baseline(settings.kafka, args.count)
     print(f"  produced {produce_rate:,.0f} records/s (simulator publish), "
           f"consumed {consume_rate:,.0f} records/s")
 
@@ -225,7 +227,7 @@ async def run_pipeline_bench(args: argparse.Namespace) -> int:
     insert_rate = await postgres_baseline(settings.asyncpg_dsn, args.count)
     print(f"  inserted {insert_rate:,.0f} rows/s")
 
-    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    conn = await db.connect(settings.asyncpg_dsn)
     try:
         await settle(conn)
         print("\n3. End to end: purchases → earn → ledger, from the first send to the last entry", flush=True)

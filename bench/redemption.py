@@ -122,7 +122,7 @@ def plan(programme: RedemptionProgramme, reward_id: str, count: int, run_id: str
 async def credit(settings: Settings, ledger: httpx.AsyncClient, p: Plan, run_id: str) -> float:
     """Give every member what it will redeem, through the ledger's commands topic; returns the seconds it took."""
     started = time.monotonic()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(**settings.kafka.options(), enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:
         at = datetime.now(UTC) - timedelta(seconds=5)

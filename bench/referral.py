@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import asyncpg
 import orjson
 
 from bench.baselines import CONSUME_MAX_RECORDS, BenchError, kafka_baseline, line, machine, ratio
 from deploy.local.stack import http_ok
 from services.referral.settings import ReferralSettings
+from shared import db
 from shared.contracts import topics
 from shared.contracts.referrals import ReferralAccepted
 from shared.envelope import encode
@@ -86,7 +86,7 @@ async def timed(feed: Feed, settings: ReferralSettings, topic: str,
                 done: Callable[[], Awaitable[tuple[bool, str]]]) -> Phase:
     """Send the feed flat out; seconds from the first send until `done` says every effect is stored."""
     started = time.monotonic()
-    sender = asyncio.create_task(publish(feed, settings.kafka_bootstrap, settings.topic(topic)))
+    sender = asyncio.create_task(publish(feed, settings.kafka, settings.topic(topic)))
     last = started
     while True:
         finished, said = await done()
@@ -119,12 +119,12 @@ async def run_referral_bench(args: argparse.Namespace) -> int:
         return 1
 
     print("\n1. Raw Kafka: publish then read a throwaway topic with a bare consumer", flush=True)
-    _, consume_rate = await kafka_baseline(settings.kafka_bootstrap, purchases)
+    _, consume_rate = await kafka_baseline(settings.kafka, purchases)
     print(f"  consumed {consume_rate:,.0f} records/s")
 
     run_id = f"rb{uuid.uuid4().hex[:8]}"
     at = datetime.now(UTC) - timedelta(hours=1)  # referrals first, purchases a little later: both in the past
-    conn = await asyncpg.connect(settings.asyncpg_dsn, server_settings={"search_path": schema})
+    conn = await db.connect(settings.asyncpg_dsn, schema)
     try:
         async def judged() -> tuple[bool, str]:
             n = await conn.fetchval("SELECT count(*) FROM referrals WHERE referrer_id LIKE $1 AND status <> 'new'",

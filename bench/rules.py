@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import yaml
 
 from bench.baselines import machine, ratio, verdict
 from bench.pipeline import Throughput, settle, throughput
 from deploy.local.stack import Stack
 from services.earn.domain import Programme, fired_rules
+from shared import db
 from shared.contracts.purchases import PurchaseCompleted
 from shared.envelope import parse
 from shared.programmes import load_file
@@ -68,7 +68,7 @@ async def run_rules_bench(args: argparse.Namespace) -> int:
     print(f"\nJifen bench, rules: {args.count:,} purchases end to end under three programmes (earn is restarted "
           f"with each)\n  start: {machine()}", flush=True)
     runs: dict[str, Throughput | None] = {}
-    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    conn = await db.connect(settings.asyncpg_dsn)
     try:
         with tempfile.TemporaryDirectory(prefix="jifen-bench-rules-") as tmp:
             for label, folder in (("base rule alone", _folder(Path(tmp), "base", BASE_ONLY)),

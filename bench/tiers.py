@@ -24,9 +24,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.baselines import BenchError, kafka_baseline, line, machine, ratio, verdict
 from bench.probes import PrivateTiers
 from deploy.local.infra import REPO, create_topics
-from shared import envelope
+from shared import db, envelope
 from shared.contracts import topics
 from shared.contracts.ledger_entries import PointsEntryPosted
+from shared.kafka import Cluster, client_options
 from shared.settings import Settings
 
 TARGET_PER_S = 10_000.0
@@ -52,8 +53,8 @@ def entries(count: int, members: int, seed: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=10,
+async def preload(bootstrap: Cluster | str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=True, linger_ms=10,
                                 max_batch_size=512 * 1024)
     await producer.start()
     try:
@@ -72,15 +73,15 @@ async def run_tiers_bench(args: argparse.Namespace) -> int:
     print(f"\nJifen bench, tiers: {count:,} earn credits of {members:,} members through a tiers process of its own")
     print(f"  start: {machine()}", flush=True)
     print("\n1. Raw Kafka: publish then read a throwaway topic with a bare consumer", flush=True)
-    _, consume_rate = await kafka_baseline(settings.kafka_bootstrap, count)
+    _, consume_rate = await kafka_baseline(settings.kafka, count)
     print(f"  consumed {consume_rate:,.0f} records/s")
-    await create_topics(settings.kafka_bootstrap, topics.all_topics(prefix), PARTITIONS)
+    await create_topics(settings.kafka, topics.all_topics(prefix), PARTITIONS)
     tiers = PrivateTiers(settings, prefix, schema, REPO / ".run" / "logs" / f"bench-tiers-{run}.log",
                          JIFEN_REVIEW_INTERVAL_S="86400")
-    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    conn = await db.connect(settings.asyncpg_dsn)
     try:
         print(f"\n2. Preloading {count:,} entries onto {prefix}{topics.LEDGER_ENTRIES}", flush=True)
-        await preload(settings.kafka_bootstrap, f"{prefix}{topics.LEDGER_ENTRIES}", entries(count, members, args.seed))
+        await preload(settings.kafka, f"{prefix}{topics.LEDGER_ENTRIES}", entries(count, members, args.seed))
         print("\n3. Tiers: from its first stored contribution to the last", flush=True)
         await tiers.start()
         seconds = await _consumed(conn, schema, count, tiers)
@@ -89,7 +90,7 @@ async def run_tiers_bench(args: argparse.Namespace) -> int:
         await tiers.stop()
         if not args.keep:
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await _drop_topics(settings.kafka_bootstrap, topics.all_topics(prefix))
+            await _drop_topics(settings.kafka, topics.all_topics(prefix))
         await conn.close()
     rate = count / seconds if seconds > 0 else None
     print("\nResults")
@@ -129,8 +130,8 @@ async def _consumed(conn: asyncpg.Connection, schema: str, count: int, tiers: Pr
         await asyncio.sleep(0.2)
 
 
-async def _drop_topics(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _drop_topics(bootstrap: Cluster | str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         await admin.delete_topics(names)

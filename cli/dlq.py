@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from shared.consumer import REPLAYED_FROM
 from shared.contracts import topics
+from shared.kafka import Cluster, client_options
 from shared.settings import Settings
 
 PROGRESS_S = 2.0
@@ -79,9 +80,9 @@ class Dead:
         return f"{self.record.partition}:{self.record.offset}"
 
 
-async def dead_letters(bootstrap: str, dlq_topic: str) -> AsyncIterator[Dead]:
+async def dead_letters(bootstrap: Cluster | str, dlq_topic: str) -> AsyncIterator[Dead]:
     """Every record of a dead-letter topic, from the first offset to the end as it is now."""
-    consumer = AIOKafkaConsumer(dlq_topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(dlq_topic, **client_options(bootstrap), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -148,7 +149,7 @@ async def _list(settings: Settings, only: str | None) -> int:
         reasons: Counter[tuple[str, str]] = Counter()
         first: dict[tuple[str, str], str] = {}
         try:
-            async for dead in dead_letters(settings.kafka_bootstrap, name):
+            async for dead in dead_letters(settings.kafka, name):
                 key = (dead.reason, dead.headers.get("jifen-dlq-service", "?"))
                 reasons[key] += 1
                 first.setdefault(key, dead.place)
@@ -168,7 +169,7 @@ async def _list(settings: Settings, only: str | None) -> int:
 async def _show(settings: Settings, topic: str, where: str) -> int:
     name = settings.topic(topics.dlq(topic))
     match = _matcher(where)
-    async for dead in dead_letters(settings.kafka_bootstrap, name):
+    async for dead in dead_letters(settings.kafka, name):
         if match(dead):
             print(f"{name} {dead.place}")
             for key, value in dead.headers.items():
@@ -201,7 +202,7 @@ async def _replay(settings: Settings, topic: str, args: argparse.Namespace) -> i
                 and r.offset >= args.from_offset and (args.to_offset is None or r.offset <= args.to_offset))
 
     chosen, seen = [], set()
-    async for dead in dead_letters(settings.kafka_bootstrap, name):
+    async for dead in dead_letters(settings.kafka, name):
         # Every service that reads a topic refuses a bad record on its own: one copy per source record goes back.
         source = tuple(dead.headers.get(f"jifen-dlq-source-{k}") for k in ("topic", "partition", "offset"))
         if selected(dead) and source not in seen:
@@ -219,13 +220,13 @@ async def _replay(settings: Settings, topic: str, args: argparse.Namespace) -> i
         if len(chosen) > 20:
             print(f"  … and {len(chosen) - 20:,} more")
         return 0
-    sent = await _send(settings.kafka_bootstrap, target, name, chosen)
+    sent = await _send(settings.kafka, target, name, chosen)
     print(f"✔ sent {sent:,} records back to {target} ({summary}); the services judge them again")
     return 0
 
 
-async def _send(bootstrap: str, target: str, dlq_topic: str, chosen: list[Dead]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5)
+async def _send(bootstrap: Cluster | str, target: str, dlq_topic: str, chosen: list[Dead]) -> int:
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
     try:
         pending: list[Any] = []

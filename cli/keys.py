@@ -31,7 +31,7 @@ async def run(args: argparse.Namespace) -> int:
     dsn = args.database_url or Settings().asyncpg_dsn
     try:
         await db.migrate(dsn, auth.SCHEMA, auth.MIGRATIONS, with_shared=False)
-        conn = await asyncpg.connect(dsn, timeout=10)
+        conn = await db.connect(dsn)
     except (OSError, asyncpg.PostgresError, ValueError) as exc:
         print(f"✘ cannot reach the database: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import asyncpg
 
 from services.ledger.settings import LedgerSettings
 from services.ledger.verify import verify
+from shared import db
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ async def run(args: argparse.Namespace) -> int:
     dsn = (args.database_url or settings.asyncpg_dsn).replace("postgresql+asyncpg://", "postgresql://")
     schema = args.schema or settings.schema_name
     try:
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema}, timeout=10)
+        conn = await db.connect(dsn, schema)
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"✘ cannot reach the ledger database: {exc}", file=sys.stderr)
         return 2

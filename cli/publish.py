@@ -69,7 +69,7 @@ async def run(args: argparse.Namespace) -> int:
                   f"{(out.key or b'').decode()!r}   [{out.where}]")
         print(f"✔ {len(outgoing)} event(s) checked; nothing sent (--dry-run)")
         return 0
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all",
+    producer = AIOKafkaProducer(**settings.kafka.options(), enable_idempotence=True, acks="all",
                                 request_timeout_ms=15000)
     try:
         await producer.start()

@@ -24,6 +24,7 @@ from deploy.local.stack import SERVICES, Stack
 from services.ledger.verify import verify
 from services.redemption.simulation import RedemptionRun, run_redemptions
 from services.referral import simulation as referrals
+from shared import db
 from shared.contracts import topics
 from shared.metrics import scrape
 from shared.settings import Settings
@@ -78,11 +79,11 @@ async def simulate(args: argparse.Namespace) -> int:
     print(f"\nSimulating a store feed ({run_id}): {args.count:,} purchases by {args.members:,} members and "
           f"{VIPS} regulars with big baskets, {kinds['duplicate']} exact duplicates, "
           f"{sum(v for k, v in kinds.items() if k not in ('valid', 'duplicate'))} malformed messages", flush=True)
-    took = await publish(feed, settings.kafka_bootstrap, settings.topic(topics.PURCHASES), args.rate or None,
+    took = await publish(feed, settings.kafka, settings.topic(topics.PURCHASES), args.rate or None,
                          progress=True)
     print(f"  · sent {len(feed.messages):,} messages in {took:.1f}s", flush=True)
 
-    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    conn = await db.connect(settings.asyncpg_dsn)
     deadline = time.monotonic() + args.timeout
     try:
         while True:
@@ -189,7 +190,7 @@ async def _referrals(conn: asyncpg.Connection, settings: Settings, run_id: str, 
     verdicts; the line for the summary and whether they are the expected ones."""
     feed = referrals.build_referral_feed(run_id, datetime.now(UTC))
     for topic in (topics.MEMBERS, topics.REFERRALS, topics.PURCHASES):  # members first: a referral names them
-        await publish(Feed(feed.messages[topic]), settings.kafka_bootstrap, settings.topic(topic))
+        await publish(Feed(feed.messages[topic]), settings.kafka, settings.topic(topic))
     got: Counter[str] = Counter()
     while time.monotonic() < deadline:
         got = await referrals.summary(conn, run_id)

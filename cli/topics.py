@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.infra import StackError, create_topics
 from shared.contracts.topics import all_topics
+from shared.kafka import Cluster, client_options
 from shared.settings import Settings
 
 
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = TopicSettings()
-    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    bootstrap = settings.kafka.at(args.bootstrap)
     names = all_topics(settings.topic_prefix if args.prefix is None else args.prefix)
     if args.topics_command == "check":
         return await _check(bootstrap, names, args.wait)
@@ -62,8 +63,8 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check(bootstrap: str, names: list[str], wait_s: float) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+async def _check(bootstrap: Cluster | str, names: list[str], wait_s: float) -> int:
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=30_000)
     await admin.start()
     try:
         deadline = time.monotonic() + wait_s

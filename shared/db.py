@@ -24,14 +24,29 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+async def connect(dsn: str, schema: str | None = None, timeout_s: float = 10.0,
+                  server_settings: dict[str, str] | None = None) -> asyncpg.Connection:
+    """Every connection Jifen opens (the engine's pool, migrations, LISTEN, the CLI), so each reaches a server the
+    same way: asyncpg reads TLS as libpq does, from the URL (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) or from
+    PGSSLMODE / PGSSLROOTCERT / PGSSLCERT / PGSSLKEY. `schema` sets the search path."""
+    settings = {**({"search_path": schema} if schema else {}), **(server_settings or {})}
+    return await asyncpg.connect(plain_dsn(dsn), server_settings=settings or None, timeout=timeout_s)
+
+
+def plain_dsn(url: str) -> str:
+    """A database URL as asyncpg takes it (SQLAlchemy's `postgresql+asyncpg://` spelling accepted)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 def make_engine(settings: Settings, schema: str, pool_size: int = 5) -> AsyncEngine:
-    engine = create_async_engine(
-        settings.sqlalchemy_url,
-        pool_size=pool_size,
-        max_overflow=5,
-        connect_args={"server_settings": {"search_path": schema, "application_name": f"jifen-{schema}"},
-                      "timeout": 5},
-    )
+    dsn = settings.asyncpg_dsn
+
+    async def pooled() -> asyncpg.Connection:
+        return await connect(dsn, schema, timeout_s=5, server_settings={"application_name": f"jifen-{schema}"})
+
+    # The pool's connections come from `connect`: SQLAlchemy's asyncpg dialect would hand a URL's `?sslmode=` to
+    # asyncpg as an argument it refuses; the URL given here only picks the dialect.
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=pooled, pool_size=pool_size, max_overflow=5)
     # No pre-ping: SQLAlchemy's costs three round trips (BEGIN, `;`, ROLLBACK) on every checkout, which on a hot
     # path of small transactions was a tenth of a service's time. A connection the server closed (a restart, an
     # idle timeout) is known closed to the driver without asking, and is replaced at checkout instead; one lost
@@ -50,7 +65,7 @@ async def migrate(dsn: str, schema: str, service_migrations: Path, with_shared: 
 
     An advisory lock makes concurrent starts of the same service apply each migration once.
     """
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema}, timeout=10)
+    conn = await connect(dsn, schema)
     lock = advisory_key(f"migrate:{schema}")
     applied: list[str] = []
     try:

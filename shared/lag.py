@@ -13,17 +13,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
+from shared.kafka import Cluster, client_options
 from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-async def watch(bootstrap: str, group: str, topics: Sequence[str], metrics: Metrics, interval_s: float = 15.0) -> None:
+async def watch(bootstrap: Cluster | str, group: str, topics: Sequence[str], metrics: Metrics,
+                interval_s: float = 15.0) -> None:
     """Export `jifen_consumer_group_lag_records{service,group,topic,partition}` every `interval_s` until cancelled; a
     round the broker does not answer leaves the last figures and is tried again."""
     gauge: Gauge = metrics.group_lag
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    offsets = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=10_000)
+    offsets = AIOKafkaConsumer(**client_options(bootstrap), group_id=None, enable_auto_commit=False)
     try:
         await admin.start()
         await offsets.start()

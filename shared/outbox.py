@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from shared.db import advisory_key
+from shared.db import advisory_key, connect
 from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class OutboxRelay:
                 delay = min(delay * 2, 5.0)
 
     async def _lead(self) -> None:
-        conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema}, timeout=5)
+        conn = await connect(self.dsn, self.schema, timeout_s=5)
         self._connected = True
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):

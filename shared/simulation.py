@@ -16,6 +16,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from shared.contracts.purchases import PurchaseCompleted
+from shared.kafka import Cluster, client_options
 
 CATALOGUE = [
     ("SKU-RICE-5KG", "grocery", Decimal("59.90")), ("SKU-MILK-1L", "dairy", Decimal("12.50")),
@@ -130,10 +131,10 @@ def malformed(kind: str, event_id: str, member: str, when: datetime) -> Message:
     return Message(key, orjson.dumps(event), STRUCTURED, kind)
 
 
-async def publish(feed: Feed, bootstrap: str, topic: str, rate: float | None = None,
+async def publish(feed: Feed, bootstrap: Cluster | str, topic: str, rate: float | None = None,
                   progress: bool = False) -> float:
     """Send the feed (at `rate` messages/s if given); returns the seconds it took."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=True, acks="all", linger_ms=5,
                                 max_batch_size=512 * 1024)
     await producer.start()
     started = time.monotonic()

@@ -23,7 +23,7 @@ import httpx
 import orjson
 from aiokafka import ConsumerRecord
 
-from shared import auth
+from shared import auth, db
 from shared.consumer import BatchConsumer
 from shared.contracts.base import Contract
 from shared.outbox import decode_headers
@@ -126,7 +126,7 @@ class ServiceHarness:
     async def __aenter__(self) -> ServiceHarness:
         await self.runtime.open_storage()
         self.consumer = self.runtime.consumer()
-        conn = await asyncpg.connect(self.spec.settings.asyncpg_dsn)
+        conn = await db.connect(self.spec.settings.asyncpg_dsn)
         try:
             _, self.token = await auth.create_key(conn, "harness", ["admin"])
         finally:

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from shared import db
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Waiting:
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
-            conn = await asyncpg.connect(self.dsn, timeout=5)
+            conn = await db.connect(self.dsn, timeout_s=5)
             try:
                 await conn.add_listener(self.channel, self._notified)
             except BaseException:

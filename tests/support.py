@@ -28,6 +28,7 @@ from shared import db as shared_db
 from shared.contracts import topics
 from shared.contracts.ledger_commands import LedgerCommand
 from shared.contracts.topics import all_topics
+from shared.kafka import Cluster, client_options
 
 
 @dataclass
@@ -225,9 +226,9 @@ async def jifen(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def send(bootstrap: str, topic: str,
+async def send(bootstrap: Cluster | str, topic: str,
                messages: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in messages]
@@ -236,10 +237,11 @@ async def send(bootstrap: str, topic: str,
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[ConsumerRecord[Any, Any]]:
+async def read_all(bootstrap: Cluster | str, topic: str, expect: int,
+                   timeout: float = 30.0) -> list[ConsumerRecord[Any, Any]]:
     """Read a topic from the start until `expect` records arrived (or the timeout), then a moment longer
     so that extra, unexpected records would be seen too."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **client_options(bootstrap), auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     records: list[ConsumerRecord[Any, Any]] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts.topics import all_topics
+from shared.kafka import Cluster, client_options
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "deploy" / "local" / "kafka" / "pom.xml"
@@ -213,10 +214,10 @@ log4j.logger.kafka.server.KafkaRaftServer=INFO
         stop_pid(self.pid_file, "Kafka", timeout=30)
 
 
-async def kafka_ready(bootstrap: str) -> bool:
+async def kafka_ready(bootstrap: Cluster | str) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.describe_cluster()
@@ -227,14 +228,14 @@ async def kafka_ready(bootstrap: str) -> bool:
         await admin.close()
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int, replicas: int = 1) -> list[str]:
+async def create_topics(bootstrap: Cluster | str, names: list[str], partitions: int, replicas: int = 1) -> list[str]:
     """Create the topics that do not exist yet and wait until they are seen; returns the names created. Topics the
     broker refuses (a replication factor above its brokers, say) raise StackError naming each with its reason; one
     made meanwhile by someone else is no refusal."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -257,7 +258,7 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int, repli
         await admin.close()
 
 
-def ensure_topics(bootstrap: str, prefix: str = "", partitions: int = 6) -> None:
+def ensure_topics(bootstrap: Cluster | str, prefix: str = "", partitions: int = 6) -> None:
     created = asyncio.run(create_topics(bootstrap, all_topics(prefix), partitions))
     count = len(all_topics(prefix))
     log(f"topics: {count} present ({len(created)} created, {partitions} partitions each)")

@@ -10,8 +10,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
 from deploy.local.infra import (
     REPO,
     Kafka,
@@ -70,7 +68,7 @@ class Stack:
             log(f"Kafka: using JIFEN_KAFKA_BOOTSTRAP ({self.settings.kafka_bootstrap})")
         else:
             self.kafka.start()
-        ensure_topics(self.settings.kafka_bootstrap, self.settings.topic_prefix,
+        ensure_topics(self.settings.kafka, self.settings.topic_prefix,
                       int(os.environ.get("JIFEN_PARTITIONS", "6")))
         created = ensure_api_key(self.database_url, self.api_key_file)
         log(f"API key: {'a new admin key in' if created else 'the admin key in'} {self.api_key_file} "
@@ -171,7 +169,7 @@ def ensure_api_key(database_url: str, path: Path) -> bool:
 async def _admin_key(database_url: str, held: str | None) -> str | None:
     """None while the held key still works, else a new admin key."""
     await db.migrate(database_url, auth.SCHEMA, auth.MIGRATIONS, with_shared=False)
-    conn = await asyncpg.connect(database_url, timeout=10)
+    conn = await db.connect(database_url)
     try:
         parts = auth.split_token(held) if held else None
         if parts is not None and await conn.fetchval(

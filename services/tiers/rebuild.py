@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from services.tiers import app
 from services.tiers.handlers import ProjectTiers, lock_key, review
 from services.tiers.settings import TiersSettings
+from shared import db
 from shared.service import Runtime
 from shared.subscription import Subscription
 
@@ -55,7 +55,7 @@ async def rebuild(settings: TiersSettings, program_id: str, now: datetime,
     runtime = Runtime.of(spec)
     await runtime.open_storage()
     assert runtime.engine is not None
-    lock = await asyncpg.connect(settings.asyncpg_dsn, server_settings={"search_path": settings.schema_name})
+    lock = await db.connect(settings.asyncpg_dsn, settings.schema_name)
     try:
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(settings.schema_name)):
             raise RebuildError("another rebuild holds the tiers projection's lock")
@@ -88,7 +88,7 @@ async def _replay(settings: TiersSettings, topics: list[str], apply: Callable[[l
                   progress: Callable[[str], None]) -> int:
     """Every record of the topics, from the first offset to the end as it is now, applied batch by batch."""
     # Without a group the consumer takes every partition of the topics itself, and commits nothing.
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(*topics, **settings.kafka.options(), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
