@@ -4,8 +4,13 @@ A job is a page function: given a unit of work, the round's time and where the l
 page of work and says how many items it handled and where the next page starts (None: the round is done). The
 runner does the rest for every job alike: one leader per job across processes (a PostgreSQL advisory lock held
 for the round; a process that cannot take it skips the round), one transaction per page, the interval from
-settings, progress in the log for long rounds, metrics (runs by outcome, seconds, items, last success), and a clean
-stop: at shutdown the page in hand is finished and committed, then the job stops.
+settings, progress in the log for long rounds, metrics (runs by outcome, seconds, items, last success, and
+`jifen_job_leader`: whether this process took the lock for its latest round), and a clean stop: at shutdown the
+page in hand is finished and committed, then the job stops.
+
+Every process of a service exports its own view of a job, so a question about the job as a whole aggregates over
+processes: it last ran at the max of `jifen_job_last_success_timestamp_seconds` (a standby's own last success may be
+old while the leader runs the job on time), and `jifen_job_leader` says which process runs it.
 """
 
 from __future__ import annotations
@@ -60,23 +65,21 @@ class JobRunner:
         self.lock_key = advisory_key(f"job:{schema}:{job.name}")
         self.stopping = asyncio.Event()
         metrics.job_interval.labels(service, job.name).set(job.interval_s)
+        self.leader = metrics.job_leader.labels(service, job.name)
+        self.leader.set(0)  # no round yet: this process runs nothing
 
     async def run_once(self, now: datetime | None = None) -> int | None:
         """One round at `now` (default: the clock); returns the items handled, or None when another process is
         running this job (it holds the lock)."""
         now = now or self.clock()
         started = time.monotonic()
-        async with self.engine.connect() as lock_conn:
-            raw = (await lock_conn.get_raw_connection()).driver_connection
-            assert raw is not None
-            if not await raw.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
-                self.metrics.job_runs.labels(self.service, self.job.name, "standby").inc()
-                return None
-            try:
-                total = await self._pages(now, started)
-            finally:
-                with contextlib.suppress(Exception):  # a dropped connection has released the lock already
-                    await raw.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
+        try:
+            total = await self._locked_round(now, started)
+        except BaseException:
+            self.leader.set(0)  # this round ran nothing to the end; whether another process can, its gauge says
+            raise
+        if total is None:
+            return None
         elapsed = time.monotonic() - started
         self.metrics.job_runs.labels(self.service, self.job.name, "ok").inc()
         self.metrics.job_seconds.labels(self.service, self.job.name).observe(elapsed)
@@ -85,6 +88,21 @@ class JobRunner:
             log.info(f"{self.job.name} done", extra={"job": self.job.name, "items": total,
                                                      "elapsed_s": round(elapsed, 2)})
         return total
+
+    async def _locked_round(self, now: datetime, started: float) -> int | None:
+        async with self.engine.connect() as lock_conn:
+            raw = (await lock_conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            if not await raw.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                self.leader.set(0)
+                self.metrics.job_runs.labels(self.service, self.job.name, "standby").inc()
+                return None
+            self.leader.set(1)
+            try:
+                return await self._pages(now, started)
+            finally:
+                with contextlib.suppress(Exception):  # a dropped connection has released the lock already
+                    await raw.execute("SELECT pg_advisory_unlock($1)", self.lock_key)
 
     async def _pages(self, now: datetime, started: float) -> int:
         total, cursor, reported = 0, None, time.monotonic()

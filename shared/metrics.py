@@ -47,7 +47,8 @@ class Metrics:
         self.lag = Gauge("jifen_consumer_lag_records", "Records behind the partition's high watermark, as the "
                          "consumer saw it after its last batch", ["service", "topic", "partition"], registry=r)
         self.group_lag = Gauge("jifen_consumer_group_lag_records", "Records the service's consumer group has not "
-                               "committed yet, as Kafka sees it (end offset less committed offset)",
+                               "committed yet, as Kafka sees it (end offset less committed offset); every process "
+                               "of the service reports the whole group, so take the max across processes",
                                ["service", "group", "topic", "partition"], registry=r)
         self.transient_failures = Counter("jifen_transient_failures", "Batches retried after a transient failure",
                                           ["service", "error"], registry=r)
@@ -67,7 +68,11 @@ class Metrics:
         self.job_interval = Gauge("jifen_job_interval_seconds", "How often a periodic job is meant to run (an alert "
                                   "compares it with the last success)", ["service", "job"], registry=r)
         self.job_last_success = Gauge("jifen_job_last_success_timestamp_seconds", "When a periodic job last "
-                                      "finished a round", ["service", "job"], registry=r)
+                                      "finished a round in this process (the latest of all processes is when the "
+                                      "job last ran)", ["service", "job"], registry=r)
+        self.job_leader = Gauge("jifen_job_leader", "1 when this process took the periodic job's lock for its "
+                                "latest round, 0 when another process held it (standby) or the round failed",
+                                ["service", "job"], registry=r)
         r.register(RepeatsCollector(service, REPEATS))
         # The process's own: CPU, memory, file descriptors, start time, Python's version and collections.
         ProcessCollector(registry=r)

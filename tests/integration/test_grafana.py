@@ -219,6 +219,7 @@ def realistic() -> list[Series]:
                 counter(s, "jifen_job_items_total", 4, service=s, job=job),
                 *histogram(s, "jifen_job_seconds", service=s, job=job),
                 gauge(s, "jifen_job_interval_seconds", 30, service=s, job=job),
+                gauge(s, "jifen_job_leader", 1, service=s, job=job),
                 Series(s, "jifen_job_last_success_timestamp_seconds", f"-20+15x{STEPS}", {"service": s, "job": job}),
                 counter(s, "jifen_log_repeats_suppressed_total", 2, service=s, logger="aiokafka.conn"),
                 *histogram(s, "jifen_gc_pause_seconds", service=s, generation="2"),

@@ -67,5 +67,5 @@ async def test_each_services_metrics_are_clean_prometheus_text(infra: Infra, pro
     ours = {f for f in families if f.startswith("jifen_")}
     units = {"seconds", "records", "messages", "points", "members", "events", "entries", "commands", "items", "runs",
              "changes", "warnings", "skipped", "repeats", "failures", "replays", "rejected", "ok", "problems", "ready",
-             "referrals", "redemptions", "coupons", "refusals", "verdicts"}
+             "referrals", "redemptions", "coupons", "refusals", "verdicts", "leader"}
     assert sorted(f for f in ours if not units & set(f.split("_"))) == [], "a metric without its unit in its name"
