@@ -8,7 +8,9 @@ nor a section of `SECTIONS` is an error in every service, so a misspelt section 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -126,6 +128,67 @@ def load_file(path: Path, model: type[P]) -> P:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """What a version is, whichever service reads it: its header and a digest of every section of its file (the
+    parsed content, so a comment or a reindent is no change). Services judge a reload by these, never by their
+    own model of the file, so a change to any section is the same change to every service."""
+
+    program_id: str
+    version: int
+    effective_from: datetime
+    digest: str
+    file: str
+
+
+def fingerprint(text: str, name: str) -> Fingerprint:
+    """The fingerprint of one programme file's text (`name` for errors)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProgrammeError(f"{name}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ProgrammeError(f"{name}: a programme file must be a mapping")
+    try:
+        header = ProgrammeVersion.model_validate({k: v for k, v in raw.items() if k in HEADER})
+    except ValidationError as exc:
+        raise ProgrammeError(f"{name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    content = json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False)
+    return Fingerprint(header.program_id, header.version, header.effective_from,
+                       hashlib.sha256(content.encode()).hexdigest(), name)
+
+
+def fingerprints(paths: Iterable[Path]) -> dict[tuple[str, int], Fingerprint]:
+    """The fingerprints of programme files, by (programme, version)."""
+    found = {}
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProgrammeError(f"{path}: not valid YAML: {exc}") from exc
+        one = fingerprint(text, path.name)
+        found[(one.program_id, one.version)] = one
+    return found
+
+
+def history_rewrites(before: dict[tuple[str, int], Fingerprint], after: dict[tuple[str, int], Fingerprint],
+                     now: datetime) -> list[str]:
+    """Why the versions `after` may not replace the versions in force `before` at `now`: a version in effect
+    already may not change, and a new one may not take effect in the past (either would judge events already
+    credited differently on a replay; correct the past with adjustments instead). Empty: the change is taken."""
+    problems = []
+    for key, new in sorted(after.items()):
+        old = before.get(key)
+        changed = old is None or old.digest != new.digest
+        if old is not None and changed and old.effective_from <= now:
+            problems.append(f"{new.file}: programme {new.program_id!r} version {new.version} is in effect already "
+                            f"(since {old.effective_from.isoformat()}) and was changed: add a new version instead")
+        elif changed and new.effective_from < now:
+            problems.append(f"{new.file}: programme {new.program_id!r} version {new.version} would take effect in "
+                            f"the past ({new.effective_from.isoformat()}); give it a future effective_from")
+    return problems
+
+
+@dataclass(frozen=True)
 class Reload:
     """The last time a catalogue looked at its folder after a change: when, and whether it took the files."""
 
@@ -148,11 +211,13 @@ class Catalogue(Generic[P]):
     reloads: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})  # by outcome, since start
     _stamp: tuple[tuple[str, int, float], ...] = ()
     _checked: float = 0.0
+    _prints: dict[tuple[str, int], Fingerprint] = field(default_factory=dict)
 
     @classmethod
     def load(cls, folder: Path, model: type[P]) -> Catalogue[P]:
         catalogue = cls(folder, model)
         catalogue.versions = load_folder(folder, model)
+        catalogue._prints = fingerprints(catalogue._files())
         catalogue._stamp = catalogue._files_stamp()
         catalogue._checked = time.monotonic()
         catalogue.last_reload = Reload(catalogue.clock(), True, "loaded at start")
@@ -195,36 +260,32 @@ class Catalogue(Generic[P]):
             return False
         try:
             versions = load_folder(self.folder, self.model)
-            self._refuse_rewriting_history(versions)
+            prints = fingerprints(self._files())
+            self._refuse_rewriting_history(prints)
         except ProgrammeError as exc:
             log.error("programme folder not reloaded; the versions in force stay", extra={"error": str(exc)})
             self._stamp = stamp  # report once per change, not on every event
             self.last_reload = Reload(self.clock(), False, str(exc)[:1000])
             self.reloads[False] += 1
             return False
-        self.versions, self._stamp = versions, stamp
+        self.versions, self._stamp, self._prints = versions, stamp, prints
         log.info("programmes reloaded", extra={"versions": {p: [v.version for v in vs] for p, vs in versions.items()}})
         self.last_reload = Reload(self.clock(), True, "reloaded")
         self.reloads[True] += 1
         return True
 
-    def _refuse_rewriting_history(self, versions: dict[str, list[P]]) -> None:
-        """A version added while running must take effect in the future: one that starts in the past would judge
-        events already credited differently on a replay. Correct the past with adjustments instead."""
-        now = self.clock()
-        known = {(p.program_id, p.version): p for p in self}
-        for programme in (p for found in versions.values() for p in found):
-            before = known.get((programme.program_id, programme.version))
-            if before is not None and before != programme and before.effective_from <= now:
-                raise ProgrammeError(f"programme {programme.program_id!r} version {programme.version} is in effect "
-                                     "already and was changed: add a new version instead")
-            if before is None and programme.effective_from < now:
-                raise ProgrammeError(f"programme {programme.program_id!r} version {programme.version} would take "
-                                     f"effect in the past ({programme.effective_from.isoformat()}); give it a "
-                                     "future effective_from")
+    def _refuse_rewriting_history(self, prints: dict[tuple[str, int], Fingerprint]) -> None:
+        """Judged on the whole files, not on this service's sections, so every service takes or refuses a change
+        alike (`jifen programme check` makes the same judgement)."""
+        problems = history_rewrites(self._prints, prints, self.clock())
+        if problems:
+            raise ProgrammeError("; ".join(problems))
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.y*ml"))
 
     def _files_stamp(self) -> tuple[tuple[str, int, float], ...]:
-        return tuple((p.name, p.stat().st_size, p.stat().st_mtime) for p in sorted(self.folder.glob("*.y*ml")))
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime) for p in self._files())
 
 
 def load_folder(folder: Path, model: type[P]) -> dict[str, list[P]]:

@@ -86,7 +86,8 @@ async def test_explain_refuses_what_earn_refuses_before_any_rule(tmp_path: Path)
 async def test_programme_check_accepts_the_shipped_files_and_names_the_line_of_a_broken_one(tmp_path: Path) -> None:
     shipped = sorted(str(p) for p in Settings().programmes_dir.glob("*.yaml"))
     code, out, _ = await jifen("programme", "check", *shipped)
-    assert code == 0 and out.count("✔") == len(shipped)
+    assert code == 0 and out.count("✔") == len(shipped) + 1  # each file, then the files against the ones in force
+    assert "against the versions in force (git HEAD): every service takes these files" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("program_id: x\nname: y\nversion: 0\n")
     code, _, err = await jifen("programme", "check", str(bad))

@@ -1,0 +1,103 @@
+"""The programme folder is judged the same way by every service: a change to any section of a version in effect is
+refused by all of them, not only by the service that reads that section; `jifen programme check` says so first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cli.programme import MODELS
+from shared.programmes import Catalogue, ProgrammeVersion
+from shared.settings import Settings
+from tests.support import jifen
+
+STARBUCKS = Settings().programmes_dir / "starbucks.yaml"
+LATER = datetime(2026, 11, 9, 10, tzinfo=UTC)  # version 1 of the example is in effect since 2026-01-01
+
+
+def edited(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new stamp even within the file system's resolution
+
+
+def catalogues(folder: Path) -> dict[str, Catalogue[ProgrammeVersion]]:
+    loaded: dict[str, Catalogue[ProgrammeVersion]] = {}
+    for service, model in MODELS.items():
+        catalogue = Catalogue.load(folder, model)
+        catalogue.check_every_s, catalogue.clock = 0, lambda: LATER
+        loaded[service] = catalogue
+    return loaded
+
+
+@pytest.mark.parametrize(("section", "old", "new"), [
+    ("rewards (redemption's)", "    points: 25\n", "    points: 30\n"),
+    ("purchase (earn's)", 'points_per_unit: "0.2"', 'points_per_unit: "0.4"'),
+    ("tiers (tiers')", "threshold: 300", "threshold: 200"),
+])
+def test_a_version_in_effect_changed_in_any_section_is_refused_by_every_service(
+        tmp_path: Path, section: str, old: str, new: str) -> None:
+    shutil.copy(STARBUCKS, tmp_path)
+    services = catalogues(tmp_path)
+    before = {service: c.at("starbucks", LATER) for service, c in services.items()}
+    edited(tmp_path / "starbucks.yaml", old, new)
+    for service, catalogue in services.items():
+        assert catalogue.at("starbucks", LATER) == before[service], (section, service)  # the version in force stays
+        assert catalogue.reloads == {True: 0, False: 1}, (section, service)
+        assert catalogue.last_reload is not None and "version 1 is in effect already" in catalogue.last_reload.detail
+
+
+def test_a_comment_or_a_future_version_is_taken_by_every_service(tmp_path: Path) -> None:
+    shutil.copy(STARBUCKS, tmp_path)
+    services = catalogues(tmp_path)
+    edited(tmp_path / "starbucks.yaml", "# A coffee-chain example", "# A coffee-shop example")  # no content change
+    v2 = (tmp_path / "starbucks.yaml").read_text().replace("version: 1", "version: 2").replace(
+        '"2026-01-01T00:00:00+08:00"', '"2027-01-01T00:00:00+08:00"')
+    (tmp_path / "starbucks.v2.yaml").write_text(v2)
+    for service, catalogue in services.items():
+        found = catalogue.at("starbucks", datetime(2027, 2, 1, tzinfo=UTC))
+        assert found is not None and found.version == 2, service
+        assert catalogue.reloads == {True: 1, False: 0}, service
+
+
+def test_programme_check_refuses_an_edit_of_a_version_in_effect_as_the_services_do(tmp_path: Path) -> None:
+    in_force, draft = tmp_path / "in-force", tmp_path / "draft"
+    in_force.mkdir()
+    shutil.copy(STARBUCKS, in_force)
+    shutil.copytree(in_force, draft)
+    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    assert code == 0 and "every service takes these files" in out, out + err
+    edited(draft / "starbucks.yaml", "    points: 25\n", "    points: 30\n")  # a section only redemption reads
+    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    assert code == 1, out + err
+    assert "every service would refuse the folder" in err
+    assert "'starbucks' version 1 is in effect already" in err and "add a new version instead" in err
+    # A version added with a start in the past is refused too.
+    (draft / "starbucks.yaml").write_text(STARBUCKS.read_text())
+    (draft / "v2.yaml").write_text(STARBUCKS.read_text().replace("version: 1", "version: 2").replace(
+        '"2026-01-01T00:00:00+08:00"', '"2026-02-01T00:00:00+08:00"'))
+    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    assert code == 1 and "would take effect in the past" in err, out + err
+    code, _, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", "no-such-revision"))
+    assert code == 1 and "neither a folder nor a git revision" in err and "Traceback" not in err
+
+
+def test_programme_check_compares_with_git_head_by_default(tmp_path: Path) -> None:
+    """In a git work tree (as programmes/ is), the committed files are taken as the versions in force."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(STARBUCKS, repo)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "v1"]):
+        subprocess.run([*git, *command], check=True)
+    edited(repo / "starbucks.yaml", "threshold: 300", "threshold: 200")
+    code, out, err = asyncio.run(jifen("programme", "check", str(repo)))
+    assert code == 1 and "(git HEAD)" in err and "version 1 is in effect already" in err, out + err
