@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ async def run(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             for where, event in _events(name):
-                outgoing.append(_checked(where, event, args.now))
+                outgoing.append(_checked(where, event, args.now, settings.future_tolerance_s))
         except (OSError, ValueError) as exc:
             problems.append(str(exc))
     for problem in problems:
@@ -105,7 +105,7 @@ def _json(where: str, raw: bytes) -> Any:
         raise ValueError(f"{where}: not JSON: {exc}") from None
 
 
-def _checked(where: str, event: Any, now: bool) -> Outgoing:
+def _checked(where: str, event: Any, now: bool, future_tolerance_s: float) -> Outgoing:
     if not isinstance(event, dict):
         raise ValueError(f"{where}: an event must be a JSON object (a structured-mode CloudEvent)")
     if now:
@@ -124,5 +124,10 @@ def _checked(where: str, event: Any, now: bool) -> Outgoing:
         data = contract.model_validate(parsed.data)
     except ValidationError as exc:
         raise ValueError(f"{where}: the services would refuse it as invalid_data: {validation_summary(exc)}") from None
+    latest = datetime.now(UTC) + timedelta(seconds=future_tolerance_s)
+    if parsed.time > latest:  # as shared/consumer.py judges every event from outside
+        raise ValueError(f"{where}: the services would refuse it as future_event: time {parsed.time.isoformat()} "
+                         f"is more than {future_tolerance_s:.0f}s ahead of this clock (--now stamps the current "
+                         "time)")
     member = getattr(data, "member_id", None) or getattr(data, "referee_member_id", None)
     return Outgoing(where, channel.topic, member.encode() if member else None, value, parsed.id, parsed.type)

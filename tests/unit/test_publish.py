@@ -4,7 +4,10 @@ tests/e2e/test_quickstart.py sends them)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import orjson
 
 from tests.support import REPO, jifen
 
@@ -32,3 +35,18 @@ def test_publish_refuses_what_the_services_would_refuse_and_sends_nothing(tmp_pa
     assert "bad.json: the services would refuse it as invalid_data: total" in err
     assert "is not sent to Jifen from outside" in err and "nothing sent: 2 problem(s)" in err
     assert "✔" not in out  # checked before anything is sent: the good check-in did not go either
+
+
+def test_an_event_further_ahead_than_the_services_tolerate_is_refused_as_future_event(tmp_path: Path) -> None:
+    """Earn dead-letters an event more than `future_tolerance_s` (300 s) ahead of its clock; so does the check."""
+    event = orjson.loads((EXAMPLES / "purchase.json").read_bytes())
+    ahead = tmp_path / "ahead.json"
+    ahead.write_bytes(orjson.dumps({**event, "time": (datetime.now(UTC) + timedelta(minutes=12)).isoformat()}))
+    code, out, err = asyncio.run(jifen("publish", "--dry-run", str(ahead)))
+    assert code == 1, out + err
+    assert "ahead.json: the services would refuse it as future_event" in err and "300s ahead" in err
+    assert "nothing sent" in err and "would send" not in out
+    soon = tmp_path / "soon.json"  # within the tolerance: a till's clock a minute fast is fine
+    soon.write_bytes(orjson.dumps({**event, "time": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}))
+    code, out, err = asyncio.run(jifen("publish", "--dry-run", str(soon)))
+    assert code == 0 and "1 event(s) checked" in out, out + err
