@@ -6,14 +6,20 @@ and the FastStream broker's `security`, so the services, the CLI, the bench and 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import AuthenticationFailedError, SaslAuthenticationFailed
 from aiokafka.helpers import create_ssl_context
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
+log = logging.getLogger(__name__)
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 SECURITY_PROTOCOLS: tuple[SecurityProtocol, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -84,3 +90,54 @@ class Cluster:
 def client_options(cluster: Cluster | str) -> dict[str, Any]:
     """aiokafka options for a cluster, or for a bare bootstrap address (plaintext, as the local stack's)."""
     return (cluster if isinstance(cluster, Cluster) else Cluster(cluster)).options()
+
+
+async def diagnose(cluster: Cluster, timeout_s: float = 5.0) -> str | None:
+    """Why the cluster refuses this process, from one connection to its first bootstrap server (None: it takes it).
+    aiokafka's clients only log the cause and raise "Unable to bootstrap"; a readiness probe should say which."""
+    host, _, port = cluster.bootstrap.split(",")[0].strip().rpartition(":")
+    opts = cluster.options()
+    try:
+        conn = await asyncio.wait_for(create_conn(
+            host, int(port), ssl_context=opts.get("ssl_context"), security_protocol=cluster.security_protocol,
+            sasl_mechanism=opts.get("sasl_mechanism"), sasl_plain_username=opts.get("sasl_plain_username"),
+            sasl_plain_password=opts.get("sasl_plain_password"), request_timeout_ms=int(timeout_s * 1000)),
+            timeout_s)
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        return (f"authentication failed for {cluster.sasl_username!r} ({cluster.sasl_mechanism}): check "
+                f"JIFEN_KAFKA_SASL_USERNAME and JIFEN_KAFKA_SASL_PASSWORD ({exc})")
+    except ssl.SSLError as exc:
+        return f"TLS with {cluster.bootstrap} failed: {exc} (check JIFEN_KAFKA_SSL_CAFILE)"
+    except (OSError, TimeoutError) as exc:
+        return f"cannot connect to {cluster.bootstrap}: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # whatever else the broker answered: say it as it is
+        return f"{cluster.bootstrap}: {type(exc).__name__}: {exc}"
+    conn.close()
+    return None
+
+
+@dataclass
+class Startup:
+    """A process's Kafka clients started in the background and retried until the cluster takes them, so a process
+    whose cluster is away or refuses it (a wrong password) keeps serving and says why in /health/ready, instead of
+    exiting to be restarted in a loop."""
+
+    cluster: Cluster
+    max_delay_s: float = 5.0
+    error: str | None = None  # why the cluster did not take the last attempt
+    done: bool = False
+
+    async def run(self, *steps: Callable[[], Awaitable[object]]) -> None:
+        """Each step in turn (a client's `start`), each retried with backoff until it succeeds."""
+        delay = 0.5
+        for step in steps:
+            while True:
+                try:
+                    await step()
+                    break
+                except Exception as exc:  # the cluster away or refusing: the reason is kept for readiness
+                    self.error = await diagnose(self.cluster) or f"{type(exc).__name__}: {exc}"
+                    log.warning("Kafka did not take this process; retrying", extra={"error": self.error})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_delay_s)
+        self.error, self.done = None, True

@@ -35,6 +35,7 @@ from shared import auth, db, http, lag, logs, outages
 from shared.auth import KeyStore, Scope
 from shared.consumer import BatchConsumer, Health, is_transient
 from shared.jobs import Job, JobRunner, inbox_prune
+from shared.kafka import Startup
 from shared.metrics import Metrics, ReloadCollector
 from shared.outbox import OutboxRelay
 from shared.programmes import Catalogue
@@ -120,6 +121,7 @@ class Runtime:
     engine: AsyncEngine | None = None
     broker: KafkaBroker | None = None
     relay: OutboxRelay | None = None
+    kafka_startup: Startup | None = None  # the broker's and the relay's clients, started in the background
     keys: KeyStore = field(init=False)
     jobs: dict[str, JobRunner] = field(default_factory=dict)
     waiting: Waiting = field(init=False)
@@ -237,10 +239,14 @@ class Runtime:
             checks["database"] = "ok" if self.health.db_error is None else f"recovering: {self.health.db_error}"
         except Exception as exc:
             checks["database"] = f"down: {type(exc).__name__}: {exc}"[:300]
-        try:
-            checks["kafka"] = "ok" if await self.kafka_answers() else "down: broker did not answer"
-        except Exception as exc:
-            checks["kafka"] = f"down: {type(exc).__name__}"
+        startup = self.kafka_startup
+        if startup is not None and not startup.done:  # the cluster has not taken this process yet: say why
+            checks["kafka"] = f"down: {startup.error}"[:300] if startup.error else "starting"
+        else:
+            try:
+                checks["kafka"] = "ok" if await self.kafka_answers() else "down: broker did not answer"
+            except Exception as exc:
+                checks["kafka"] = f"down: {type(exc).__name__}"
         relay = self.relay
         checks["outbox_relay"] = "leader" if relay and relay.is_leader else "standby"
         checks["ready"] = checks["database"] == "ok" and checks["kafka"] == "ok"
@@ -268,12 +274,19 @@ def build_app(spec: ServiceSpec) -> FastAPI:
             watchers.append(asyncio.create_task(lag.watch(settings.kafka, group, consumer.topics,
                                                           runtime.metrics), name=f"{spec.name}-group-lag"))
         producer = make_producer(settings, spec.name)
-        await producer.start()
-        runtime.relay = OutboxRelay(settings.asyncpg_dsn, spec.schema, producer, runtime.metrics,
-                                    batch_size=settings.outbox_batch_size,
-                                    poll_interval_s=settings.outbox_poll_interval_s)
-        relay_task = asyncio.create_task(runtime.relay.run(), name=f"{spec.name}-outbox-relay")
-        await broker.start()
+        relay = runtime.relay = OutboxRelay(settings.asyncpg_dsn, spec.schema, producer, runtime.metrics,
+                                            batch_size=settings.outbox_batch_size,
+                                            poll_interval_s=settings.outbox_poll_interval_s)
+        relay_tasks: list[asyncio.Task[None]] = []
+
+        async def start_relay() -> None:
+            relay_tasks.append(asyncio.create_task(relay.run(), name=f"{spec.name}-outbox-relay"))
+
+        # In the background: a cluster away or refusing this process (a wrong password) is a readiness error
+        # that says why, not a failed start and a restart loop.
+        startup = runtime.kafka_startup = Startup(settings.kafka)
+        connecting = asyncio.create_task(startup.run(producer.start, start_relay, broker.start),
+                                         name=f"{spec.name}-kafka-start")
         watchers.append(asyncio.create_task(outages.watch(runtime.dependencies()), name=f"{spec.name}-outages"))
         _tune_gc(settings.gc_young_threshold)
         gc_timer = _gc_timer(runtime.metrics, spec.name)
@@ -287,12 +300,13 @@ def build_app(spec: ServiceSpec) -> FastAPI:
         finally:
             gc.callbacks.remove(gc_timer)
             await asyncio.gather(*(runtime.jobs[name].stop(task) for name, task in jobs.items()))
-            await broker.stop()
-            for task in [relay_task, *watchers]:
+            for task in [connecting, *relay_tasks, *watchers]:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await producer.stop()
+            with contextlib.suppress(Exception) if not startup.done else contextlib.nullcontext():
+                await broker.stop()  # a client that never started may fail to stop: nothing is lost then
+                await producer.stop()
             await runtime.engine.dispose()
 
     # Swagger UI and ReDoc from the package's own files (fastapi-offline): the docs work without the internet.

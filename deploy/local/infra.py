@@ -103,6 +103,11 @@ class Kafka:
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    # More of server.properties, after the defaults (a later key wins): another listener, TLS, SASL (the clusters
+    # test adds a SASL_SSL one). `scram_users` are created when the storage is formatted, e.g.
+    # "SCRAM-SHA-512=[name=jifen,password=...]".
+    extra_config: str = ""
+    scram_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.resolve()
@@ -163,7 +168,7 @@ log.retention.hours=168
 log.segment.bytes=134217728
 num.network.threads=2
 num.io.threads=4
-""")
+{self.extra_config}""")
         (self.home / "log4j.properties").write_text("""\
 log4j.rootLogger=WARN, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
@@ -177,7 +182,8 @@ log4j.logger.kafka.server.KafkaRaftServer=INFO
                 self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True, text=True,
                 check=True).stdout.strip()
             result = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                           *(arg for user in self.scram_users for arg in ("--add-scram", user))),
                 capture_output=True, text=True)
             if result.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
@@ -297,6 +303,10 @@ class Postgres:
     user: str = "jifen"
     password: str = "jifen"
     database: str = "jifen"
+    # More server options (`-c ssl=on -c ssl_cert_file=...`) and, when given, the whole pg_hba.conf (written
+    # once, after initdb): the clusters test runs a server that takes TLS connections only.
+    extra_options: str = ""
+    hba: str | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.resolve()
@@ -356,10 +366,12 @@ class Postgres:
             if result.returncode != 0:
                 raise StackError(f"initdb failed (is {self.run_dir} reachable by the postgres user?):\n"
                                  f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
+            if self.hba is not None:
+                (self.data_dir / "pg_hba.conf").write_text(self.hba)
         options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.socket_dir} -c max_connections=200 "
                    "-c shared_buffers=256MB -c wal_buffers=16MB -c max_wal_size=2GB "
-                   "-c checkpoint_timeout=15min -c log_min_messages=warning")
+                   f"-c checkpoint_timeout=15min -c log_min_messages=warning {self.extra_options}")
         result = subprocess.run(self._as_postgres(
             [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options,
              "-w", "-t", str(int(timeout)), "start"]), capture_output=True, text=True)
