@@ -142,6 +142,17 @@ def is_referral_credit(key: str) -> bool:
     return key.startswith("referral:")
 
 
+def referral_outcome_event(referral_id: str, announced: int) -> str:
+    """The id of a referral's n-th outcome event: the same outcome announced again is the same event."""
+    return f"{referral_id}:{announced}"
+
+
+def referral_lock(schema: str, program_id: str) -> str:
+    """The name of the advisory lock (`shared.db.advisory_key`) that serialises judging one programme's referrals
+    in one schema, across processes."""
+    return f"referral:{schema}:{program_id}"
+
+
 # --- tiers -------------------------------------------------------------------------------------------------------
 
 
