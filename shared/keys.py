@@ -10,7 +10,9 @@ why. The shapes are a protocol between services: a key built here is parsed here
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, get_args
 
 # What redemption asks the ledger, and about which of its objects (a redemption or a points payment).
@@ -120,6 +122,16 @@ def redemption_event(what: Literal["redemption-completed", "redemption-rejected"
     return f"{what}:{subject_id}"
 
 
+def refund_subject(payment_id: str, refund_id: str) -> str:
+    """The subject of the cause of what a refund gives back (`cause_of(source, refund_subject(...))`)."""
+    return f"{payment_id}|{refund_id}"
+
+
+def stock_addition(client_key: str | None) -> str:
+    """The key of an admin's stock addition: the request's `Idempotency-Key`, or a fresh one (a retry adds again)."""
+    return client_key or f"unkeyed:{secrets.token_hex(8)}"
+
+
 # --- referral ----------------------------------------------------------------------------------------------------
 
 
@@ -159,6 +171,11 @@ def referral_lock(schema: str, program_id: str) -> str:
 def tier_event(program_id: str, member_id: str, change_no: int) -> str:
     """The id of a member's n-th tier change: the same change announced again is the same event."""
     return f"tier:{program_id}:{member_id}:{change_no}"
+
+
+def tier_warning(program_id: str, member_id: str, period_end: datetime) -> str:
+    """The id of the warning before a review lowers a tier: once per member and tier period."""
+    return f"tier-expiring:{program_id}:{member_id}:{period_end.isoformat()}"
 
 
 Contribution = Literal["entry", "order", "refund"]
