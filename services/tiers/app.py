@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.tiers import domain, repository
-from services.tiers.domain import Member, TierRules, TiersProgramme
+from services.tiers.domain import Member
 from services.tiers.handlers import ProjectTiers, TiersMetrics, reach, review
+from services.tiers.programme import TierRules, TiersProgramme
 from services.tiers.settings import TiersSettings
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.members import MemberEnrolled, TierAssigned

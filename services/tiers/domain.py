@@ -1,5 +1,6 @@
-"""Tier rules: which level a member's qualifying metric supports, the windows it is measured over, when a tier is
-reviewed, and what a contribution, a reversal, a review or a manual assignment changes. Pure: no I/O, no clock.
+"""A member's tier, as a state machine: what a contribution, a reversal, a review or a manual assignment changes, and
+when a tier is reviewed. Pure: no I/O, no clock. (The `tiers` section it follows is programme.py's; the windows it
+measures over are windows.py's.)
 
 A member's metric is the sum of their contributions (an earn credit's points, a purchase's spend and count, less
 reversals and refunds, each attributed to the time of what it corrects) inside a window of the programme's time
@@ -14,87 +15,18 @@ times, not on when the job ran.
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from services.tiers.programme import Metric, TierRules
+from services.tiers.programme import TiersProgramme as TiersProgramme  # cli/programme.py still imports it from here
+from services.tiers.windows import TICK, Span, next_period, period_end, review_window, window
 
-from shared.programmes import ProgrammeVersion
-
-Metric = Literal["points_earned", "spend", "purchases"]
-TICK = timedelta(microseconds=1)  # rolling windows hold their end and not their start
 Reason = Literal["upgrade", "downgrade", "manual", "expired_manual"]
-
-
-class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Level(Rule):
-    tier: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    threshold: Decimal = Field(ge=0)
-    earn_multiplier: Decimal = Field(default=Decimal(1), ge=1, le=100)
-    benefits: list[str] = Field(default_factory=list)
-    grace_days: int = Field(default=0, ge=0, le=365)  # after a failed review, before the drop
-
-
-class Window(Rule):
-    kind: Literal["rolling", "calendar_year", "anniversary"]
-    months: int = Field(default=12, ge=1, le=60)  # rolling only
-
-
-class Manual(Rule):
-    """Who may set a tier by hand (`jifen.tier.assigned.v1`): exact CloudEvents sources."""
-
-    sources: frozenset[str] = Field(min_length=1)
-
-
-class TierRules(Rule):
-    metric: Metric
-    window: Window
-    downgrade: Literal["to_qualifying", "one_step"] = "to_qualifying"
-    warn_days: int = Field(default=30, ge=0, le=365)
-    levels: list[Level] = Field(min_length=1)
-    manual: Manual | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TierRules:
-        if self.levels[0].threshold != 0:
-            raise ValueError("the first level is where every member starts: its threshold must be 0")
-        names = [level.tier for level in self.levels]
-        if len(set(names)) != len(names):
-            raise ValueError("tier names must be unique")
-        for lower, higher in zip(self.levels, self.levels[1:], strict=False):
-            if higher.threshold <= lower.threshold:
-                raise ValueError(f"thresholds must rise: {higher.tier} ({higher.threshold}) is not above "
-                                 f"{lower.tier} ({lower.threshold})")
-        return self
-
-    @property
-    def base(self) -> Level:
-        return self.levels[0]
-
-    def index(self, tier: str) -> int:
-        """A level's rank; a tier the version in force no longer has ranks as the lowest."""
-        return next((i for i, level in enumerate(self.levels) if level.tier == tier), 0)
-
-    def level(self, tier: str) -> Level:
-        return self.levels[self.index(tier)]
-
-    def supported(self, value: Decimal) -> Level:
-        """The highest level whose threshold the metric reaches."""
-        return [level for level in self.levels if level.threshold <= value][-1]
-
-
-class TiersProgramme(ProgrammeVersion):
-    """One version of a programme as the tiers service reads it: the header and the `tiers` section."""
-
-    tiers: TierRules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +45,6 @@ class Contribution:
         return self.spend if metric == "spend" else Decimal(self.purchases)
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A window: from `start` (included) to `end` (excluded)."""
-
-    start: datetime
-    end: datetime
-
-    def holds(self, at: datetime) -> bool:
-        return self.start <= at < self.end
-
-
 def metric(contributions: Iterable[Contribution], span: Span, which: Metric) -> Decimal:
     start, end = span.start, span.end
     if which == "spend":
@@ -131,84 +52,6 @@ def metric(contributions: Iterable[Contribution], span: Span, which: Metric) -> 
     counted = (c.points if which == "points_earned" else c.purchases
                for c in contributions if start <= c.occurred_at < end)
     return Decimal(sum(counted))  # whole numbers: summed as ints, made a Decimal once
-
-
-# --- windows --------------------------------------------------------------------------------------------
-
-def add_months(at: datetime, months: int, zone: ZoneInfo) -> datetime:
-    """`at` moved by whole months in local time, the day clamped to the month's last (31 Jan + 1 = 28/29 Feb)."""
-    local = at.astimezone(zone)
-    month = local.month - 1 + months
-    year, month = local.year + month // 12, month % 12 + 1
-    day = min(local.day, calendar.monthrange(year, month)[1])
-    return local.replace(year=year, month=month, day=day).astimezone(UTC)
-
-
-def _new_year(year: int, zone: ZoneInfo) -> datetime:
-    return datetime.combine(datetime(year, 1, 1).date(), time.min, tzinfo=zone).astimezone(UTC)
-
-
-def _anniversary(anchor: datetime, years: int, zone: ZoneInfo) -> datetime:
-    return add_months(anchor, 12 * years, zone)
-
-
-def _anniversaries_around(anchor: datetime, at: datetime, zone: ZoneInfo) -> tuple[int, datetime, datetime]:
-    """k, A_k, A_{k+1}: the anniversary year of `anchor` that holds `at` (k may be negative before enrolment)."""
-    years = at.astimezone(zone).year - anchor.astimezone(zone).year
-    k = years - 1
-    while _anniversary(anchor, k + 1, zone) <= at:
-        k += 1
-    while _anniversary(anchor, k, zone) > at:
-        k -= 1
-    return k, _anniversary(anchor, k, zone), _anniversary(anchor, k + 1, zone)
-
-
-def window(rules: TierRules, zone: ZoneInfo, at: datetime, anchor: datetime | None) -> Span:
-    """The window a member is measured over at `at`: rolling back from it (it included), or the year holding it."""
-    kind = rules.window.kind
-    if kind == "rolling":
-        # The last N months up to `at` included: what was earned exactly N months before has left it.
-        return Span(add_months(at, -rules.window.months, zone) + TICK, at + TICK)
-    if kind == "calendar_year":
-        year = at.astimezone(zone).year
-        return Span(_new_year(year, zone), _new_year(year + 1, zone))
-    _, start, end = _anniversaries_around(anchor or at, at, zone)
-    return Span(start, end)
-
-
-def period_end(rules: TierRules, zone: ZoneInfo, at: datetime, anchor: datetime | None) -> datetime:
-    """When a tier reached at `at` is next reviewed: the end of the next full window (the calendar year after this
-    one, the anniversary year after this one, or N months on for a rolling window)."""
-    kind = rules.window.kind
-    if kind == "rolling":
-        return add_months(at, rules.window.months, zone)
-    if kind == "calendar_year":
-        return _new_year(at.astimezone(zone).year + 2, zone)
-    base = anchor or at
-    k, _, _ = _anniversaries_around(base, at, zone)
-    return _anniversary(base, k + 2, zone)
-
-
-def next_period(rules: TierRules, zone: ZoneInfo, valid_until: datetime, anchor: datetime | None) -> datetime:
-    """The end of the tier period after the one ending at `valid_until`."""
-    if rules.window.kind == "rolling":
-        return add_months(valid_until, rules.window.months, zone)
-    if rules.window.kind == "calendar_year":
-        return _new_year(valid_until.astimezone(zone).year + 1, zone)
-    base = anchor or valid_until
-    k, _, _ = _anniversaries_around(base, valid_until, zone)
-    return _anniversary(base, k + 1, zone)
-
-
-def review_window(rules: TierRules, zone: ZoneInfo, valid_until: datetime, anchor: datetime | None) -> Span:
-    """The full window that ends at a tier period's end: what a review judges."""
-    if rules.window.kind == "rolling":
-        return Span(add_months(valid_until, -rules.window.months, zone) + TICK, valid_until + TICK)
-    if rules.window.kind == "calendar_year":
-        return Span(_new_year(valid_until.astimezone(zone).year - 1, zone), valid_until)
-    base = anchor or valid_until
-    k, start, _ = _anniversaries_around(base, valid_until - timedelta(microseconds=1), zone)
-    return Span(start, _anniversary(base, k + 1, zone))
 
 
 # --- a member's tier --------------------------------------------------------------------------------------

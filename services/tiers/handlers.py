@@ -12,7 +12,8 @@ from typing import cast
 from prometheus_client import CollectorRegistry
 
 from services.tiers import domain, repository
-from services.tiers.domain import Change, Contribution, Expiring, Member, TierRules, TiersProgramme
+from services.tiers.domain import Change, Contribution, Expiring, Member
+from services.tiers.programme import TierRules, TiersProgramme
 from services.tiers.repository import MemberKey, NewContribution, Stored
 from shared.consumer import Retryable
 from shared.contracts.base import Contract

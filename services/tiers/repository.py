@@ -11,7 +11,8 @@ from decimal import Decimal
 import asyncpg
 import orjson
 
-from services.tiers.domain import Before, Change, Contribution, Member, Span
+from services.tiers.domain import Before, Change, Contribution, Member
+from services.tiers.windows import Span
 
 MemberKey = tuple[str, str]  # (program_id, member_id)
 

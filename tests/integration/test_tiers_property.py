@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from services.tiers import domain
 from services.tiers.app import spec as tiers_spec
-from services.tiers.domain import Contribution, Member, TiersProgramme
+from services.tiers.domain import Contribution, Member
+from services.tiers.programme import TiersProgramme
 from shared.contracts import topics
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.tiers import TierChanged

@@ -16,7 +16,7 @@ import pytest
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
 from services.tiers.app import spec as tiers_spec
-from services.tiers.domain import add_months
+from services.tiers.windows import add_months
 from shared.contracts import topics
 from shared.contracts.members import TierAssigned
 from shared.contracts.purchases import PurchaseRefunded

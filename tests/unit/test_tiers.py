@@ -12,8 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from services.tiers import domain
-from services.tiers.domain import Contribution, Member, TierRules, TiersProgramme
+from services.tiers import domain, windows
+from services.tiers.domain import Contribution, Member
+from services.tiers.programme import TierRules, TiersProgramme
 from shared.programmes import Catalogue
 from shared.settings import Settings
 
@@ -199,7 +200,7 @@ def test_anniversary_years_count_from_enrolment() -> None:
     domain.enrol(m, datetime(2025, 7, 15, tzinfo=UTC))
     earn(m, r, 1000, datetime(2026, 8, 1, tzinfo=UTC))  # in the year from 2026-07-15
     assert m.valid_until == datetime(2028, 7, 15, tzinfo=UTC)  # the end of the next anniversary year
-    span = domain.review_window(r, UTC_ZONE, datetime(2028, 7, 15, tzinfo=UTC), m.anchor)
+    span = windows.review_window(r, UTC_ZONE, datetime(2028, 7, 15, tzinfo=UTC), m.anchor)
     assert (span.start, span.end) == (datetime(2027, 7, 15, tzinfo=UTC), datetime(2028, 7, 15, tzinfo=UTC))
 
 
