@@ -6,7 +6,8 @@ Every record a service refuses goes to `<topic>.dlq` unchanged, with headers say
 fixed (by reason, offset range or CloudEvents id; `--dry-run` says what it would send). A replayed record keeps
 its key, value and headers, less the `jifen-dlq-*` ones, plus `jifen-replayed-from`: the services judge it again
 (a refused event is not remembered by an inbox, so it is not taken for a duplicate). Each service that reads a topic
-refuses a bad record on its own, so the `.dlq` topic may hold several copies of it; one goes back.
+refuses a bad record on its own, so the `.dlq` topic may hold several copies of it: `list` counts records (copies
+grouped by the place they came from) with the services that refused each, and one copy goes back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -78,6 +80,63 @@ class Dead:
     @property
     def place(self) -> str:
         return f"{self.record.partition}:{self.record.offset}"
+
+    @property
+    def origin(self) -> tuple[str, int, int]:
+        """Where the refused record came from (its source topic, partition and offset): the same for every copy."""
+        h = self.headers
+        try:
+            return h["jifen-dlq-source-topic"], int(h["jifen-dlq-source-partition"]), int(h["jifen-dlq-source-offset"])
+        except (KeyError, ValueError):  # not written by a Jifen service: a record of its own
+            return f"?{self.record.topic}", self.record.partition, self.record.offset
+
+    @property
+    def service(self) -> str:
+        return self.headers.get("jifen-dlq-service", "?")
+
+    @property
+    def at(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.headers["jifen-dlq-at"])
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass
+class Refused:
+    """One refused record and its copies in the `.dlq` topic, one per service that refused it."""
+
+    origin: tuple[str, int, int]
+    copies: list[Dead] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return " / ".join(sorted({c.reason for c in self.copies}))
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(sorted({c.service for c in self.copies}))
+
+    @property
+    def first_copy(self) -> Dead:
+        return min(self.copies, key=lambda c: (c.record.partition, c.record.offset))
+
+    @property
+    def at(self) -> datetime | None:
+        return min((c.at for c in self.copies if c.at is not None), default=None)
+
+
+def refused_records(copies: list[Dead]) -> list[Refused]:
+    """The copies grouped by the record they came from, in the order of their source (partition, offset)."""
+    found: dict[tuple[str, int, int], Refused] = {}
+    for dead in copies:
+        found.setdefault(dead.origin, Refused(dead.origin)).copies.append(dead)
+    return [found[origin] for origin in sorted(found)]
+
+
+async def refused_in(bootstrap: Cluster | str, dlq_topic: str) -> list[Refused]:
+    """Every record refused into a dead-letter topic (LookupError when there is no such topic)."""
+    return refused_records([dead async for dead in dead_letters(bootstrap, dlq_topic)])
 
 
 async def dead_letters(bootstrap: Cluster | str, dlq_topic: str) -> AsyncIterator[Dead]:
@@ -143,27 +202,36 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _list(settings: Settings, only: str | None) -> int:
     wanted = [_source(only)] if only else [c.topic for c in topics.CHANNELS]
-    total = 0
+    total = copies = 0
     for topic in wanted:
         name = settings.topic(topics.dlq(topic))
-        reasons: Counter[tuple[str, str]] = Counter()
-        first: dict[tuple[str, str], str] = {}
         try:
-            async for dead in dead_letters(settings.kafka, name):
-                key = (dead.reason, dead.headers.get("jifen-dlq-service", "?"))
-                reasons[key] += 1
-                first.setdefault(key, dead.place)
+            records = await refused_in(settings.kafka, name)
         except LookupError:
             print(f"· {name}: no such topic")
             continue
-        count = sum(reasons.values())
-        total += count
-        print(f"{'✘' if count else '✔'} {name}: {count:,} record{'s' if count != 1 else ''}")
-        for (reason, service), n in sorted(reasons.items(), key=lambda item: -item[1]):
-            print(f"    {n:>8,}  {reason:<24} by {service:<10} first at {first[(reason, service)]}")
-    print(f"\n{total:,} dead letters; `jifen dlq show TOPIC PARTITION:OFFSET` shows one, `jifen dlq replay TOPIC "
-          "--reason R --dry-run` what a replay would send")
+        count, copied = len(records), sum(len(r.copies) for r in records)
+        total, copies = total + count, copies + copied
+        extra = f" ({copied:,} copies: each service that reads the topic refuses on its own)" if copied != count else ""
+        print(f"{'✘' if count else '✔'} {name}: {count:,} record{'s' if count != 1 else ''}{extra}")
+        for line in summary_lines(records):
+            print(line)
+    print(f"\n{total:,} records dead-lettered ({copies:,} copies); `jifen dlq show TOPIC PARTITION:OFFSET` shows one, "
+          "`jifen dlq replay TOPIC --reason R --dry-run` what a replay would send")
     return 0
+
+
+def summary_lines(records: list[Refused]) -> list[str]:
+    """Records by reason and the services that refused them, most first, then by name: the same order every run.
+    `first at` is the first copy of the earliest record (its place in the `.dlq` topic, for `jifen dlq show`)."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Refused]] = {}
+    for record in records:
+        groups.setdefault((record.reason, record.services), []).append(record)
+    lines = []
+    for (reason, services), found in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        first = found[0].first_copy  # records come in the order of their source
+        lines.append(f"    {len(found):>8,}  {reason:<24} by {', '.join(services):<36} first at {first.place}")
+    return lines
 
 
 async def _show(settings: Settings, topic: str, where: str) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from cli.dlq import Refused, refused_in
 from cli.points import request_json
 from deploy.local.stack import SERVICES, Stack
 from services.ledger.verify import verify
@@ -37,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("simulate", help="publish a simulated store feed and summarise what it became")
     sim.add_argument("--count", type=int, default=2000, help="purchases to send (default 2000)")
     sim.add_argument("--rate", type=float, default=1000.0, help="messages per second (default 1000; 0 = flat out)")
-    sim.add_argument("--members", type=int, default=300)
-    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--members", type=int, default=300,
+                     help="distinct members buying, besides the regulars with big baskets (default 300)")
+    sim.add_argument("--seed", type=int, default=7,
+                     help="seed of the simulated feed: the same seed sends the same baskets (default 7)")
     sim.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every purchase to settle")
 
 
@@ -75,6 +78,7 @@ async def simulate(args: argparse.Namespace) -> int:
     feed = build_feed(args.count, run_id=run_id, now=datetime.now(UTC), members=args.members, seed=args.seed,
                       vips=VIPS)
     before = scrape(port("earn"))
+    started = datetime.now(UTC)
     kinds = feed.kinds
     print(f"\nSimulating a store feed ({run_id}): {args.count:,} purchases by {args.members:,} members and "
           f"{VIPS} regulars with big baskets, {kinds['duplicate']} exact duplicates, "
@@ -116,10 +120,12 @@ async def simulate(args: argparse.Namespace) -> int:
     finally:
         await conn.close()
 
-    by_reason: Counter[str] = Counter()
-    for sample, value in dlq.items():
-        by_reason[_label(sample, "reason")] += int(value)
+    # Counted as `jifen dlq list` counts: records, not the copies each service that reads the topic makes.
+    refused = await _dead_lettered(settings, started, int(sum(dlq.values())), deadline)
+    by_reason = Counter(record.reason for record in refused)
+    by = sorted({service for record in refused for service in record.services})
     reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
+    dead = f"{len(refused):,} records" + (f" (refused by {', '.join(by)}; `jifen dlq list` shows them)" if by else "")
     ok = (credited["points"] == feed.expected_points and credited["entries"] == feed.expected_credits and report.ok
           and judged[1] and not redeemed.problems)
     checks = report.checked[0].split(":")[0] if report.checked else "nothing"
@@ -132,7 +138,7 @@ Summary {'✔' if ok else '✘'}
   tier bonus points    {credited['bonus']:,} (×1.25 silver, ×1.5 gold, ×2 diamond, once the tier is announced)
   members credited     {credited['members']:,}
   duplicates skipped   {int(duplicates):,}
-  sent to DLQ          {sum(by_reason.values()):,}{reasons}
+  sent to DLQ          {dead}{reasons}
   members per tier     {tiers}
   redemptions          {redeemed.line()}
                        {redeemed.points_redeemed:,} points redeemed, {redeemed.points_returned:,} returned by the cancel
@@ -204,6 +210,20 @@ async def _referrals(conn: asyncpg.Connection, settings: Settings, run_id: str, 
     return f"{line} (self-referrals refused; a refunded first order revoked)", True
 
 
+async def _dead_lettered(settings: Settings, since: datetime, earn_refused: int, deadline: float) -> list[Refused]:
+    """This run's records in the purchases' dead-letter topic, once every one earn refused is there (its outbox
+    relay sends them after the commit that counted them)."""
+    name = settings.topic(topics.dlq(topics.PURCHASES))
+    while True:
+        try:
+            found = [r for r in await refused_in(settings.kafka, name) if r.at is not None and r.at >= since]
+        except LookupError:
+            found = []
+        if len(found) >= earn_refused or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
 def _redemptions(api: Api | None, run_id: str) -> RedemptionRun:
     if api is None:
         run = RedemptionRun()
@@ -214,7 +234,3 @@ def _redemptions(api: Api | None, run_id: str) -> RedemptionRun:
 
 def _delta(before: dict[str, float], after: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix) and v - before.get(k, 0.0)}
-
-
-def _label(sample: str, label: str) -> str:
-    return sample.split(f'{label}="', 1)[1].split('"', 1)[0] if f'{label}="' in sample else "?"

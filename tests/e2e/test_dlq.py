@@ -75,3 +75,26 @@ async def test_the_dlq_tool_says_what_is_wrong_with_its_arguments(world: World) 
     assert code == 2 and "'jifen.nosuch' is not a Jifen topic" in err and "Traceback" not in err
     code, _, err = await jifen("dlq", "list", "--kafka-bootstrap", "127.0.0.1:1")
     assert code == 2 and "cannot reach Kafka" in err and "Traceback" not in err
+
+
+async def test_dlq_list_counts_records_not_copies_with_the_services_that_refused_each(world: World) -> None:
+    """earn and tiers both read jifen.purchases, and each dead-letters a bad record on its own: `jifen dlq list`
+    counts the records, names both services, and says the same every time it is run."""
+    earn = await world.service("earn").start().ready()
+    tiers = await world.service("tiers").start().ready()
+    bad = [(b"m1", b"\x00\xff{not json", []), (b"m2", b"not json either", []),
+           (b"m3", orjson.dumps({"member": "m3", "amount": 10}), STRUCTURED)]
+    await send(world.infra.bootstrap, world.topic(topics.PURCHASES), bad)
+    await read_all(world.infra.bootstrap, world.topic(topics.dlq(topics.PURCHASES)), expect=6)
+    where = ("--kafka-bootstrap", world.infra.bootstrap, "--topic-prefix", world.prefix)
+    code, out, err = await jifen("dlq", "list", "jifen.purchases", *where)
+    assert code == 0, err
+    assert "3 records (6 copies" in out, out
+    lines = [line.split() for line in out.splitlines() if " by " in line]
+    assert [(words[0], words[1]) for words in lines] == [("2", "unparseable"), ("1", "not_cloudevent")], out
+    assert all("earn," in words and "tiers" in words for words in lines), out
+    assert "3 records dead-lettered (6 copies)" in out
+    again = [await jifen("dlq", "list", "jifen.purchases", *where) for _ in range(2)]
+    assert all(result == (0, out, err) for result in again)  # a stable order and the same first place
+    for service in (earn, tiers):
+        assert service.get("/health/ready")[0] == 200
