@@ -167,6 +167,12 @@ def tier_warning(program_id: str, member_id: str, period_end: datetime) -> str:
     return f"tier-expiring:{program_id}:{member_id}:{period_end.isoformat()}"
 
 
+def tiers_projection_lock(schema: str) -> str:
+    """The name of the advisory lock (`shared.db.advisory_key`) of a schema's tier projection: held exclusively by
+    `jifen tiers rebuild`, shared by the live service's batches and review pages."""
+    return f"tiers-projection:{schema}"
+
+
 Contribution = Literal["entry", "order", "refund"]
 
 
