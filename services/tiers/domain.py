@@ -114,6 +114,27 @@ class Member:
         return self.valid_until + timedelta(days=rules.level(self.tier).grace_days)
 
 
+RECHECK = timedelta(days=1)  # a member inside the warning window is looked at again daily
+
+
+def reach(rules: TierRules) -> timedelta:
+    """How far back from a moment a change can look: a window, and a month to spare."""
+    months = rules.window.months if rules.window.kind == "rolling" else 12
+    return timedelta(days=31 * (months + 1))
+
+
+def wake_at(member: Member, rules: TierRules, now: datetime | None = None) -> datetime | None:
+    """When the review job must look at a member next: the start of the warning window while a warning may still
+    be due (then daily, from `now`, until the review), else the scheduled transition itself."""
+    due = member.due(rules)
+    if due is None:
+        return None
+    if member.manual or not rules.warn_days or member.warned_for == member.valid_until:
+        return due
+    warn = due - timedelta(days=rules.warn_days)
+    return warn if now is None or warn > now else min(due, now + RECHECK)
+
+
 def _set(member: Member, rules: TierRules, at: datetime, tier: str, reason: Reason, value: Decimal,
          valid_until: datetime | None, detail: str | None = None) -> Change:
     change = Change(at, tier, member.tier, reason, valid_until, value, detail)

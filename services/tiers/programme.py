@@ -3,12 +3,14 @@ review lowers a tier and who may set one by hand."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.programmes import ProgrammeVersion
+from shared.programmes import Catalogue, ProgrammeVersion
+from shared.refusal import Refusal
 
 Metric = Literal["points_earned", "spend", "purchases"]
 
@@ -78,3 +80,17 @@ class TiersProgramme(ProgrammeVersion):
 
     tiers: TierRules | None = None
 
+
+class NoTiers(Refusal):
+    """The programme in force has no `tiers` section: nothing of the service applies to it (404 at the HTTP edge)."""
+
+    def __init__(self, program_id: str) -> None:
+        super().__init__("no_tiers", f"programme {program_id!r} has no tiers")
+
+
+def in_force(catalogue: Catalogue[TiersProgramme], program_id: str, at: datetime) -> tuple[TiersProgramme, TierRules]:
+    """The version in effect at `at` and its tier rules; `UnknownProgram` without one, `NoTiers` without tiers."""
+    programme = catalogue.in_force(program_id, at)
+    if programme.tiers is None:
+        raise NoTiers(program_id)
+    return programme, programme.tiers

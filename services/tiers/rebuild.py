@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.tiers import app
-from services.tiers.handlers import ProjectTiers, lock_key, review
+from services.tiers.handlers import ProjectTiers
+from services.tiers.jobs import review
+from services.tiers.repository import lock_key
 from services.tiers.settings import TiersSettings
 from shared import db
 from shared.service import Runtime
@@ -44,14 +46,16 @@ async def rebuild(settings: TiersSettings, program_id: str, now: datetime,
                   progress: Callable[[str], None] = lambda _: None, batch_size: int = 2000) -> Rebuilt:
     started = time.monotonic()
     base = app.spec(settings, clock=lambda: now)
-    live = base.subscriptions[0].handlers
-    project = next(iter(live.values()))
+    live = base.subscriptions[0].handlers  # the kit keeps a subscription's handler by type
+    project = next(iter(live.values())) if isinstance(live, Mapping) else live
     assert isinstance(project, ProjectTiers)
     if program_id not in project.catalogue.versions:
         raise RebuildError(f"no programme {program_id!r} in {settings.programmes_dir}")
+    # The live handler, reading one programme only, under the lock this rebuild holds, announcing nothing again;
+    # subscribed to the same types, with the same treatment of the others.
     replaying = replace(project, program=program_id, rebuilding=True)
     spec = replace(base, use_inbox=False, subscriptions=[
-        Subscription(dict.fromkeys(s.handlers, replaying), others=s.others) for s in base.subscriptions])
+        Subscription(replaying, types=s.types, others=s.others) for s in base.subscriptions])
     runtime = Runtime.of(spec)
     await runtime.open_storage()
     assert runtime.engine is not None

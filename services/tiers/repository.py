@@ -13,8 +13,20 @@ import orjson
 
 from services.tiers.domain import Before, Change, Contribution, Member
 from services.tiers.windows import Span
+from shared import keys
+from shared.db import advisory_key
 
 MemberKey = tuple[str, str]  # (program_id, member_id)
+
+
+def lock_key(schema: str) -> int:
+    """Held exclusively by `jifen tiers rebuild`, shared by every batch and review page of the live service."""
+    return advisory_key(keys.tiers_projection_lock(schema))
+
+
+async def share_projection(db: asyncpg.Connection, schema: str) -> bool:
+    """Take the projection's lock shared for this transaction; False while a rebuild holds it."""
+    return bool(await db.fetchval("SELECT pg_try_advisory_xact_lock_shared($1)", lock_key(schema)))
 
 
 @dataclass(frozen=True, slots=True)
