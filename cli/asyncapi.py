@@ -15,6 +15,14 @@ from shared.contracts import topics
 from shared.contracts.base import Channel, Contract
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "asyncapi.yaml"
+# Pydantic writes a constraint it cannot place on the type it emits (a decimal's bound, when the decimal is a string
+# or "number or string") in its own words; a JSON Schema validator ignores those, so each is said in JSON Schema's.
+PYDANTIC_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum",
+                   "multiple_of": "multipleOf"}
+PYDANTIC_ONLY = frozenset({*PYDANTIC_BOUNDS, "max_digits", "decimal_places", "allow_inf_nan", "strict"})
+# A decimal string at least 0 (money): digits, an optional point and exponent, no sign but a plus.
+NON_NEGATIVE_DECIMAL = r"^\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+NAMED = ("properties", "$defs", "definitions", "patternProperties")  # maps of names to schemas, not keywords
 DLQ_HEADERS = ("jifen-dlq-reason", "jifen-dlq-detail", "jifen-dlq-error-class", "jifen-dlq-source-topic",
                "jifen-dlq-source-partition", "jifen-dlq-source-offset", "jifen-dlq-service", "jifen-dlq-at")
 
@@ -86,8 +94,37 @@ def document() -> dict[str, Any]:
         "tags": [{"name": "loyalty"}, {"name": "points"}],
         "defaultContentType": "application/cloudevents+json",
         "channels": channels,
-        "components": {"messages": messages, "schemas": definitions["$defs"]},
+        "components": {"messages": messages, "schemas": json_schema(definitions["$defs"], named=True)},
     }
+
+
+def json_schema(node: Any, named: bool = False) -> Any:
+    """`node` (a schema pydantic made, or a map of names to schemas) with every pydantic-only keyword said in JSON
+    Schema's own; a constraint JSON Schema cannot say is an error here, not a silent hole in the document."""
+    if isinstance(node, list):
+        return [json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if named:
+        return {name: json_schema(schema) for name, schema in node.items()}
+    schema = {key: json_schema(value, named=key in NAMED) for key, value in node.items()}
+    bounds = {key: schema.pop(key) for key in list(schema) if key in PYDANTIC_BOUNDS}
+    if bounds:
+        for branch in schema.get("anyOf", [schema]):
+            _bound(branch, bounds)
+    left = PYDANTIC_ONLY & schema.keys()
+    if left:
+        raise ValueError(f"no JSON Schema for {sorted(left)} in {schema}")
+    return schema
+
+
+def _bound(schema: dict[str, Any], bounds: dict[str, Any]) -> None:
+    if schema.get("type") in ("number", "integer"):
+        schema.update({PYDANTIC_BOUNDS[key]: value for key, value in bounds.items()})
+    elif schema.get("type") == "string" and bounds == {"ge": 0} and "pattern" not in schema:
+        schema["pattern"] = NON_NEGATIVE_DECIMAL
+    else:
+        raise ValueError(f"no JSON Schema for the bounds {bounds} of {schema}")
 
 
 def dead_letter(topic: str) -> dict[str, Any]:

@@ -3,7 +3,13 @@ current."""
 
 from __future__ import annotations
 
-from cli.asyncapi import DOCUMENT, document, render
+from typing import Any
+
+import orjson
+import yaml
+from jsonschema import Draft202012Validator
+
+from cli.asyncapi import DOCUMENT, NAMED, PYDANTIC_ONLY, document, render
 from shared.contracts import topics
 
 
@@ -65,3 +71,42 @@ def test_the_public_contract_only_gained_fields_and_types() -> None:
                 "jifen.ledger.lot.expire.v1", "jifen.ledger.reverse.v1", "jifen.ledger.adjust.v1",
                 "jifen.ledger.transfer.v1"}
     assert commands <= now.keys()
+
+
+def test_the_schemas_are_json_schema_and_an_integrators_validator_enforces_them() -> None:
+    """Pydantic's own words (`ge`, `gt`, …) mean nothing to a JSON Schema validator: none may be left, and a
+    validator given the document refuses what Jifen refuses (a negative amount, as a string or a number)."""
+    doc = yaml.safe_load(DOCUMENT.read_text())
+    found: list[str] = []
+
+    def walk(node: Any, path: str, named: bool = False) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not named and key in PYDANTIC_ONLY:
+                    found.append(f"{path}.{key}")
+                walk(value, f"{path}.{key}", named=not named and key in NAMED)
+        elif isinstance(node, list):
+            for n, item in enumerate(node):
+                walk(item, f"{path}[{n}]")
+
+    walk(doc, "document")
+    assert found == []
+    schemas = doc["components"]["schemas"]
+
+    def validator(name: str) -> Draft202012Validator:
+        text = orjson.dumps({"$ref": f"#/$defs/{name}", "$defs": schemas}).decode()
+        schema = orjson.loads(text.replace("#/components/schemas/", "#/$defs/"))
+        Draft202012Validator.check_schema(schema)
+        return Draft202012Validator(schema)
+
+    purchase = validator("PurchaseCompleted")
+    good = {"member_id": "m1", "order_id": "o1", "channel": "pos", "currency": "CNY", "total": "12.50",
+            "lines": [{"sku": "a", "quantity": "1", "unit_price": "12.50", "total": "12.50"}]}
+    assert list(purchase.iter_errors(good)) == []
+    for total in ("-5.00", -5):
+        assert list(purchase.iter_errors({**good, "total": total})), total
+    # What Jifen sends: money is a decimal string, its bound said as a pattern.
+    used = validator("CouponUsed")
+    coupon = {**{key: "x" for key in schemas["CouponUsed"]["required"]}, "currency": "CNY", "value": "5.00"}
+    assert list(used.iter_errors(coupon)) == []
+    assert list(used.iter_errors({**coupon, "value": "-1"}))
