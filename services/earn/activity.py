@@ -149,6 +149,12 @@ def birthday_today(birthday: str, today: date) -> bool:
     return (today.month, today.day) == (month, day)
 
 
+def birthday_days(today: datetime) -> list[str]:
+    """The MM-DD birthdays due on `today`: 29 February birthdays are kept on 28 February in years without one."""
+    day = today.strftime("%m-%d")
+    return [day] + (["02-29"] if day == "02-28" and not calendar.isleap(today.year) else [])
+
+
 def birthday_pays(rule: Birthday, birthday: str, set_at: datetime, now: datetime, zone: ZoneInfo) -> bool:
     today = now.astimezone(zone).date()
     return birthday_today(birthday, today) and now - set_at >= timedelta(days=rule.min_days_since_set)

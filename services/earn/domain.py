@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.earn.activity import Activity, Budget, PointsCap
+from shared import keys
 from shared.contracts.ledger_commands import Cause, PostCredit
 from shared.contracts.purchases import PurchaseCompleted, PurchaseLine
 from shared.programmes import ProgrammeVersion
@@ -212,11 +213,6 @@ def purchase_refusal(programme: Programme, purchase: PurchaseCompleted) -> tuple
     return None
 
 
-def earn_key(event_id: str, rule_id: str) -> str:
-    """Derived from the cause, so a re-derived command is recognised by the ledger as the same one."""
-    return f"earn:{event_id}:{rule_id}"
-
-
 def purchase_points(rule: BaseRate, total: Decimal) -> int:
     """floor(total × rate): points are whole, and a fraction of a point is never credited."""
     return _floor(total * rule.points_per_unit)
@@ -331,7 +327,7 @@ def credits_from(programme: Programme, event_id: str, occurred_at: datetime, pur
     when_expires = expires_at(programme, occurred_at)
     lines = lines_of(purchase)
     return [PostCredit(
-        idempotency_key=earn_key(event_id, r.rule_id), program_id=programme.program_id,
+        idempotency_key=keys.earn_credit(event_id, r.rule_id), program_id=programme.program_id,
         member_id=purchase.member_id, amount=r.points, occurred_at=occurred_at, available_at=when_available,
         expires_at=when_expires,
         cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase"),

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
-
 from services.earn import repository
 from services.earn.activity import Award, award_refusal, checkin_awards, period_of, streak_length, task_award
 from services.earn.domain import (
     MemberTier,
     Programme,
     credits_from,
-    earn_key,
     expires_at,
     fired_rules,
     lines_of,
     purchase_refusal,
     tier_at,
 )
+from services.earn.metrics import EarnMetrics
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from services.earn.repository import BudgetKey, CapKey, NewOrder, TierHistory, Usage
+from shared import keys
 from shared.contracts.base import Contract
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, ReverseEntry
@@ -28,273 +27,30 @@ from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.contracts.tasks import PointsAwarded, TaskCompleted
 from shared.contracts.tiers import TierChanged
-from shared.metrics import counter
-from shared.programmes import Catalogue
-from shared.subscription import Inbound, Rejections
-from shared.uow import UnitOfWork
+from shared.programmes import Catalogue, UnknownProgram
+from shared.subscription import Batch, Handler, Inbound
 
-EARNING = (PurchaseCompleted, TaskCompleted, CheckinRecorded, PointsAwarded)  # events that may draw on limits
-# What earn handles: the inbound events that earn or take back points, and the tiers service's announcements.
+# What earn handles on the inbound topics: the events that earn or take back points (and, subscribed apart, the
+# tiers service's announcements).
 INBOUND = (PurchaseCompleted, PurchaseRefunded, CheckinRecorded, TaskCompleted, MemberEnrolled, PointsAwarded)
+Earning = PurchaseCompleted | TaskCompleted | CheckinRecorded | PointsAwarded  # events that may draw on limits
 
 
-class EarnMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.points = counter(registry, "earn", "jifen_earn_points", "Points requested from the ledger",
-                              ["program_id", "rule"])
-        self.skipped = counter(registry, "earn", "jifen_earn_skipped", "Events that earned nothing by a rule (a cap, "
-                               "a second check-in the same day)", ["program_id", "reason"])
+class Changes:
+    """A batch's state and what it changes: the orders recorded before and those it adds (written before any
+    refund reads), the members' tier histories, and the caps and budgets it draws on."""
 
-
-@dataclass
-class EarnFromEvents:
-    catalogue: Catalogue[Programme]
-    metrics: EarnMetrics
-
-    async def __call__(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections) -> None:
-        purchases = [i.data for i in items if isinstance(i.data, PurchaseCompleted)]
-        batch = Batch(uow, rejections,
-                      await repository.order_events(uow.db, [(p.program_id, p.order_id) for p in purchases]),
-                      await repository.tier_histories(uow.db, [(p.program_id, p.member_id) for p in purchases]))
-        await batch.usage.load(*self._limits_used(items))
-        # In order: a refund may follow its purchase within the batch.
-        for item in items:
-            if isinstance(item.data, PurchaseCompleted):
-                await self._purchase(item, item.data, batch)
-            elif isinstance(item.data, PurchaseRefunded):
-                await self._refund(item, item.data, batch)
-            elif isinstance(item.data, CheckinRecorded):
-                await self._checkin(item, item.data, batch)
-            elif isinstance(item.data, TaskCompleted):
-                await self._task(item, item.data, batch)
-            elif isinstance(item.data, MemberEnrolled):
-                await self._enrol(item, item.data, batch)
-            elif isinstance(item.data, PointsAwarded):
-                await self._manual(item, item.data, batch)
-            elif isinstance(item.data, TierChanged):
-                await self._tier(item, item.data, batch)
-        await batch.flush()
-
-    def _limits_used(self, items: list[Inbound[Contract]]) -> tuple[list[CapKey], list[BudgetKey]]:
-        """The caps and budgets the batch's events may draw on, to read them all in one go."""
-        caps: list[CapKey] = []
-        budgets: list[BudgetKey] = []
-        for item in items:
-            if not isinstance(item.data, EARNING):
-                continue
-            programme = self.catalogue.at(item.data.program_id, item.event.time)
-            if programme is None:
-                continue
-            caps += [(programme.program_id, item.data.member_id, cap.rule_id,
-                      period_of(cap.per, item.event.time, programme.zone)) for cap in programme.caps]
-            if programme.budget is not None:
-                budgets.append((programme.program_id, period_of(programme.budget.per, item.event.time, programme.zone)))
-        return caps, budgets
-
-    async def _tier(self, item: Inbound[Contract], change: TierChanged, batch: Batch) -> None:
-        # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
-        tier = MemberTier(change.tier, change.earn_multiplier)
-        await repository.add_tier(batch.uow.db, change.program_id, change.member_id, item.event.time,
-                                  item.event.event_id, tier)
-        history = batch.tiers.setdefault((change.program_id, change.member_id), [])
-        history.append((item.event.time, tier))
-        history.sort(key=lambda held: held[0])
-
-    async def _manual(self, item: Inbound[Contract], award: PointsAwarded, batch: Batch) -> None:
-        programme = self._programme(item, award.program_id, batch.rejections)
-        if programme is None:
-            return
-        rule = programme.activity.manual
-        if rule is None:
-            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} takes no manual awards")
-            return
-        refused = award_refusal(rule, item.event.source, award.points)
-        if refused is not None:
-            batch.rejections.reject(item, *refused)
-            return
-        paid_by = await repository.record_award(batch.uow.db, award, item.event.event_id, item.event.source,
-                                                item.event.time)
-        if paid_by == item.event.event_id:
-            return  # a replay that passed the inbox (it was cleared): its credit was sent before
-        if paid_by is not None:
-            batch.rejections.reject(item, "duplicate_award", f"award {award.award_id!r} was paid by event {paid_by!r}")
-            return
-        await self._award(item, programme, award.member_id, Award(rule.rule_id, award.points, award.reason),
-                          "manual", batch, {"award_id": award.award_id, "awarded_by": award.awarded_by,
-                                            "source": item.event.source})
-
-    async def _checkin(self, item: Inbound[Contract], checkin: CheckinRecorded, batch: Batch) -> None:
-        programme = self._programme(item, checkin.program_id, batch.rejections)
-        if programme is None:
-            return
-        rule = programme.activity.checkin
-        if rule is None:
-            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward check-ins")
-            return
-        lookback = max([366 if s.repeat else s.days for s in rule.streaks], default=0)
-        earlier = await repository.check_in(batch.uow.db, checkin.program_id, checkin.member_id, checkin.day,
-                                            item.event.event_id, lookback)
-        if earlier is None:
-            self.metrics.skipped.labels(programme.program_id, "already_checked_in").inc()
-            return  # once per member per day: the second check-in of a day earns nothing, and that is no error
-        streak = streak_length(checkin.day, earlier)
-        for award in checkin_awards(rule, streak):
-            await self._award(item, programme, checkin.member_id, award, "checkin", batch,
-                        {"day": checkin.day.isoformat(), "streak": streak})
-
-    async def _enrol(self, item: Inbound[Contract], member: MemberEnrolled, batch: Batch) -> None:
-        if self._programme(item, member.program_id, batch.rejections) is None:
-            return
-        await repository.enrol(batch.uow.db, member.program_id, member.member_id, member.birthday,
-                               member.enrolled_at or item.event.time, item.event.time)
-
-    async def _task(self, item: Inbound[Contract], task: TaskCompleted, batch: Batch) -> None:
-        programme = self._programme(item, task.program_id, batch.rejections)
-        if programme is None:
-            return
-        rule = next((t for t in programme.activity.tasks if t.task_type == task.task_type), None)
-        if rule is None:
-            batch.rejections.reject(item, "no_rule", f"programme {programme.program_id!r} has no rule for tasks "
-                                                     f"of type {task.task_type!r}")
-            return
-        award = task_award(rule, used=0)
-        if rule.cap is not None:
-            period = period_of(rule.cap.per, item.event.time, programme.zone)
-            if not await repository.use_rule(batch.uow.db, task.program_id, task.member_id, rule.rule_id, period,
-                                             rule.cap.count):
-                award = task_award(rule, used=rule.cap.count)
-                await repository.record_capped(batch.uow.db, task.program_id, task.member_id, rule.rule_id,
-                                               item.event.event_id, period, award.why, item.event.time)
-                self.metrics.skipped.labels(programme.program_id, "capped").inc()
-                return
-        await self._award(item, programme, task.member_id, award, "task", batch,
-                    {"task_id": task.task_id, "task_type": task.task_type})
-
-    async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound[Contract],
-                     batch: Batch) -> PostCredit | None:
-        """The credit as the programme's caps and budget let it through: cut (saying what and why), or None."""
-        wanted, amount, cuts = credit.amount, credit.amount, []
-        for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
-            period = period_of(cap.per, item.event.time, programme.zone)
-            amount = await batch.usage.take_cap((programme.program_id, credit.member_id, cap.rule_id, period), amount,
-                                                cap.points)
-            if amount < wanted:
-                cuts.append(f"{cap.points} points per member per {cap.per} from {cap.rule_id}")
-        if programme.budget is not None and amount > 0:
-            period = period_of(programme.budget.per, item.event.time, programme.zone)
-            before = amount
-            amount = await batch.usage.take_budget((programme.program_id, period), amount, programme.budget.points)
-            if amount < before:
-                cuts.append(f"the programme's budget of {programme.budget.points} points per {programme.budget.per}")
-        if amount == wanted:
-            return credit
-        self.metrics.skipped.labels(programme.program_id, "capped").inc()
-        if amount == 0:
-            return None
-        details = {**(credit.details or {}), "capped": {"wanted": wanted, "granted": amount, "why": cuts}}
-        return credit.model_copy(update={"amount": amount, "details": details})
-
-    async def _award(self, item: Inbound[Contract], programme: Programme, member_id: str, award: Award, reason: str,
-                     batch: Batch, details: dict[str, object]) -> None:
-        credit = PostCredit(
-            idempotency_key=earn_key(item.event.event_id, award.rule_id), program_id=programme.program_id,
-            member_id=member_id, amount=award.points, occurred_at=item.event.time, available_at=item.event.time,
-            expires_at=expires_at(programme, item.event.time),
-            cause=Cause(source_event_id=item.event.event_id, rule_id=award.rule_id, rule_version=programme.version,
-                        reason=reason),
-            details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
-        limited = await self._limit(programme, credit, item, batch)
-        if limited is not None:
-            self._send(limited, item, batch)
-
-    async def _purchase(self, item: Inbound[Contract], purchase: PurchaseCompleted, batch: Batch) -> None:
-        # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
-        programme = self._programme(item, purchase.program_id, batch.rejections)
-        if programme is None:
-            return
-        refused = purchase_refusal(programme, purchase)
-        if refused is not None:
-            batch.rejections.reject(item, *refused)
-            return
-        key = (purchase.program_id, purchase.order_id)
-        if key in batch.recorded and batch.recorded[key] != item.event.event_id:
-            # Another event for an order already credited (a till resending with a new id): crediting it would
-            # count the order twice.
-            batch.rejections.reject(item, "duplicate_order", f"order {purchase.order_id!r} was credited by event "
-                                                             f"{batch.recorded[key]!r}")
-            return
-        if key in batch.recorded:
-            return  # a replay that passed the inbox (it was cleared): its credits were sent before
-        # The tier the member held when the purchase happened, as announced by the tiers service (None: none yet).
-        tier = tier_at(batch.tiers.get((purchase.program_id, purchase.member_id), ()), item.event.time)
-        fired = fired_rules(programme, item.event.time, purchase, tier)
-        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier)
-        limited = [await self._limit(programme, credit, item, batch) for credit in credits]
-        earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines)
-                  for r, c in zip(fired, limited, strict=True) if c is not None]
-        credits = [c for c in limited if c is not None]
-        order = Order(purchase.order_id, purchase.member_id, purchase.total,
-                      [(line.sku, line.total) for line in lines_of(purchase)], earned)
-        batch.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))
-        for credit in credits:
-            self._send(credit, item, batch)
-
-    async def _refund(self, item: Inbound[Contract], refund: PurchaseRefunded, batch: Batch) -> None:
-        if self._programme(item, refund.program_id, batch.rejections) is None:
-            return
-        found = await batch.order(refund.program_id, refund.order_id)
-        if found is None:
-            batch.rejections.reject(item, "unknown_order", f"no order {refund.order_id!r} in programme "
-                                                           f"{refund.program_id!r} earned points here")
-            return
-        order, earlier = found
-        if refund.member_id != order.member_id:
-            batch.rejections.reject(item, "member_mismatch", f"order {order.order_id!r} belongs to another member")
-            return
-        try:
-            back = points_to_take_back(order, earlier, refund)
-        except RefundRefused as refused:
-            batch.rejections.reject(item, refused.reason, refused.detail)
-            return
-        keys = {e.rule_id: e.credit_key for e in order.earned}
-        for rule_id, points in back.items():
-            cmd = ReverseEntry(
-                idempotency_key=f"refund:{item.event.event_id}:{rule_id}", program_id=refund.program_id,
-                member_id=order.member_id, entry_key=keys[rule_id], amount=points, occurred_at=item.event.time,
-                cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund"),
-                details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
-            self._emit(cmd, item, batch)
-        earlier.append(refund)
-        await repository.add_refund(batch.uow.db, refund.program_id, refund, item.event.event_id, back,
-                                    item.event.time)
-
-    def _programme(self, item: Inbound[Contract], program_id: str, rejections: Rejections) -> Programme | None:
-        programme = self.catalogue.at(program_id, item.event.time)
-        if programme is None:
-            rejections.reject(item, "unknown_program", self.catalogue.why_not(program_id, item.event.time))
-        return programme
-
-    def _send(self, credit: PostCredit, item: Inbound[Contract], batch: Batch) -> None:
-        self._emit(credit, item, batch)
-        self.metrics.points.labels(credit.program_id, credit.cause.rule_id or "").inc(credit.amount)
-
-    @staticmethod
-    def _emit(cmd: LedgerCommand, item: Inbound[Contract], batch: Batch) -> None:
-        batch.uow.emit(cmd, at=item.event.time, subject=cmd.member_id)
-
-
-class Batch:
-    """A batch's view of orders: those recorded before, and those it adds (written before any refund reads)."""
-
-    def __init__(self, uow: UnitOfWork, rejections: Rejections, recorded: dict[tuple[str, str], str],
-                 tiers: TierHistory) -> None:
-        self.uow = uow
-        self.rejections = rejections
+    def __init__(self, batch: Batch, recorded: dict[tuple[str, str], str], tiers: TierHistory) -> None:
+        self.batch = batch
+        self.uow = batch.uow
         self.recorded = recorded
         self.tiers = tiers
-        self.usage = Usage(uow.db)
+        self.usage = Usage(batch.uow.db)
         self.new: list[NewOrder] = []
         self.orders: dict[tuple[str, str], tuple[Order, list[PurchaseRefunded]]] = {}
+
+    def reject(self, item: Inbound[Contract], reason: str, detail: str) -> None:
+        self.batch.reject(item, reason, detail)
 
     def add_order(self, new: NewOrder) -> None:
         self.new.append(new)
@@ -315,3 +71,240 @@ class Batch:
         await repository.add_orders(self.uow.db, self.new)
         self.new = []
         await self.usage.flush()
+
+
+@dataclass
+class EarnFromEvents(Handler[Changes]):
+    catalogue: Catalogue[Programme]
+    metrics: EarnMetrics
+
+    async def load(self, batch: Batch) -> Changes:
+        """What the batch's events need, read at once: the orders and tiers its purchases look up, and the caps
+        and budgets its earning events may draw on."""
+        purchases = [i.data for i in batch.of(PurchaseCompleted)]
+        changes = Changes(batch,
+                          await repository.order_events(batch.uow.db, [(p.program_id, p.order_id) for p in purchases]),
+                          await repository.tier_histories(batch.uow.db,
+                                                          [(p.program_id, p.member_id) for p in purchases]))
+        await changes.usage.load(*self._limits_used(batch))
+        return changes
+
+    async def store(self, changes: Changes) -> None:
+        await changes.flush()
+
+    def _limits_used(self, batch: Batch) -> tuple[list[CapKey], list[BudgetKey]]:
+        """The caps and budgets the batch's events may draw on, to read them all in one go (in any order: the
+        limits are locked in key order)."""
+        caps: list[CapKey] = []
+        budgets: list[BudgetKey] = []
+        earning: list[Inbound[Earning]] = [*batch.of(PurchaseCompleted), *batch.of(TaskCompleted),
+                                           *batch.of(CheckinRecorded), *batch.of(PointsAwarded)]
+        for item in earning:
+            programme = self.catalogue.at(item.data.program_id, item.event.time)
+            if programme is None:
+                continue
+            caps += [(programme.program_id, item.data.member_id, cap.rule_id,
+                      period_of(cap.per, item.event.time, programme.zone)) for cap in programme.caps]
+            if programme.budget is not None:
+                budgets.append((programme.program_id, period_of(programme.budget.per, item.event.time, programme.zone)))
+        return caps, budgets
+
+    async def tier(self, item: Inbound[TierChanged], changes: Changes) -> None:
+        # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
+        change = item.data
+        tier = MemberTier(change.tier, change.earn_multiplier)
+        await repository.add_tier(changes.uow.db, change.program_id, change.member_id, item.event.time,
+                                  item.event.event_id, tier)
+        history = changes.tiers.setdefault((change.program_id, change.member_id), [])
+        history.append((item.event.time, tier))
+        history.sort(key=lambda held: held[0])
+
+    async def manual(self, item: Inbound[PointsAwarded], changes: Changes) -> None:
+        award = item.data
+        programme = self._programme(item, award.program_id, changes)
+        if programme is None:
+            return
+        rule = programme.activity.manual
+        if rule is None:
+            changes.reject(item, "no_rule", f"programme {programme.program_id!r} takes no manual awards")
+            return
+        refused = award_refusal(rule, item.event.source, award.points)
+        if refused is not None:
+            changes.reject(item, *refused)
+            return
+        paid_by = await repository.record_award(changes.uow.db, award, item.event.event_id, item.event.source,
+                                                item.event.time)
+        if paid_by == item.event.event_id:
+            return  # a replay that passed the inbox (it was cleared): its credit was sent before
+        if paid_by is not None:
+            changes.reject(item, "duplicate_award", f"award {award.award_id!r} was paid by event {paid_by!r}")
+            return
+        await self._award(item, programme, award.member_id, Award(rule.rule_id, award.points, award.reason),
+                          "manual", changes, {"award_id": award.award_id, "awarded_by": award.awarded_by,
+                                              "source": item.event.source})
+
+    async def checkin(self, item: Inbound[CheckinRecorded], changes: Changes) -> None:
+        checkin = item.data
+        programme = self._programme(item, checkin.program_id, changes)
+        if programme is None:
+            return
+        rule = programme.activity.checkin
+        if rule is None:
+            changes.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward check-ins")
+            return
+        lookback = max([366 if s.repeat else s.days for s in rule.streaks], default=0)
+        earlier = await repository.check_in(changes.uow.db, checkin.program_id, checkin.member_id, checkin.day,
+                                            item.event.event_id, lookback)
+        if earlier is None:
+            self.metrics.skipped.labels(programme.program_id, "already_checked_in").inc()
+            return  # once per member per day: the second check-in of a day earns nothing, and that is no error
+        streak = streak_length(checkin.day, earlier)
+        for award in checkin_awards(rule, streak):
+            await self._award(item, programme, checkin.member_id, award, "checkin", changes,
+                              {"day": checkin.day.isoformat(), "streak": streak})
+
+    async def enrol(self, item: Inbound[MemberEnrolled], changes: Changes) -> None:
+        member = item.data
+        if self._programme(item, member.program_id, changes) is None:
+            return
+        await repository.enrol(changes.uow.db, member.program_id, member.member_id, member.birthday,
+                               member.enrolled_at or item.event.time, item.event.time)
+
+    async def task(self, item: Inbound[TaskCompleted], changes: Changes) -> None:
+        task = item.data
+        programme = self._programme(item, task.program_id, changes)
+        if programme is None:
+            return
+        rule = next((t for t in programme.activity.tasks if t.task_type == task.task_type), None)
+        if rule is None:
+            changes.reject(item, "no_rule", f"programme {programme.program_id!r} has no rule for tasks "
+                                            f"of type {task.task_type!r}")
+            return
+        award = task_award(rule, used=0)
+        if rule.cap is not None:
+            period = period_of(rule.cap.per, item.event.time, programme.zone)
+            if not await repository.use_rule(changes.uow.db, task.program_id, task.member_id, rule.rule_id, period,
+                                             rule.cap.count):
+                award = task_award(rule, used=rule.cap.count)
+                await repository.record_capped(changes.uow.db, task.program_id, task.member_id, rule.rule_id,
+                                               item.event.event_id, period, award.why, item.event.time)
+                self.metrics.skipped.labels(programme.program_id, "capped").inc()
+                return
+        await self._award(item, programme, task.member_id, award, "task", changes,
+                          {"task_id": task.task_id, "task_type": task.task_type})
+
+    async def purchase(self, item: Inbound[PurchaseCompleted], changes: Changes) -> None:
+        # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
+        purchase = item.data
+        programme = self._programme(item, purchase.program_id, changes)
+        if programme is None:
+            return
+        refused = purchase_refusal(programme, purchase)
+        if refused is not None:
+            changes.reject(item, *refused)
+            return
+        key = (purchase.program_id, purchase.order_id)
+        if key in changes.recorded and changes.recorded[key] != item.event.event_id:
+            # Another event for an order already credited (a till resending with a new id): crediting it would
+            # count the order twice.
+            changes.reject(item, "duplicate_order", f"order {purchase.order_id!r} was credited by event "
+                                                    f"{changes.recorded[key]!r}")
+            return
+        if key in changes.recorded:
+            return  # a replay that passed the inbox (it was cleared): its credits were sent before
+        # The tier the member held when the purchase happened, as announced by the tiers service (None: none yet).
+        tier = tier_at(changes.tiers.get((purchase.program_id, purchase.member_id), ()), item.event.time)
+        fired = fired_rules(programme, item.event.time, purchase, tier)
+        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier)
+        limited = [await self._limit(programme, credit, item, changes) for credit in credits]
+        earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines)
+                  for r, c in zip(fired, limited, strict=True) if c is not None]
+        credits = [c for c in limited if c is not None]
+        order = Order(purchase.order_id, purchase.member_id, purchase.total,
+                      [(line.sku, line.total) for line in lines_of(purchase)], earned)
+        changes.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))
+        for credit in credits:
+            self._send(credit, item, changes)
+
+    async def refund(self, item: Inbound[PurchaseRefunded], changes: Changes) -> None:
+        refund = item.data
+        if self._programme(item, refund.program_id, changes) is None:
+            return
+        found = await changes.order(refund.program_id, refund.order_id)
+        if found is None:
+            changes.reject(item, "unknown_order", f"no order {refund.order_id!r} in programme "
+                                                  f"{refund.program_id!r} earned points here")
+            return
+        order, earlier = found
+        if refund.member_id != order.member_id:
+            changes.reject(item, "member_mismatch", f"order {order.order_id!r} belongs to another member")
+            return
+        try:
+            back = points_to_take_back(order, earlier, refund)
+        except RefundRefused as refused:
+            changes.reject(item, refused.reason, refused.detail)
+            return
+        credit_keys = {e.rule_id: e.credit_key for e in order.earned}
+        for rule_id, points in back.items():
+            cmd = ReverseEntry(
+                idempotency_key=keys.refund_reversal(item.event.event_id, rule_id), program_id=refund.program_id,
+                member_id=order.member_id, entry_key=credit_keys[rule_id], amount=points, occurred_at=item.event.time,
+                cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund"),
+                details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
+            self._emit(cmd, item, changes)
+        earlier.append(refund)
+        await repository.add_refund(changes.uow.db, refund.program_id, refund, item.event.event_id, back,
+                                    item.event.time)
+
+    async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound[Contract],
+                     changes: Changes) -> PostCredit | None:
+        """The credit as the programme's caps and budget let it through: cut (saying what and why), or None."""
+        wanted, amount, cuts = credit.amount, credit.amount, []
+        for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
+            period = period_of(cap.per, item.event.time, programme.zone)
+            amount = await changes.usage.take_cap((programme.program_id, credit.member_id, cap.rule_id, period),
+                                                  amount, cap.points)
+            if amount < wanted:
+                cuts.append(f"{cap.points} points per member per {cap.per} from {cap.rule_id}")
+        if programme.budget is not None and amount > 0:
+            period = period_of(programme.budget.per, item.event.time, programme.zone)
+            before = amount
+            amount = await changes.usage.take_budget((programme.program_id, period), amount, programme.budget.points)
+            if amount < before:
+                cuts.append(f"the programme's budget of {programme.budget.points} points per {programme.budget.per}")
+        if amount == wanted:
+            return credit
+        self.metrics.skipped.labels(programme.program_id, "capped").inc()
+        if amount == 0:
+            return None
+        details = {**(credit.details or {}), "capped": {"wanted": wanted, "granted": amount, "why": cuts}}
+        return credit.model_copy(update={"amount": amount, "details": details})
+
+    async def _award(self, item: Inbound[Contract], programme: Programme, member_id: str, award: Award, reason: str,
+                     changes: Changes, details: dict[str, object]) -> None:
+        credit = PostCredit(
+            idempotency_key=keys.earn_credit(item.event.event_id, award.rule_id), program_id=programme.program_id,
+            member_id=member_id, amount=award.points, occurred_at=item.event.time, available_at=item.event.time,
+            expires_at=expires_at(programme, item.event.time),
+            cause=Cause(source_event_id=item.event.event_id, rule_id=award.rule_id, rule_version=programme.version,
+                        reason=reason),
+            details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
+        limited = await self._limit(programme, credit, item, changes)
+        if limited is not None:
+            self._send(limited, item, changes)
+
+    def _programme(self, item: Inbound[Contract], program_id: str, changes: Changes) -> Programme | None:
+        """The version in force when the event happened; an unknown programme goes to the DLQ (None)."""
+        try:
+            return self.catalogue.in_force(program_id, item.event.time)
+        except UnknownProgram as unknown:
+            changes.reject(item, unknown.reason, unknown.detail)
+            return None
+
+    def _send(self, credit: PostCredit, item: Inbound[Contract], changes: Changes) -> None:
+        self._emit(credit, item, changes)
+        self.metrics.points.labels(credit.program_id, credit.cause.rule_id or "").inc(credit.amount)
+
+    @staticmethod
+    def _emit(cmd: LedgerCommand, item: Inbound[Contract], changes: Changes) -> None:
+        changes.uow.emit(cmd, at=item.event.time, subject=cmd.member_id)

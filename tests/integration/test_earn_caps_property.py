@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -31,17 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.earn.app import spec as earn_spec
-from services.earn.handlers import INBOUND
+from services.earn.handlers import INBOUND, Changes, EarnFromEvents
 from services.earn.settings import EarnSettings
-from shared import envelope
+from shared import envelope, keys
 from shared.contracts import topics
-from shared.contracts.base import Contract
 from shared.contracts.purchases import PurchaseCompleted
 from shared.outbox import decode_headers
 from shared.simulation import STRUCTURED, purchase_event
-from shared.subscription import Inbound, Rejections, Subscription
+from shared.subscription import Batch, Subscription
 from shared.testing import ServiceHarness
-from shared.uow import UnitOfWork
 from tests.support import Infra
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "earn" / "migrations"
@@ -87,7 +85,9 @@ class Sent:
 
     @property
     def event_id(self) -> str:
-        return f"{SOURCE}|{self.id}"
+        """The id earn knows the event by (its inbox's, its keys' cause), as the envelope reads it."""
+        record = self.record(0)
+        return envelope.parse(record.value, record.headers).event_id
 
     def record(self, offset: int) -> ConsumerRecord[bytes, bytes]:
         if self.order_id is None:
@@ -166,44 +166,57 @@ def expect(feed: list[Sent]) -> Expected:
                 spent[day] += granted
                 out.cut_by_budget |= granted < within_cap
             if granted > 0:
-                out.credits[f"earn:{sent.event_id}:{rule}"] = (sent.member, points, granted)
+                out.credits[keys.earn_credit(sent.event_id, rule)] = (sent.member, points, granted)
     return out
+
+
+@dataclass
+class CrashingEarn(EarnFromEvents):
+    """Earn's own handler, told when to crash: after it stored a batch and before the commit."""
+
+    crash_before_commit: bool = False
+    handled: set[str] = field(default_factory=set)  # event ids the handler saw in the current delivery
+
+    async def load(self, batch: Batch) -> Changes:
+        again = self.handled & {i.event.event_id for i in batch.items}
+        if again:
+            raise Retried(f"events handled twice in one delivery: {sorted(again)}")
+        self.handled |= {i.event.event_id for i in batch.items}
+        return await super().load(batch)
+
+    async def store(self, changes: Changes) -> None:
+        await super().store(changes)
+        if self.crash_before_commit:
+            self.crash_before_commit = False
+            raise Crash  # the batch's effects are written in the transaction, not committed
 
 
 class Earn:
     """Earn as a service (ServiceHarness: its real consumer and handler, from its own spec) over one database, as
     one process: a restart is a new `Earn`, so what was used of a cap or the budget can survive only in the
-    database. Its handler is earn's own, wrapped to crash before the commit when told to."""
+    database. Its handler is earn's own, made to crash before the commit when told to."""
 
     def __init__(self, dsn: str, folder: Path) -> None:
         base = earn_spec(EarnSettings(programmes_dir=folder))
-        self.earn = base.subscriptions[0].handlers[PurchaseCompleted]
-        self.crash_before_commit = False
-        self.handled: set[str] = set()  # event ids the handler saw in the current delivery
-        wrapped = replace(base, subscriptions=[Subscription(dict.fromkeys(INBOUND, self.handle))], jobs=[])
-        self.service = ServiceHarness(wrapped, dsn)
+        handlers = base.subscriptions[0].handlers
+        assert isinstance(handlers, Mapping)
+        earn = handlers[PurchaseCompleted]
+        assert isinstance(earn, EarnFromEvents)
+        self.handler: CrashingEarn = CrashingEarn(earn.catalogue, earn.metrics)
+        wrapped = replace(base, subscriptions=[Subscription(self.handler, types=INBOUND)], jobs=[])
+        self.service: ServiceHarness = ServiceHarness(wrapped, dsn)
 
     async def start(self) -> Earn:
         await self.service.__aenter__()
         return self
 
     async def process(self, batch: list[ConsumerRecord[bytes, bytes]]) -> None:
-        self.handled = set()
+        self.handler.handled = set()
         assert self.service.consumer is not None
         try:
             await self.service.consumer.process(batch)  # the outbox is read at the end, not drained per batch
         except Retried as retried:
             raise AssertionError(f"earn retried a batch no one else was writing to: {retried}") from None
-
-    async def handle(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections) -> None:
-        again = self.handled & {i.event.event_id for i in items}
-        if again:
-            raise Retried(f"events handled twice in one delivery: {sorted(again)}")
-        self.handled |= {i.event.event_id for i in items}
-        await self.earn(items, uow, rejections)
-        if self.crash_before_commit:
-            self.crash_before_commit = False
-            raise Crash  # the batch's effects are written in the transaction, not committed
 
     async def stop(self) -> None:
         await self.service.__aexit__()
@@ -254,7 +267,7 @@ class Harness:
         try:
             for size, fate in plan:
                 batch = records[position:position + size]
-                earn.crash_before_commit = fate == "crash"
+                earn.handler.crash_before_commit = fate == "crash"
                 before = await self.staged.stored()
                 try:
                     await earn.process(batch)

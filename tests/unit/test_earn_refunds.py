@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from services.earn.domain import MemberTier, Programme, lines_of, rule_points
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
+from shared import keys
 from shared.contracts.purchases import PurchaseCompleted, PurchaseLine, PurchaseRefunded
 
 WHEN = datetime(2026, 11, 9, 10, tzinfo=UTC)
@@ -30,7 +31,7 @@ def line(sku: str, total: str, category: str | None = None) -> PurchaseLine:
 def order_of(*lines: PurchaseLine, tier: MemberTier | None = None) -> tuple[Order, dict[str, int]]:
     purchase = PurchaseCompleted(member_id="m1", order_id="o1", channel="pos", currency="CNY",
                                  total=sum((ln.total for ln in lines), Decimal(0)), lines=list(lines))
-    earned = [Earned(r.rule_id, f"earn:e:{r.rule_id}", r.points, r.lines)
+    earned = [Earned(r.rule_id, keys.earn_credit("e", r.rule_id), r.points, r.lines)
               for r in rule_points(SHOP, WHEN, purchase, tier) if r.points]
     order = Order("o1", "m1", purchase.total, [(ln.sku, ln.total) for ln in lines_of(purchase)], earned)
     return order, {e.rule_id: e.points for e in earned}

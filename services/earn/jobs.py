@@ -1,27 +1,23 @@
-"""The birthday bonus: a periodic job (hourly, and once at start) that looks for members whose birthday it is in each
-programme's time zone and sends their bonus through the outbox, keyed `birthday:{program}:{member}:{year}` so a
-second round, or a second earn process, cannot pay it twice."""
+"""Earn's periodic jobs.
+
+The birthday bonus (hourly, and once at start) looks for members whose birthday it is in each programme's time zone
+and sends their bonus through the outbox, keyed `birthday:{program}:{member}:{year}` so a second round, or a second
+earn process, cannot pay it twice."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from services.earn import repository
-from services.earn.activity import birthday_pays
+from services.earn.activity import birthday_days, birthday_pays
 from services.earn.domain import Programme, expires_at
+from shared import keys
 from shared.contracts.ledger_commands import Cause, PostCredit
 from shared.jobs import Job, Page
 from shared.programmes import Catalogue
 from shared.uow import UnitOfWork
 
 SOURCE = "jifen.earn.birthdays"
-
-
-def birthday_days(today: datetime) -> list[str]:
-    """The MM-DD birthdays due on `today`: 29 February birthdays are kept on 28 February in years without one."""
-    leap = today.year % 4 == 0 and (today.year % 100 != 0 or today.year % 400 == 0)
-    day = today.strftime("%m-%d")
-    return [day] + (["02-29"] if day == "02-28" and not leap else [])
 
 
 def birthdays(catalogue: Catalogue[Programme], interval_s: float, batch_size: int = 1000) -> Job:
@@ -45,12 +41,12 @@ def birthdays(catalogue: Catalogue[Programme], interval_s: float, batch_size: in
             if row["birthday_set_at"] is None or not birthday_pays(rule, row["birthday"], row["birthday_set_at"], now,
                                                                    programme.zone):
                 continue  # set too recently (or 29 February in another year's check): nothing this year
-            key = f"birthday:{programme.program_id}:{row['member_id']}:{local.year}"
+            key = keys.birthday_credit(programme.program_id, row["member_id"], local.year)
             credit = PostCredit(
                 idempotency_key=key, program_id=programme.program_id, member_id=row["member_id"], amount=rule.points,
                 occurred_at=now, available_at=now, expires_at=expires_at(programme, now),
-                cause=Cause(source_event_id=f"{SOURCE}|{key}", rule_id=rule.rule_id, rule_version=programme.version,
-                            reason="birthday"),
+                cause=Cause(source_event_id=keys.cause_of(SOURCE, key), rule_id=rule.rule_id,
+                            rule_version=programme.version, reason="birthday"),
                 details={"rule": {"rule_id": rule.rule_id, "points": rule.points, "why": "birthday"}})
             uow.emit(credit, at=now, subject=credit.member_id, source=SOURCE)
             paid += 1
