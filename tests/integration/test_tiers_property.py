@@ -25,6 +25,7 @@ from services.tiers import domain
 from services.tiers.app import spec as tiers_spec
 from services.tiers.domain import Contribution, Member
 from services.tiers.programme import TiersProgramme
+from shared import keys
 from shared.contracts import topics
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.tiers import TierChanged
@@ -100,11 +101,11 @@ def entry(step: Earn | Reverse) -> bytes:
     earn = isinstance(step, Earn)
     data = {"entry_id": step.entry_id, "program_id": "default", "member_id": step.member, "seq": step.entry_id,
             "amount": step.points if earn else -step.points, "balance_after": 0,
-            "kind": "earn" if earn else "reversal", "idempotency_key": f"k:{step.entry_id}",
-            "cause": {"source_event_id": f"e|{step.entry_id}"}, "occurred_at": step.at.isoformat(),
+            "kind": "earn" if earn else "reversal", "idempotency_key": keys.earn_credit(str(step.entry_id), "t"),
+            "cause": {"source_event_id": keys.cause_of("e", str(step.entry_id))}, "occurred_at": step.at.isoformat(),
             "posted_at": step.at.isoformat(), "hash": "00",
             **({} if earn else {"corrects_entry_id": step.corrects.entry_id})}  # type: ignore[union-attr]
-    return cloud_event(PointsEntryPosted, f"entry:{step.entry_id}", step.at, data, source="jifen.ledger")
+    return cloud_event(PointsEntryPosted, keys.posted_event(step.entry_id), step.at, data, source="jifen.ledger")
 
 
 Announced = tuple[str, str, str, str, str | None, datetime]  # member, tier, previous, reason, detail, at
