@@ -100,8 +100,10 @@ class ProjectTiers(Handler[Changes]):
         member = self._member(step, changes)
         if step.added is None:
             return  # a correction of nothing counted here
-        if (step.key[0], step.added.key) not in changes.fresh:
+        stored = (step.key[0], step.added.key)
+        if stored not in changes.fresh:
             return  # stored before: a replay
+        changes.fresh.discard(stored)  # a second copy in this batch (a producer's retry) is a replay too
         self._changed(step, changes, domain.contribute(member, step.rules, step.programme.zone,
                                                        step.added.contribution, step.at))
 

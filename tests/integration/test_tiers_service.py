@@ -17,7 +17,9 @@ from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
 from services.tiers.app import spec as tiers_spec
 from services.tiers.windows import add_months
+from shared import keys
 from shared.contracts import topics
+from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.members import TierAssigned
 from shared.contracts.purchases import PurchaseRefunded
 from shared.contracts.tiers import TierChanged, TierExpiring
@@ -173,3 +175,20 @@ async def test_unknown_programmes_and_programmes_without_tiers_are_404(chain: tu
     assert (status, body["error"]) == (404, "no_tiers")
     shown = await tier(pipeline, "never-seen")
     assert (shown["tier"], shown["since"], shown["qualifying"]["value"]) == ("normal", None, "0")
+
+
+async def test_a_ledger_entry_delivered_twice_in_one_batch_counts_once(infra: Infra) -> None:
+    # The ledger's relay publishes again what it published just before a crash: the two copies sit side by side in
+    # the partition and reach tiers in one batch. Tiers has no inbox (contributions are stored by key), so the key
+    # alone must make the second copy change nothing: 600 points, not 1200 (which would be silver).
+    at = NOW - timedelta(days=1)
+    data = {"entry_id": 7, "program_id": "default", "member_id": "ann", "seq": 1, "amount": 600, "balance_after": 600,
+            "kind": "earn", "idempotency_key": keys.earn_credit("p7", "base"), "cause": {"source_event_id": "p7"},
+            "occurred_at": at.isoformat(), "posted_at": at.isoformat(), "hash": "00"}
+    copy = cloud_event(PointsEntryPosted, keys.posted_event(7), at, data, source="jifen.ledger")
+    async with ServiceHarness(tiers_spec(clock=Clock(NOW)), await infra.new_database("tiers_")) as harness:
+        out = await harness.send(topics.LEDGER_ENTRIES, copy, copy, key="ann")
+        assert out.dead == [] and out.of(TierChanged) == []
+        status, shown = await harness.get("/v1/programs/default/members/ann/tier")
+        assert status == 200, shown
+        assert (shown["tier"], shown["qualifying"]["value"]) == ("normal", "600")
