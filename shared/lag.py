@@ -59,27 +59,39 @@ async def watch(bootstrap: Cluster | str, group: str, topics: Sequence[str], met
     """Export `jifen_consumer_group_lag_records{service,group,topic,partition}` every `interval_s` until cancelled; a
     round the broker does not answer leaves the last figures (for `KEPT_ROUNDS` rounds) and is tried again."""
     figures = Figures(metrics.group_lag, metrics.service, group)
-    admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=10_000)
-    offsets = AIOKafkaConsumer(**client_options(bootstrap), group_id=None, enable_auto_commit=False)
+    while True:  # a broker away at start (or a client that fails) is tried again, never given up on
+        admin = AIOKafkaAdminClient(**client_options(bootstrap), request_timeout_ms=10_000)
+        offsets = AIOKafkaConsumer(**client_options(bootstrap), group_id=None, enable_auto_commit=False)
+        try:
+            await admin.start()
+            await offsets.start()
+            while True:
+                await _read_round(admin, offsets, group, topics, figures)
+                await asyncio.sleep(interval_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker away: readiness and the outage line say so; try again
+            figures.missed()
+            log.debug("group lag clients not started", extra={"error": repr(exc)})
+        finally:
+            with contextlib.suppress(Exception):
+                await offsets.stop()
+            with contextlib.suppress(Exception):
+                await admin.close()
+        await asyncio.sleep(interval_s)
+
+
+async def _read_round(admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, group: str, topics: Sequence[str],
+                      figures: Figures) -> None:
     try:
-        await admin.start()
-        await offsets.start()
-        while True:
-            try:
-                described = await admin.describe_topics(list(topics))
-                partitions = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
-                committed = await admin.list_consumer_group_offsets(group)
-                ends = await offsets.end_offsets(partitions)
-                done = {tp: c.offset for tp, c in committed.items() if c.offset >= 0}  # -1: nothing committed yet
-                figures.read({(tp.topic, tp.partition): ends[tp] - done.get(tp, 0) for tp in partitions})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker away: readiness and the outage line say so; try again
-                figures.missed()
-                log.debug("group lag not read", extra={"error": repr(exc)})
-            await asyncio.sleep(interval_s)
-    finally:
-        with contextlib.suppress(Exception):
-            await offsets.stop()
-        with contextlib.suppress(Exception):
-            await admin.close()
+        described = await admin.describe_topics(list(topics))
+        partitions = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await offsets.end_offsets(partitions)
+        done = {tp: c.offset for tp, c in committed.items() if c.offset >= 0}  # -1: nothing committed yet
+        figures.read({(tp.topic, tp.partition): ends[tp] - done.get(tp, 0) for tp in partitions})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # one round the broker did not answer: the last figures stay a while
+        figures.missed()
+        log.debug("group lag not read", extra={"error": repr(exc)})
