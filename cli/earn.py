@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cli.times import shown
 from services.earn.activity import Award, award_refusal, checkin_awards, task_award
 from services.earn.domain import (
     MemberTier,
@@ -74,8 +75,9 @@ def explain(args: argparse.Namespace) -> int:
         reason, detail = refused or ("unknown_program", data.program_id)
         print(f"✘ earns nothing: the event would go to the DLQ as {reason}: {detail}")
         return 1
-    print(f"{event.event_id} at {event.time.isoformat()}: programme {programme.program_id} "
-          f"version {programme.version} (in effect from {programme.effective_from.isoformat()})")
+    zone = programme.zone
+    print(f"{event.event_id} at {shown(event.time, zone)}: programme {programme.program_id} "
+          f"version {programme.version} (in effect from {shown(programme.effective_from, zone)})")
     if isinstance(data, PurchaseCompleted):
         return _purchase(programme, event, data, args.tier)
     awards, refusal = _activity(programme, event, data)
@@ -86,7 +88,7 @@ def explain(args: argparse.Namespace) -> int:
         print(f"  ✔ {award.rule_id:<20} {award.points:>8} points   {award.why}")
     expiry = expires_at(programme, event.time)
     print(f"  = {sum(a.points for a in awards)} points in {len(awards)} credit(s), available at once, expiring "
-          f"{expiry.isoformat() if expiry else 'never'}")
+          f"{shown(expiry, programme.zone, 'never')}")
     _limits(programme, [a.rule_id for a in awards])
     return 0
 
@@ -97,7 +99,7 @@ def _refusal(programme: Programme | None, catalogue: Catalogue[Programme], event
     purchase whether the programme rewards purchases in that currency."""
     tolerance = timedelta(seconds=Settings().future_tolerance_s)
     if event.time > datetime.now(UTC) + tolerance:
-        return "future_event", (f"time {event.time.isoformat()} is more than {tolerance.total_seconds():.0f}s ahead "
+        return "future_event", (f"time {shown(event.time)} is more than {tolerance.total_seconds():.0f}s ahead "
                                 "of this clock")
     if programme is None:
         return "unknown_program", catalogue.why_not(data.program_id, event.time)
@@ -116,8 +118,8 @@ def _purchase(programme: Programme, event: CloudEvent, purchase: PurchaseComplet
     total = sum(c.amount for c in credits)
     first = credits[0] if credits else None
     print(f"  = {total} points in {len(credits)} credit(s)"
-          + (f", available {first.available_at.isoformat() if first.available_at else 'at once'}, expiring "
-             f"{first.expires_at.isoformat() if first.expires_at else 'never'}" if first else ""))
+          + (f", available {shown(first.available_at, programme.zone, 'at once')}, expiring "
+             f"{shown(first.expires_at, programme.zone, 'never')}" if first else ""))
     _limits(programme, [c.cause.rule_id or "" for c in credits])
     return 0
 

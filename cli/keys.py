@@ -7,6 +7,7 @@ import sys
 
 import asyncpg
 
+from cli.times import shown
 from shared import auth, db
 from shared.settings import Settings
 
@@ -42,11 +43,12 @@ async def run(args: argparse.Namespace) -> int:
             print(token)
         elif args.keys_command == "list":
             rows = await auth.list_keys(conn)
-            print(f"{'key id':<14}{'name':<28}{'scopes':<20}{'created':<22}revoked")
-            for r in rows:
-                revoked = r["revoked_at"].isoformat(timespec="seconds") if r["revoked_at"] else "-"
-                print(f"{r['key_id']:<14}{r['name'][:27]:<28}{','.join(r['scopes']):<20}"
-                      f"{r['created_at'].isoformat(timespec='seconds'):<22}{revoked}")
+            table = [("key id", "name", "scopes", "created (UTC)", "revoked")] + [
+                (r["key_id"], r["name"], ",".join(r["scopes"]), shown(r["created_at"]), shown(r["revoked_at"]))
+                for r in rows]
+            widths = [max(len(row[i]) for row in table) for i in range(4)]
+            for row in table:  # columns as wide as their longest cell, two spaces apart
+                print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4])
         elif not await auth.revoke_key(conn, args.key_id):
             print(f"✘ no key {args.key_id!r} to revoke (unknown, or revoked already)", file=sys.stderr)
             return 1

@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from bench import main as bench
-from cli import asyncapi, dlq, earn, keys, ledger, points, programme, publish, simulate, tiers, topics
+from cli import asyncapi, dlq, earn, keys, ledger, member, points, programme, publish, simulate, tiers, topics
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -18,9 +18,22 @@ from deploy.local.stack import Stack
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jifen", description="Jifen points platform tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    stack = sub.add_parser("stack", help="run Kafka, PostgreSQL and the services locally")
-    stack.add_argument("action", choices=["up", "down", "status"])
-    for module in (simulate, publish, keys, programme, points, ledger, earn, tiers, dlq, asyncapi, topics, bench):
+    stack = sub.add_parser("stack", help="run Kafka, PostgreSQL and the services locally",
+                           description="The local stack: PostgreSQL, Kafka, every service and Prometheus, as "
+                                       "processes of this machine (pids and logs in .run/).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="actions:\n"
+                                  "  up      start PostgreSQL and Kafka (or use JIFEN_DATABASE_URL and "
+                                  "JIFEN_KAFKA_BOOTSTRAP),\n"
+                                  "          create the topics, write an admin API key to .run/api-key, start each "
+                                  "service\n          (waiting until it is ready) and Prometheus; what runs already "
+                                  "is left running\n"
+                                  "  down    stop the services, Prometheus, Kafka and PostgreSQL the stack started "
+                                  "(the data stays)\n"
+                                  "  status  each process and whether it runs; exits 1 when one does not")
+    stack.add_argument("action", choices=["up", "down", "status"], help="up, down or status (see below)")
+    for module in (simulate, publish, keys, programme, points, member, ledger, earn, tiers, dlq, asyncapi, topics,
+                   bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -37,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 return points.summary(args) if args.programme_command == "summary" else programme.check(args)
             case "points":
                 return points.run(args)
+            case "member":
+                return member.run(args)
             case "ledger":
                 return asyncio.run(ledger.run(args))
             case "earn":

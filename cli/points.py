@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from typing import Any
 
+from cli.times import programme_zone, shown
 from deploy.local.stack import Stack
 
 DEFAULT_URL = "http://127.0.0.1:8102"
@@ -119,7 +120,8 @@ def summary(args: argparse.Namespace) -> int:
     for month in s["expiring"]:
         print(f"  expiring {month['month']}  {month['points']:>10,}")
     if reload:
-        print(f"  last reload   {reload['at']}  {'✔' if reload['ok'] else '✘ refused: ' + reload['detail']}")
+        print(f"  last reload   {shown(reload['at'], programme_zone(args.program))}  "
+              f"{'✔' if reload['ok'] else '✘ refused: ' + reload['detail']}")
     _members_by_tier(args)
     return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from cli import points
+from cli.times import shown
 from services.earn.domain import Programme as EarnProgramme
 from services.redemption.programme import RedemptionProgramme
 from services.referral.domain import ReferralProgramme
@@ -146,4 +147,4 @@ def _described(path: Path) -> str:
     unread = sorted(key for key in raw if SECTIONS.get(key, "earn") not in MODELS)
     note = f" (not checked: {', '.join(unread)}, which no service of this build reads)" if unread else ""
     return (f"programme {header.program_id} version {header.version}, in effect from "
-            f"{header.effective_from.isoformat()}{note}")
+            f"{shown(header.effective_from, header.zone)}{note}")

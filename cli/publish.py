@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from cli.times import shown
 from shared.contracts import topics
 from shared.envelope import STRUCTURED_HEADERS, BadMessage, parse, validation_summary
 from shared.settings import Settings
@@ -126,7 +127,7 @@ def _checked(where: str, event: Any, now: bool, future_tolerance_s: float) -> Ou
         raise ValueError(f"{where}: the services would refuse it as invalid_data: {validation_summary(exc)}") from None
     latest = datetime.now(UTC) + timedelta(seconds=future_tolerance_s)
     if parsed.time > latest:  # as shared/consumer.py judges every event from outside
-        raise ValueError(f"{where}: the services would refuse it as future_event: time {parsed.time.isoformat()} "
+        raise ValueError(f"{where}: the services would refuse it as future_event: time {shown(parsed.time)} "
                          f"is more than {future_tolerance_s:.0f}s ahead of this clock (--now stamps the current "
                          "time)")
     member = getattr(data, "member_id", None) or getattr(data, "referee_member_id", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,15 @@ async def test_programme_check_judges_the_files_given_together_as_the_services_l
     shutil.copy(shipped, tmp_path / "retail.yaml")
     code, _, err = await jifen("programme", "check", str(tmp_path))
     assert code == 1 and "already defined in" in err
+
+
+async def test_explain_shows_every_time_in_the_programme_zone_to_the_second(tmp_path: Path) -> None:
+    """The event is sent in UTC with microseconds; retail's zone is Asia/Shanghai: every time on the page is too."""
+    event = tmp_path / "event.json"
+    event.write_bytes(orjson.dumps({**EVENT, "time": "2026-11-07T02:00:00.123456+00:00"}))
+    code, out, err = await jifen("earn", "explain", str(event))
+    assert code == 0, err
+    stamps = re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)", out)
+    assert len(stamps) >= 4 and {zone for _, zone in stamps} == {"+08:00"}, out
+    assert {fraction for fraction, _ in stamps} == {""}, out
+    assert "at 2026-11-07T10:00:00+08:00" in out
