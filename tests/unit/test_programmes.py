@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from cli.programme import MODELS
-from shared.programmes import Catalogue, ProgrammeVersion
+from shared.programmes import Catalogue, ProgrammeVersion, load_file
 from shared.settings import Settings
 from tests.support import jifen
 
@@ -101,3 +103,26 @@ def test_programme_check_compares_with_git_head_by_default(tmp_path: Path) -> No
     edited(repo / "starbucks.yaml", "threshold: 300", "threshold: 200")
     code, out, err = asyncio.run(jifen("programme", "check", str(repo)))
     assert code == 1 and "(git HEAD)" in err and "version 1 is in effect already" in err, out + err
+
+
+@pytest.mark.parametrize("path", sorted(Settings().programmes_dir.glob("*.yaml")), ids=lambda p: p.name)
+def test_a_shipped_programme_promises_only_benefits_its_rules_give(path: Path) -> None:
+    """A level's benefits are text shown to members: a birthday treat needs a birthday rule, a multiplier its
+    tier's earn_multiplier, a double-points day or a campaign a campaign the level gets, a free item a reward."""
+    earn, tiers, rewards = (load_file(path, MODELS[s]) for s in ("earn", "tiers", "redemption"))
+    if tiers.tiers is None:  # type: ignore[attr-defined]
+        return
+    campaigns = earn.purchase.campaigns if earn.purchase else []  # type: ignore[attr-defined]
+    items = {r.name.lower(): r for r in rewards.rewards}  # type: ignore[attr-defined]
+    for level in tiers.tiers.levels:  # type: ignore[attr-defined]
+        for benefit in level.benefits:
+            text = benefit.lower()
+            if "birthday" in text:
+                assert earn.activity.birthday is not None, (level.tier, benefit)  # type: ignore[attr-defined]
+            if match := re.search(r"×(\d+(?:\.\d+)?) (points|stars)", text):
+                assert Decimal(match[1]) == level.earn_multiplier, (level.tier, benefit)
+            if "double" in text or "campaign" in text:
+                assert any((not c.tiers or level.tier in c.tiers) and ("double" not in text or c.multiplier == 2)
+                           for c in campaigns), (level.tier, benefit)
+            if match := re.search(r"free (\w+) every (\d+)", text):
+                assert any(match[1] in name and r.points == int(match[2]) for name, r in items.items()), benefit
