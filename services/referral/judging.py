@@ -1,8 +1,9 @@
 """Judging a set of referrers: their referrals re-judged from the stored facts (domain.judge), and the difference
 from what was decided before turned into ledger commands and outcome events, through the outbox (domain.plan).
 
-Every use case ends here: a batch of events, the ledger's answers, a reviewer's decision, the expiry job. The caller
-holds the programme's lock (repository.lock), so what it reads is every fact committed before it."""
+Every use case ends here: a batch of events, the ledger's answers, a reviewer's decision, the expiry job. Each
+gathers what it changes in one `Changes`; the caller holds the programme's lock (repository.lock), so what judging
+reads is every fact committed before it."""
 
 from __future__ import annotations
 
@@ -12,67 +13,76 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import asyncpg
-from prometheus_client import CollectorRegistry
 
-from services.referral import credits, repository
-from services.referral.credits import NewCredit, Reversal
 from services.referral.domain import (
     Group,
     Held,
     Member,
     Peer,
     Referral,
-    ReferralProgramme,
     Role,
     Verdict,
     judge,
     plan,
 )
-from services.referral.repository import Judged, MemberKey, Span, Stored
+from services.referral.metrics import ReferralMetrics
+from services.referral.programme import ReferralProgramme
+from services.referral.records import (
+    Judged,
+    MemberKey,
+    NewCredit,
+    NewMember,
+    NewPurchase,
+    NewReferral,
+    NewRefund,
+    Reversal,
+    Span,
+    Stored,
+)
+from services.referral.repository import credits, members, referrals
+from shared import keys
 from shared.contracts.ledger_commands import Cause, PostCredit, ReverseEntry
 from shared.contracts.referral_outcomes import ReferralRejected, ReferralRevoked, ReferralRewarded
-from shared.metrics import Family, counter, gauge
+from shared.metrics import Family
 from shared.programmes import Catalogue
+from shared.refusal import Refusal
+from shared.subscription import Rejections
 from shared.uow import UnitOfWork
 
-REVERSAL = ":reversal"  # a reversal's key is its credit's key and this
-Outcome = ReferralRewarded | ReferralRejected | ReferralRevoked
+Outcome = ReferralRewarded | ReferralRejected | ReferralRevoked  # the outcome events
 
 
-def credit_key(referral_id: str, grant_no: int, role: Role) -> str:
-    """Derived from the referral, so a credit derived again is the same command to the ledger. A side's first
-    grant is `referral:{id}:{role}`; a later one (paid again after a verdict took the first back) names its
-    number, `referral:{id}:{role}:{n}`."""
-    return f"referral:{referral_id}:{role}" if grant_no == 1 else f"referral:{referral_id}:{role}:{grant_no}"
+@dataclass
+class Changes:
+    """What one batch changes (a run of events, the ledger's answers, a reviewer's decision, a page of the expiry
+    job), gathered to be written with one statement per table: the facts it brings and whom they touch, the ledger's
+    answers to the service's commands, and what judging again moves."""
 
-
-class ReferralMetrics:
-    """The service's own metrics, beside the kit's (events, DLQ, jobs, outbox)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def family(kind: Callable[..., Family], name: str, documentation: str, *labels: str) -> Family:
-            return kind(registry, "referral", name, documentation, ["program_id", *labels])
-
-        self.referrals = family(gauge, "jifen_referrals", "Referrals by status and reason (recounted by every round of "
-                                "the expiry job, moved by every verdict)", "status", "reason")
-        self.review_queue = family(gauge, "jifen_referrals_in_review", "Referrals held for review (velocity)")
-        self.verdicts = family(counter, "jifen_referral_verdicts", "Verdicts reached (a referral's status or reason "
-                               "changed)", "status", "reason")
-        self.points = family(counter, "jifen_referral_points", "Points credited for referrals, by side", "role")
-        self.reversed = family(counter, "jifen_referral_points_reversed", "Points of referral credits taken back "
-                               "(refunds, late refusals, moved bonuses), by side", "role")
-        self.ledger_refusals = family(counter, "jifen_referral_ledger_refusals", "Referral credits or reversals the "
-                                      "ledger refused, by its reason", "reason")
-        self.ignored = family(counter, "jifen_referral_events_ignored", "Events the referral service keeps nothing of "
-                              "(a programme without referrals)", "reason")
-
-    def recount(self, counts: dict[tuple[str, str, str], int]) -> None:
-        self.referrals.clear()
-        self.review_queue.clear()
-        for (program_id, status, reason), n in counts.items():
-            self.referrals.labels(program_id, status, reason).set(n)
-            if status == "review":
-                self.review_queue.labels(program_id).inc(n)
+    uow: UnitOfWork
+    rejections: Rejections = field(default_factory=Rejections)  # the events of the run refused by a rule
+    programs: set[str] = field(default_factory=set)  # the programmes whose lock the batch takes
+    # Facts in (a run of events), and whom they touch.
+    taking: set[str] = field(default_factory=set)  # programmes with a referral section: their facts are kept
+    code_owners: dict[tuple[str, str], str] = field(default_factory=dict)  # codes the run names: (programme, code)
+    members: list[NewMember] = field(default_factory=list)
+    purchases: list[NewPurchase] = field(default_factory=list)
+    refunds: list[NewRefund] = field(default_factory=list)
+    referrals: list[NewReferral] = field(default_factory=list)
+    referees: set[MemberKey] = field(default_factory=set)  # their referrals as referee may change
+    either: set[MemberKey] = field(default_factory=set)  # ... on either side
+    devices: set[MemberKey] = field(default_factory=set)  # ... and the referrals of referees on their devices
+    # The ledger's answers, by credit key.
+    credits_posted: list[str] = field(default_factory=list)
+    credits_refused: list[str] = field(default_factory=list)
+    reversals_done: list[str] = field(default_factory=list)
+    reversals_failed: list[str] = field(default_factory=list)
+    # What judging again moves.
+    judged: list[Judged] = field(default_factory=list)
+    reversals: list[Reversal] = field(default_factory=list)
+    credits: list[NewCredit] = field(default_factory=list)
+    commands: list[PostCredit] = field(default_factory=list)
+    outcomes: list[tuple[Outcome, str, str, datetime]] = field(default_factory=list)  # with event id, key, time
+    after: list[Callable[[], None]] = field(default_factory=list)  # metrics, counted once the batch is stored
 
 
 @dataclass
@@ -87,54 +97,71 @@ class Judging:
         programme = self.catalogue.at(program_id, at)
         return programme if programme is not None and programme.referral is not None else None
 
+    def taking(self, program_id: str, at: datetime) -> ReferralProgramme:
+        """The version in effect at `at`, which must take referrals: `unknown_program` (the catalogue's one
+        refusal) or `no_rule`."""
+        programme = self.catalogue.in_force(program_id, at)
+        if programme.referral is None:
+            raise Refusal("no_rule", f"programme {program_id!r} takes no referrals at {at.isoformat()}")
+        return programme
+
+    def serving(self, program_id: str, now: datetime) -> None:
+        """A programme the HTTP side answers for: in force, with a referral section in some version
+        (`unknown_program` or `no_referrals`)."""
+        self.catalogue.in_force(program_id, now)
+        if program_id not in self.programmes():
+            raise Refusal("no_referrals", f"programme {program_id!r} has no referral section")
+
     def programmes(self) -> set[str]:
         """Programmes with a referral section in some version: their purchases and members are worth keeping."""
         self.catalogue.refresh()
         return {p.program_id for p in self.catalogue if p.referral is not None}
 
-    async def rejudge(self, uow: UnitOfWork, referrers: Iterable[MemberKey], now: datetime) -> int:
-        """Judge every referral of these referrers at `now`; returns how many verdicts changed."""
-        stored = {s.referral_id: s for s in await repository.referrals_of(uow.db, referrers)}
-        referrals: dict[str, Referral] = {}
+    async def rejudge(self, changes: Changes, referrers: Iterable[MemberKey], now: datetime) -> int:
+        """Judge every referral of these referrers at `now` and write what changes; returns how many verdicts
+        changed."""
+        db = changes.uow.db
+        stored = {s.referral_id: s for s in await referrals.referrals_of(db, referrers)}
+        found: dict[str, Referral] = {}
         for s in stored.values():
             programme = self.terms(s.program_id, s.accepted_at)
             if programme is not None:
-                referrals[s.referral_id] = Referral(s.referral_id, s.referrer, s.referee, s.accepted_at, programme,
-                                                    s.decision, s.decided_at)
-        await repository.forget_due(uow.db, [i for i in stored if i not in referrals])
-        groups = await self._groups(uow.db, referrals.values())
-        out = Moves()
+                found[s.referral_id] = Referral(s.referral_id, s.referrer, s.referee, s.accepted_at, programme,
+                                                s.decision, s.decided_at)
+        await referrals.forget_due(db, [i for i in stored if i not in found])
+        groups = await self._groups(db, found.values())
+        before = len(changes.judged)
         for group in groups:
             for referral_id, verdict in judge(group, now).items():
-                self._move(stored[referral_id], referrals[referral_id], verdict, out)
-        await self._apply(uow, out)
-        return len(out.judged)
+                self._move(stored[referral_id], found[referral_id], verdict, changes)
+        await self._apply(changes)
+        return len(changes.judged) - before
 
-    async def _groups(self, db: asyncpg.Connection, referrals: Iterable[Referral]) -> list[Group]:
+    async def _groups(self, db: asyncpg.Connection, judged: Iterable[Referral]) -> list[Group]:
         """Each referrer's referrals with every fact that judges them, loaded for all referrers at once."""
         by_referrer: dict[MemberKey, list[Referral]] = defaultdict(list)
-        for r in referrals:
+        for r in judged:
             by_referrer[(r.programme.program_id, r.referrer)].append(r)
         if not by_referrer:
             return []
         every = [r for found in by_referrer.values() for r in found]
         referees = {(r.programme.program_id, r.referee) for r in every}
-        members = await repository.members_of(db, referees | set(by_referrer))
-        first = await repository.first_referrals(db, referees)
-        purchases = await repository.purchases_of(db, _purchase_spans(every))
-        peers = await repository.device_peers(db, _device_spans(every, members))
+        known = await members.members_of(db, referees | set(by_referrer))
+        first = await referrals.first_referrals(db, referees)
+        purchases = await members.purchases_of(db, _purchase_spans(every))
+        peers = await referrals.device_peers(db, _device_spans(every, known))
         groups = []
         for (program_id, referrer), found in by_referrer.items():
             people = {referrer, *(r.referee for r in found)}
             groups.append(Group(
                 referrals=sorted(found, key=lambda r: r.order_key),
-                members={m: replace(members[(program_id, m)], purchases=purchases.get((program_id, m), ()))
+                members={m: replace(known[(program_id, m)], purchases=purchases.get((program_id, m), ()))
                          for m in people},
                 first_referral={r.referee: first[(program_id, r.referee)] for r in found},
                 device_peers=_peers_of(program_id, peers)))
         return groups
 
-    def _move(self, stored: Stored, referral: Referral, verdict: Verdict, out: Moves) -> None:
+    def _move(self, stored: Stored, referral: Referral, verdict: Verdict, out: Changes) -> None:
         """What the new verdict changes for one referral: reversals, new grants, an outcome, the stored state."""
         rules = referral.rules
         step = plan(Held(stored.status, stored.reason, stored.live), verdict, rules)
@@ -155,7 +182,7 @@ class Judging:
             grants[role] = grants.get(role, 0) + 1
             live[role] = points
             member = referral.referee if role == "referee" else referral.referrer
-            key = credit_key(referral.referral_id, grants[role], role)
+            key = keys.referral_credit(referral.referral_id, role, grants[role])
             out.credits.append(NewCredit(key, program_id, referral.referral_id, grants[role], role, member, points,
                                          order.occurred_at))
             out.commands.append(PostCredit(
@@ -173,7 +200,8 @@ class Judging:
         if step.announce is not None:
             announced += 1
             out.outcomes.append((_outcome(step.announce, referral, verdict, taken_back),
-                                 f"{referral.referral_id}:{announced}", referral.referrer, verdict.at))
+                                 keys.referral_outcome_event(referral.referral_id, announced), referral.referrer,
+                                 verdict.at))
         judged = Judged(
             referral.referral_id, verdict.status, verdict.reason, verdict.detail, verdict.at,
             order.order_id if order else None, order.occurred_at if order else None, verdict.position,
@@ -185,7 +213,8 @@ class Judging:
             if (stored.status, stored.reason) != (verdict.status, verdict.reason):
                 out.after.append(self._moved(program_id, stored, verdict))
 
-    async def _apply(self, uow: UnitOfWork, out: Moves) -> None:
+    async def _apply(self, out: Changes) -> None:
+        uow = out.uow
         for credit in await credits.want_reversals(uow.db, out.reversals):
             uow.emit(reversal(credit), at=credit["reverse_at"], subject=credit["member_id"])
         await credits.add(uow.db, out.credits)
@@ -193,7 +222,7 @@ class Judging:
             uow.emit(command, at=command.occurred_at, subject=command.member_id)
         for outcome, event_id, referrer, at in out.outcomes:
             uow.emit(outcome, at=at, event_id=event_id, key=referrer)
-        await repository.store_verdicts(uow.db, out.judged)
+        await referrals.store_verdicts(uow.db, out.judged)
         uow.after_commit.extend(out.after)
 
     def _moved(self, program_id: str, before: Stored, verdict: Verdict) -> Callable[[], None]:
@@ -210,23 +239,11 @@ class Judging:
         return count
 
 
-@dataclass
-class Moves:
-    """What judging a set of referrers changes, gathered to be written with one statement per table."""
-
-    judged: list[Judged] = field(default_factory=list)
-    reversals: list[Reversal] = field(default_factory=list)
-    credits: list[NewCredit] = field(default_factory=list)
-    commands: list[PostCredit] = field(default_factory=list)
-    outcomes: list[tuple[Outcome, str, str, datetime]] = field(default_factory=list)  # with event id, key, time
-    after: list[Callable[[], None]] = field(default_factory=list)  # metrics, counted once the batch is stored
-
-
 def reversal(credit: asyncpg.Record) -> ReverseEntry:
     """The reversal of a stored credit, by the credit's key: all of it that the ledger has not reversed yet."""
     return ReverseEntry(
-        idempotency_key=credit["key"] + REVERSAL, program_id=credit["program_id"], member_id=credit["member_id"],
-        entry_key=credit["key"], occurred_at=credit["reverse_at"],
+        idempotency_key=keys.referral_reversal(credit["key"]), program_id=credit["program_id"],
+        member_id=credit["member_id"], entry_key=credit["key"], occurred_at=credit["reverse_at"],
         cause=Cause(source_event_id=credit["reverse_source"], rule_id=f"referral-{credit['role']}",
                     reason=credit["reverse_reason"]),
         details={"referral_id": credit["referral_id"], "role": credit["role"]})
@@ -254,23 +271,23 @@ def _counted(family: Family, program_id: str, role: str, points: int) -> Callabl
     return lambda: family.labels(program_id, role).inc(points)
 
 
-def _purchase_spans(referrals: Iterable[Referral]) -> list[Span]:
+def _purchase_spans(every: Iterable[Referral]) -> list[Span]:
     """Each referee's purchases from their earliest acceptance to their latest deadline: the ones that can qualify
     (earlier ones only count as the first purchase, which `members` keeps)."""
     spans: dict[MemberKey, tuple[datetime, datetime]] = {}
-    for r in referrals:
+    for r in every:
         key = (r.programme.program_id, r.referee)
         since, until = spans.get(key, (r.accepted_at, r.deadline))
         spans[key] = (min(since, r.accepted_at), max(until, r.deadline))
     return [Span(p, m, since, until) for (p, m), (since, until) in sorted(spans.items())]
 
 
-def _device_spans(referrals: Iterable[Referral], members: dict[MemberKey, Member]) -> list[Span]:
+def _device_spans(every: Iterable[Referral], known: dict[MemberKey, Member]) -> list[Span]:
     """Each referee device's velocity windows: the referrals on it that can count against a referral judged."""
     spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
-    for r in referrals:
+    for r in every:
         limits = r.rules.velocity
-        member = members.get((r.programme.program_id, r.referee))
+        member = known.get((r.programme.program_id, r.referee))
         if limits is None or limits.per_device is None or member is None:
             continue
         for kind, device in member.fingerprints:

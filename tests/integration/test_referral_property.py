@@ -36,12 +36,12 @@ from services.referral.domain import (
     Peer,
     Purchase,
     Referral,
-    ReferralProgramme,
     Refund,
     Role,
     judge,
     referral_id,
 )
+from services.referral.programme import ReferralProgramme
 from services.referral.settings import ReferralSettings
 from shared.contracts import topics
 from shared.contracts.members import MemberEnrolled

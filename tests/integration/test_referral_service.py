@@ -19,8 +19,8 @@ import yaml
 
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
-from services.referral import reads
 from services.referral.app import spec as referral_spec
+from services.referral.repository import invariants
 from services.referral.settings import ReferralSettings
 from services.referral.simulation import build_referral_feed, summary
 from shared import auth
@@ -50,7 +50,7 @@ class Clock:
 
 async def referral_invariants(harness: ServiceHarness) -> None:
     async with harness.runtime.connection() as db:
-        assert await reads.invariants(db) == []
+        assert await invariants.broken(db) == []
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ from services.referral.domain import (
     Peer,
     Purchase,
     Referral,
-    ReferralProgramme,
-    ReferralRules,
     Refund,
     Role,
     Verdict,
@@ -32,6 +30,7 @@ from services.referral.domain import (
     plan,
     referral_id,
 )
+from services.referral.programme import ReferralProgramme, ReferralRules
 from shared.programmes import load_folder
 
 T0 = datetime(2026, 3, 2, 2, tzinfo=UTC)  # 10:00 in Shanghai

@@ -4,25 +4,11 @@ reversal wanted (waiting for the credit's entry), sent, done or failed. One stat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
-from services.referral.domain import Role
+from services.referral.records import NewCredit, Reversal
 from services.referral.repository import columns
-
-
-@dataclass(frozen=True, slots=True)
-class NewCredit:
-    key: str
-    program_id: str
-    referral_id: str
-    grant_no: int
-    role: Role
-    member_id: str
-    amount: int
-    occurred_at: datetime
 
 
 async def add(db: asyncpg.Connection, new: Sequence[NewCredit]) -> None:
@@ -35,19 +21,6 @@ async def add(db: asyncpg.Connection, new: Sequence[NewCredit]) -> None:
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[],
                                 $7::integer[], $8::timestamptz[])
            ON CONFLICT (key) DO NOTHING""", *columns(rows, 8))
-
-
-@dataclass(frozen=True, slots=True)
-class Reversal:
-    """Take back one side's grant of a referral: when (None: at the credit's own time), why, and the event that
-    caused it."""
-
-    referral_id: str
-    role: Role
-    grant_no: int
-    at: datetime | None
-    reason: str
-    source: str
 
 
 async def want_reversals(db: asyncpg.Connection, reversals: Sequence[Reversal]) -> list[asyncpg.Record]:
