@@ -97,8 +97,9 @@ def routes(judging: Judging, schema: str) -> Callable[[FastAPI, Runtime], None]:
         async def get_referrals(program_id: ProgramPath, status: Status = "review",
                                 limit: Annotated[int, Query(ge=1, le=500)] = 100) -> ReferralsOut:
             """The programme's referrals of one `status`, oldest first, at most `limit`. The default, `review`, is
-            the queue of referrals held by a velocity limit (the detail says which) for a person to approve or reject.
-            404 `unknown_program` or `no_referrals`. Needs the `read` scope."""
+            the queue of referrals held by a velocity limit (the detail says which) for a person to approve or reject;
+            `pending` includes the referrals not judged yet. 404 `unknown_program` or `no_referrals`. Needs the
+            `read` scope."""
             serving(program_id)
             rows = await runtime.read(lambda db: referrals.with_status(db, program_id, status, limit))
             return ReferralsOut(program_id=program_id, referrals=[referral_out(r, r["referrer_id"]) for r in rows])

@@ -20,6 +20,7 @@ import yaml
 from services.earn.app import spec as earn_spec
 from services.ledger.app import spec as ledger_spec
 from services.referral.app import spec as referral_spec
+from services.referral.domain import referral_id
 from services.referral.repository import invariants
 from services.referral.settings import ReferralSettings
 from services.referral.simulation import build_referral_feed, summary
@@ -255,6 +256,24 @@ async def test_late_and_out_of_order_events_are_judged_by_their_own_time(chain: 
     assert [r["referrer_member_id"] for r in out.of(ReferralRewarded)] == ["zed"]
     assert await balance(pipeline, "rex") == (0, 50)  # amy's referral; cy's was taken back
     assert await balance(pipeline, "zed") == (0, 50)
+
+
+async def test_a_referral_not_judged_yet_is_listed_as_pending(chain: tuple[Pipeline, Clock]) -> None:
+    """A referral stored but not judged yet (status `new` in the table) is pending to its members: the list of a
+    programme's pending referrals shows it as the referral's own answer does."""
+    pipeline, _ = chain
+    referral = pipeline["referral"]
+    await pipeline.send(topics.REFERRALS, accept("rex", "amy", NOW - 2 * DAY), key="amy")  # judged: pending
+    unjudged = referral_id("default", "rex", "bob")
+    await referral.query("INSERT INTO referrals (referral_id, program_id, referrer_id, referee_id, accepted_at, via, "
+                         "event_id) VALUES ($1, 'default', 'rex', 'bob', $2, 'accepted', 'accept-bob')",
+                         unjudged, NOW - DAY)
+    status, one = await referral.get(f"/v1/programs/default/referrals/{unjudged}")
+    assert (status, one["status"]) == (200, "pending")
+    status, listed = await referral.get("/v1/programs/default/referrals?status=pending")
+    assert status == 200, listed
+    assert [(r["referee_member_id"], r["status"]) for r in listed["referrals"]] == [("amy", "pending"),
+                                                                                   ("bob", "pending")]
 
 
 async def test_too_many_referees_on_one_device_wait_for_a_reviewer(chain: tuple[Pipeline, Clock], infra: Infra

@@ -13,6 +13,8 @@ from services.referral.domain import ROLES, STATUSES, Peer, Role, Status
 from services.referral.records import Judged, MemberKey, NewReferral, Span, Stored
 from services.referral.repository import columns
 
+PENDING = ("pending", "new")  # a referral not judged yet (`new`) is pending to its members
+
 
 async def add_referrals(db: asyncpg.Connection, referrals: Sequence[NewReferral]) -> None:
     """Referrals by id; announced again, the earliest acceptance (by time, then event id) stands."""
@@ -182,9 +184,11 @@ async def member_referrals(db: asyncpg.Connection, program_id: str, member_id: s
 
 
 async def with_status(db: asyncpg.Connection, program_id: str, status: str, limit: int) -> list[asyncpg.Record]:
-    """The programme's referrals of a status, oldest first (`review`: the review queue)."""
-    return await db.fetch("""SELECT * FROM referrals WHERE program_id = $1 AND status = $2
-                             ORDER BY accepted_at, referral_id LIMIT $3""", program_id, status, limit)
+    """The programme's referrals of a status as its members see it, oldest first (`review`: the review queue;
+    `pending`: with those not judged yet)."""
+    return await db.fetch("""SELECT * FROM referrals WHERE program_id = $1 AND status = ANY($2::text[])
+                             ORDER BY accepted_at, referral_id LIMIT $3""",
+                          program_id, list(PENDING) if status == "pending" else [status], limit)
 
 
 async def counts(db: asyncpg.Connection) -> dict[tuple[str, str, str], int]:
