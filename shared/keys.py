@@ -10,6 +10,7 @@ why. The shapes are a protocol between services: a key built here is parsed here
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
@@ -119,6 +120,16 @@ def parse_redemption_command(key: str) -> Held | None:
 def redemption_event(what: Literal["redemption-completed", "redemption-rejected", "redemption-cancelled",
                                    "payment-captured", "payment-voided", "coupon-used"], subject_id: str) -> str:
     return f"{what}:{subject_id}"
+
+
+def refund_subject(payment_id: str, refund_id: str) -> str:
+    """The subject of the cause of what a refund gives back (`cause_of(source, refund_subject(...))`)."""
+    return f"{payment_id}|{refund_id}"
+
+
+def stock_addition(client_key: str | None) -> str:
+    """The key of an admin's stock addition: the request's `Idempotency-Key`, or a fresh one (a retry adds again)."""
+    return client_key or f"unkeyed:{secrets.token_hex(8)}"
 
 
 # --- referral ----------------------------------------------------------------------------------------------------

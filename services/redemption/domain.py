@@ -8,7 +8,6 @@ the ledger refuses (or that times out) makes it `rejected` with the ledger's rea
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,13 +18,14 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from services.redemption.programme import Period, PointsPayment, RedemptionRules, Reward
+from shared import keys
 from shared.refusal import Refusal
 
 Status = Literal["pending", "completed", "rejected", "cancelled"]
 PaymentStatus = Literal["pending", "authorised", "capturing", "captured", "voiding", "voided", "expired", "rejected"]
 CouponState = Literal["active", "used", "void"]  # as stored; `expired` is derived from the time
 Outcome = Literal["placed", "captured", "released", "expired", "refused"]  # what the ledger said about a hold
-Command = Literal["hold", "capture", "void", "cancel", "refund"]  # which of our commands an outcome answers
+Command = keys.Command  # which of our commands an outcome answers
 
 OPEN_PAYMENT: frozenset[str] = frozenset({"pending", "authorised", "capturing", "voiding"})
 
@@ -166,11 +166,11 @@ class Redemption:
 
     @property
     def hold_id(self) -> str:
-        return f"redeem:{self.redemption_id}"
+        return keys.hold_of("redeem", self.redemption_id)
 
     def key(self, command: Command) -> str:
         """The ledger command's idempotency key: derived from the redemption, so a replay is the same command."""
-        return f"redeem:{self.redemption_id}:{command}"
+        return keys.redemption_command("redeem", self.redemption_id, command)
 
     @property
     def cancellable_until(self) -> datetime | None:
@@ -299,12 +299,10 @@ class Payment:
 
     @property
     def hold_id(self) -> str:
-        return f"pay:{self.payment_id}"
+        return keys.hold_of("pay", self.payment_id)
 
     def key(self, command: Command, refund_id: str = "") -> str:
-        if len(refund_id) > 100:  # an upstream id may be long; the key must stay within an id's 200 characters
-            refund_id = "sha256-" + hashlib.sha256(refund_id.encode()).hexdigest()
-        return f"pay:{self.payment_id}:{command}" + (f":{refund_id}" if refund_id else "")
+        return keys.redemption_command("pay", self.payment_id, command, refund_id)
 
     @property
     def captured_value(self) -> Decimal:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from services.redemption.domain import Coupon, Payment, Redemption
+from shared import keys
 from shared.contracts.ledger_commands import CaptureHold, Cause, PlaceHold, ReleaseHold, ReverseEntry
 from shared.contracts.redemptions import (
     CouponUsed,
@@ -24,7 +25,8 @@ SOURCE = "jifen.redemption"
 
 
 def _cause(subject: str, reason: str, rule_id: str | None = None, rule_version: int | None = None) -> Cause:
-    return Cause(source_event_id=f"{SOURCE}|{subject}", rule_id=rule_id, rule_version=rule_version, reason=reason)
+    return Cause(source_event_id=keys.cause_of(SOURCE, subject), rule_id=rule_id, rule_version=rule_version,
+                 reason=reason)
 
 
 def _ids(r: Redemption) -> dict[str, Any]:
@@ -58,25 +60,26 @@ def completed(uow: UnitOfWork, r: Redemption, coupon: Coupon | None, now: dateti
     issued = IssuedCoupon(coupon_id=coupon.coupon_id, value=coupon.value, currency=coupon.currency,
                           expires_at=coupon.expires_at) if coupon is not None else None
     uow.emit(RedemptionCompleted(**_ids(r), kind=r.kind, quantity=r.quantity, points=r.points, coupon=issued),
-             at=now, event_id=f"redemption-completed:{r.redemption_id}")
+             at=now, event_id=keys.redemption_event("redemption-completed", r.redemption_id))
 
 
 def rejected(uow: UnitOfWork, r: Redemption, now: datetime) -> None:
     assert r.reason is not None
     uow.emit(RedemptionRejected(**_ids(r), reason=r.reason, detail=r.detail or ""), at=now,
-             event_id=f"redemption-rejected:{r.redemption_id}")
+             event_id=keys.redemption_event("redemption-rejected", r.redemption_id))
 
 
 def cancelled(uow: UnitOfWork, r: Redemption, now: datetime) -> None:
     uow.emit(RedemptionCancelled(**_ids(r), points_returned=r.points), at=now,
-             event_id=f"redemption-cancelled:{r.redemption_id}")
+             event_id=keys.redemption_event("redemption-cancelled", r.redemption_id))
 
 
 def coupon_used(uow: UnitOfWork, coupon: Coupon, now: datetime) -> None:
     assert coupon.used_order_id is not None
     uow.emit(CouponUsed(program_id=coupon.program_id, member_id=coupon.member_id, coupon_id=coupon.coupon_id,
                         redemption_id=coupon.redemption_id, order_id=coupon.used_order_id, value=coupon.value,
-                        currency=coupon.currency), at=now, event_id=f"coupon-used:{coupon.coupon_id}")
+                        currency=coupon.currency),
+             at=now, event_id=keys.redemption_event("coupon-used", coupon.coupon_id))
 
 
 # --- points payments ------------------------------------------------------------------------------------
@@ -104,7 +107,8 @@ def void_payment(uow: UnitOfWork, p: Payment, now: datetime) -> None:
 def refund_points(uow: UnitOfWork, p: Payment, refund_id: str, points: int, now: datetime) -> None:
     """What a refund of the order gives back: part of the capture reversed, keyed by the refund."""
     uow.emit(ReverseEntry(idempotency_key=p.key("refund", refund_id), program_id=p.program_id,
-                          member_id=p.member_id, cause=_cause(f"{p.payment_id}|{refund_id}", "order refunded"),
+                          member_id=p.member_id,
+                          cause=_cause(keys.refund_subject(p.payment_id, refund_id), "order refunded"),
                           occurred_at=now, entry_key=p.key("capture"), amount=points,
                           details={"order_id": p.order_id, "refund_id": refund_id}), at=now)
 
@@ -112,9 +116,11 @@ def refund_points(uow: UnitOfWork, p: Payment, refund_id: str, points: int, now:
 def payment_captured(uow: UnitOfWork, p: Payment, now: datetime) -> None:
     uow.emit(PaymentCaptured(program_id=p.program_id, member_id=p.member_id, payment_id=p.payment_id,
                              order_id=p.order_id, points=p.captured_points, value=p.captured_value,
-                             currency=p.currency), at=now, event_id=f"payment-captured:{p.payment_id}")
+                             currency=p.currency),
+             at=now, event_id=keys.redemption_event("payment-captured", p.payment_id))
 
 
 def payment_voided(uow: UnitOfWork, p: Payment, why: str, now: datetime) -> None:
     uow.emit(PaymentVoided(program_id=p.program_id, member_id=p.member_id, payment_id=p.payment_id,
-                           order_id=p.order_id, reason=why), at=now, event_id=f"payment-voided:{p.payment_id}")
+                           order_id=p.order_id, reason=why),
+             at=now, event_id=keys.redemption_event("payment-voided", p.payment_id))
