@@ -1,13 +1,11 @@
-"""The HTTP side's bodies and answers, and how a request runs its unit of work (retried on a concurrent writer,
-answered 503 while the database is away: never a 500 for something that passes)."""
+"""The HTTP side's bodies and answers, with their OpenAPI examples, and the examples of what each route refuses
+with."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
 from fastapi import Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,14 +13,57 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.redemption.domain import Coupon, Payment, Status, points_value
 from services.redemption.programme import CashbackTerms, CouponTerms, Limit, RewardId
 from services.redemption.redeem import Offer, Shown
-from shared.consumer import is_transient
 from shared.contracts.base import Currency, Id, Money
-from shared.http import ApiError, ErrorBody
-from shared.service import Runtime
-from shared.uow import UnitOfWork
+from shared.http import ErrorBody
 
-T = TypeVar("T")
-ATTEMPTS = 3
+# Examples of what the routes refuse with, for their OpenAPI descriptions: reason → detail, as the code words them.
+UNKNOWN_PROGRAM = {"unknown_program": "no programme 'defualt' (the programmes are default, retail, staff, starbucks)"}
+UNKNOWN_REDEMPTION = {"unknown_redemption": "programme 'default' has no redemption 'rd_4be0c2a9d17f36e85a11'"}
+UNKNOWN_PAYMENT = {"unknown_payment": "programme 'default' has no payment 'pm_1f0e2d3c4b5a69788797'"}
+UNKNOWN_COUPON = {"unknown_coupon": "no coupon has this code (20 characters given)"}
+KEY_MISMATCH = {"coupon_key_mismatch": "this process's coupon key (JIFEN_COUPON_KEY) is not the one that sealed the "
+                                       "code; every process needs the same"}
+# A redemption's 409 names the redemption it recorded, rejected.
+REDEMPTION_REFUSALS = {reason: {"error": reason, "detail": detail, "redemption_id": "rd_4be0c2a9d17f36e85a10",
+                                "status": "rejected"} for reason, detail in {
+    "insufficient_points": "100 asked, 40 available",
+    "not_eligible_tier": "'wine-tasting' is for tiers gold; the member's tier is silver",
+    "daily_limit": "10 redemptions today; at most 10 a day",
+    "member_limit": "4 of 'coupon-30' redeemed already; at most 4 a month",
+    "out_of_stock": "'tote-bag' has fewer than 1 left",
+}.items()}
+PAYMENT_REFUSALS = {
+    "insufficient_points": "2000 asked, 1180 available",
+    "below_minimum_points": "at least 100 points pay; 50 asked",
+    "exceeds_basket_share": "4000 points pay 40.00 CNY, more than 50% of the 60.00 basket (30.000)",
+    "blocked_member": "the member is blocked from paying with points",
+    "order_has_payment": "order 'order-9' has payment pm_1f0e2d3c4b5a69788796 (authorised) already",
+}
+CANCEL_REFUSALS = {
+    "coupon_used": "its coupon was used on order 'order-1'",
+    "cancel_window_closed": "the redemption could be cancelled until 2026-11-25T02:10:00.480000+00:00",
+    "not_cancellable": "reward 'wine-tasting' cannot be cancelled",
+    "redemption_pending": "the redemption is not completed yet; try again in a moment",
+    "redemption_rejected": "a rejected redemption took no points: there is nothing to cancel",
+}
+CAPTURE_REFUSALS = {
+    "capture_exceeds_authorisation": "2500 points asked; 2000 were authorised",
+    "payment_voided": "payment pm_1f0e2d3c4b5a69788796 is voided",
+    "payment_expired": "payment pm_1f0e2d3c4b5a69788796 is expired",
+}
+VOID_REFUSALS = {
+    "payment_captured": "payment pm_1f0e2d3c4b5a69788796 is captured",
+    "payment_capturing": "payment pm_1f0e2d3c4b5a69788796 is capturing",
+    "payment_expired": "payment pm_1f0e2d3c4b5a69788796 is expired",
+}
+COUPON_REFUSALS = {
+    "coupon_used": "the coupon was used on another order",
+    "coupon_void": "the coupon was voided (its redemption was cancelled or rejected)",
+    "coupon_expired": "the coupon expired at 2026-12-25T00:00:00+00:00",
+}
+
+
+
 
 IdempotencyKey = Annotated[str, Header(min_length=1, max_length=150, pattern=r"^[\x21-\x7e]+$",
                                        description="the client's key for this request: the same key and body "
@@ -49,9 +90,12 @@ class RedeemIn(Body):
 
 class CouponOut(BaseModel):
     coupon_id: str
-    code: str | None = Field(description="the code, in the one answer that shows it: the first with the redeem "
-                                         "scope to find the redemption completed; null in every other")
-    code_shown: bool = Field(description="the code has been shown (it is not kept anywhere since)")
+    code: str | None = Field(description="the code, in the answer that shows it: the first with the redeem scope to "
+                                         "find the redemption completed, and the same redemption request again (the "
+                                         "same Idempotency-Key and body) within JIFEN_COUPON_REVEAL_WINDOW_S (300 s) "
+                                         "after; null in every other")
+    code_shown: bool = Field(description="the code has been shown (only its hash is kept once the reveal window "
+                                         "has closed)")
     value: Decimal
     currency: str
     expires_at: datetime
@@ -247,35 +291,3 @@ def coupon_view(c: Coupon, now: datetime) -> CouponView:
                       value=c.value, currency=c.currency, expires_at=c.expires_at, used_order_id=c.used_order_id,
                       used_at=c.used_at)
 
-
-async def transaction(runtime: Runtime, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
-    """Run `work` in a unit of work and commit it. A deadlock or a concurrent writer is retried (the whole request
-    again, from the start); a database that does not answer is 503."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            async with runtime.unit_of_work() as uow:
-                done = await work(uow)
-                await uow.commit()
-                return done
-        except ApiError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if attempt == ATTEMPTS:
-                raise ApiError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from exc
-            await asyncio.sleep(0.02 * attempt)
-    raise AssertionError("unreachable")
-
-
-async def reading(runtime: Runtime, work: Callable[..., Awaitable[T]], *args: object) -> T:
-    """A read on a connection of its own; 503 while the database is away."""
-    try:
-        async with runtime.connection() as db:
-            return await work(db, *args)
-    except ApiError:
-        raise
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        raise ApiError(503, "unavailable", f"the database did not answer: {type(exc).__name__}") from exc

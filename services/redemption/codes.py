@@ -1,9 +1,10 @@
 """Coupon codes: 100 random bits, written as 20 characters of Crockford's base32 in groups of five.
 
-The database keeps a code's SHA-256 (how a till's code is found) and, until the redemption's answer has shown the
-code once, a copy sealed with the service's key (the code XOR an HMAC of the coupon id, a pad used once). A reader
-of the database alone can therefore neither redeem an issued coupon nor read one yet to be shown; after it has been
-shown, nothing but the hash is left.
+The database keeps a code's SHA-256 (how a till's code is found) and, until the reveal window after its first
+showing has closed (the same request repeated may show it again until then), a copy sealed with the service's key
+(the code XOR an HMAC of the coupon id, a pad used once). A reader of the database alone can therefore neither
+redeem an issued coupon nor read one it holds the sealed copy of; once the window has closed, nothing but the hash
+is left.
 """
 
 from __future__ import annotations

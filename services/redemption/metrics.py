@@ -1,17 +1,10 @@
-"""What the redemption service measures, and the job that reads its gauges from the database."""
+"""What the redemption service measures (jobs.py `watch` reads its gauges from the database)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prometheus_client import CollectorRegistry
 
-from services.redemption import repository
-from services.redemption.programme import RedemptionProgramme
-from shared.jobs import Job, Page
 from shared.metrics import Family, counter, gauge, histogram
-from shared.programmes import Catalogue
-from shared.uow import UnitOfWork
 
 SERVICE = "redemption"
 
@@ -51,21 +44,3 @@ class RedemptionMetrics:
         self.asked_to_settled = histogram(registry, SERVICE, "jifen_redemption_settle_seconds", "From a "
                                           "redemption's request to its completion or rejection")
 
-
-def watch(metrics: RedemptionMetrics, catalogue: Catalogue[RedemptionProgramme], interval_s: float) -> Job:
-    """Reads the gauges that a change alone cannot keep right: the oldest pending redemption's age, the stock, the
-    cheapest reward of each catalogue in force."""
-
-    async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
-        for program_id in catalogue.versions:
-            programme = catalogue.at(program_id, now)
-            if programme is not None and programme.rewards:
-                metrics.lowest_points.labels(program_id).set(min(r.points for r in programme.rewards))
-        count, oldest = await repository.oldest_pending(uow.db)
-        metrics.pending.labels().set(count)
-        metrics.pending_age.labels().set((now - oldest).total_seconds() if oldest is not None else 0)
-        for row in await repository.every_stock(uow.db):
-            metrics.stock_left.labels(row["program_id"], row["reward_id"]).set(row["remaining"])
-        return Page(0)
-
-    return Job("redemption-watch", page, interval_s)

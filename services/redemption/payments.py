@@ -14,10 +14,9 @@ import asyncpg
 import orjson
 
 from services.redemption import domain, events, repository
-from services.redemption.domain import OPEN_PAYMENT, Payment
+from services.redemption.domain import OPEN_PAYMENT, Payment, Refused
 from services.redemption.metrics import RedemptionMetrics
 from services.redemption.programme import RedemptionProgramme
-from shared.http import ApiError
 from shared.uow import UnitOfWork
 
 
@@ -38,49 +37,52 @@ class PaymentAsk:
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-def _refused(metrics: RedemptionMetrics, program_id: str, operation: str, status: int, reason: str,
-             detail: str) -> ApiError:
+def _refused(metrics: RedemptionMetrics, program_id: str, operation: str, reason: str, detail: str) -> Refused:
     metrics.refusals.labels(program_id, operation, reason).inc()
-    return ApiError(status, reason, detail)
+    return Refused(reason, detail)
+
+
+def _unknown(program_id: str, payment_id: str) -> Refused:
+    return Refused("unknown_payment", f"programme {program_id!r} has no payment {payment_id!r}")
 
 
 async def authorise(uow: UnitOfWork, programme: RedemptionProgramme, ask: PaymentAsk,
                     metrics: RedemptionMetrics, now: datetime) -> Payment:
     """Record the payment and ask the ledger for its hold; the same key and body answer the payment it made."""
-    member = await repository.lock_member(uow.db, ask.program_id, ask.member_id)
-    known = await repository.payment_by_key(uow.db, ask.program_id, ask.idempotency_key)
+    member = await repository.members.lock_member(uow.db, ask.program_id, ask.member_id)
+    known = await repository.payments.payment_by_key(uow.db, ask.program_id, ask.idempotency_key)
     if known is not None:
         if known[1] != ask.digest:
-            raise ApiError(422, "idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} was used for "
-                                                        "another payment")
+            raise Refused("idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} was used for another "
+                                                  "payment")
         return known[0]
     rules = programme.rules.points_payment
     currency = ask.currency or (rules.currency if rules is not None else "")
     refused = domain.payment_refusal(ask.points, ask.basket_total, currency, rules)
     if refused is None and member.blocked:
-        refused = domain.Refused("blocked_member", "the member is blocked from paying with points")
+        refused = Refused("blocked_member", "the member is blocked from paying with points")
     if refused is not None:
-        raise _refused(metrics, ask.program_id, "pay", 409, refused.reason, refused.detail)
+        raise _refused(metrics, ask.program_id, "pay", refused.reason, refused.detail)
     assert rules is not None
-    live = await repository.live_payment_of_order(uow.db, ask.program_id, ask.order_id)
+    live = await repository.payments.live_payment_of_order(uow.db, ask.program_id, ask.order_id)
     if live is not None:
-        raise _refused(metrics, ask.program_id, "pay", 409, "order_has_payment", f"order {ask.order_id!r} has payment "
-                                                                 f"{live.payment_id} ({live.status}) already")
+        raise _refused(metrics, ask.program_id, "pay", "order_has_payment",
+                       f"order {ask.order_id!r} has payment {live.payment_id} ({live.status}) already")
     p = Payment(payment_id=f"pm_{secrets.token_hex(10)}", program_id=ask.program_id, member_id=ask.member_id,
                 order_id=ask.order_id, points=ask.points, basket_total=ask.basket_total, currency=currency,
                 points_per_unit=rules.points_per_unit, decimals=rules.decimals, status="pending", created_at=now)
-    if not await repository.insert_payment(uow.db, p, ask.idempotency_key, ask.digest):
-        raise ApiError(422, "idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} or order "
-                                                    f"{ask.order_id!r} was taken by another payment meanwhile")
+    if not await repository.payments.insert_payment(uow.db, p, ask.idempotency_key, ask.digest):
+        raise Refused("idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} or order {ask.order_id!r} "
+                                              "was taken by another payment meanwhile")
     events.authorise(uow, p, rules.authorisation_ttl_seconds, programme.version, now)
     uow.after_commit.append(metrics.payments.labels(p.program_id, "pending").inc)
     return p
 
 
 async def _open(uow: UnitOfWork, program_id: str, payment_id: str) -> Payment:
-    p = await repository.payment(uow.db, program_id, payment_id, lock=True)
+    p = await repository.payments.payment(uow.db, program_id, payment_id, lock=True)
     if p is None:
-        raise ApiError(404, "unknown_payment", f"programme {program_id!r} has no payment {payment_id!r}")
+        raise _unknown(program_id, payment_id)
     return p
 
 
@@ -93,13 +95,13 @@ async def capture(uow: UnitOfWork, program_id: str, payment_id: str, points: int
     if p.status in ("capturing", "captured") and p.capture_points == wanted:
         return p
     if p.status not in ("pending", "authorised"):
-        raise _refused(metrics, program_id, "capture", 409, f"payment_{p.status}",
+        raise _refused(metrics, program_id, "capture", f"payment_{p.status}",
                        f"payment {payment_id} is {p.status}")
     if wanted > p.points:
-        raise _refused(metrics, program_id, "capture", 409, "capture_exceeds_authorisation",
+        raise _refused(metrics, program_id, "capture", "capture_exceeds_authorisation",
                        f"{wanted} points asked; {p.points} were authorised")
     p.status, p.capture_points = "capturing", wanted
-    await repository.update_payments(uow.db, [p])
+    await repository.payments.update_payments(uow.db, [p])
     events.capture_payment(uow, p, wanted, now)
     return p
 
@@ -111,16 +113,16 @@ async def void(uow: UnitOfWork, program_id: str, payment_id: str, metrics: Redem
     if p.status in ("voiding", "voided"):
         return p
     if p.status not in OPEN_PAYMENT or p.status == "capturing":
-        raise _refused(metrics, program_id, "void", 409, f"payment_{p.status}", f"payment {payment_id} is {p.status}")
+        raise _refused(metrics, program_id, "void", f"payment_{p.status}", f"payment {payment_id} is {p.status}")
     p.status = "voiding"
-    await repository.update_payments(uow.db, [p])
+    await repository.payments.update_payments(uow.db, [p])
     events.void_payment(uow, p, now)
     return p
 
 
 async def read(db: asyncpg.Connection, program_id: str, payment_id: str) -> tuple[Payment, int]:
     """A payment and the points its refunds gave back."""
-    p = await repository.payment(db, program_id, payment_id)
+    p = await repository.payments.payment(db, program_id, payment_id)
     if p is None:
-        raise ApiError(404, "unknown_payment", f"programme {program_id!r} has no payment {payment_id!r}")
-    return p, await repository.points_returned(db, payment_id)
+        raise _unknown(program_id, payment_id)
+    return p, await repository.payments.points_returned(db, payment_id)

@@ -1,13 +1,14 @@
 """Redemption requests over HTTP: redeem (limits, stock and the hold in one transaction), cancel, show a redemption
-(and its coupon's code, once), list what a member may redeem, add stock. Each is a function of a unit of work (a
-connection, for reads), the programme in force and the time."""
+(and its coupon's code: once, and again to the same request within the reveal window), list what a member may
+redeem, add stock. Each is a function of a unit of work (a connection, for reads), the programme in force and the
+time; what a rule refuses is raised as a `Refused`, which the HTTP edge answers with its status."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
@@ -16,7 +17,7 @@ from services.redemption import codes, domain, events, repository
 from services.redemption.domain import Coupon, MemberView, Redemption, Refused
 from services.redemption.metrics import RedemptionMetrics
 from services.redemption.programme import RedemptionProgramme, Reward
-from shared.http import ApiError
+from shared import keys
 from shared.uow import UnitOfWork
 
 
@@ -55,26 +56,25 @@ async def redeem(uow: UnitOfWork, programme: RedemptionProgramme, ask: Ask, rede
                  metrics: RedemptionMetrics, now: datetime) -> Redemption:
     """Record the redemption, pending with its stock reserved and its hold asked for, or rejected with the reason;
     the same key with the same body answers the redemption it made, with another body `idempotency_conflict`."""
-    member = await repository.lock_member(uow.db, ask.program_id, ask.member_id)
-    known = await repository.redemption_by_key(uow.db, ask.program_id, ask.idempotency_key)
+    member = await repository.members.lock_member(uow.db, ask.program_id, ask.member_id)
+    known = await repository.redemptions.redemption_by_key(uow.db, ask.program_id, ask.idempotency_key)
     if known is not None:
         return _replay(*known, ask)
     rules, zone = programme.rules, programme.zone
     reward = programme.reward(ask.reward_id)
-    past = await repository.history(uow.db, ask.program_id, ask.member_id,
+    past = await repository.redemptions.history(uow.db, ask.program_id, ask.member_id,
                                     domain.history_since(reward, rules, now, zone))
     refused = domain.refusal(reward, ask.reward_id, ask.quantity, member, domain.usage(past, reward, rules, now, zone),
                              rules, now)
     taken = 0
     if refused is None and reward is not None and reward.stock is not None:
-        if await repository.take_stock(uow.db, ask.program_id, reward, ask.quantity):
+        if await repository.stock.take_stock(uow.db, ask.program_id, reward, ask.quantity):
             taken = ask.quantity
         else:
             refused = Refused("out_of_stock", f"{reward.reward_id!r} has fewer than {ask.quantity} left")
     r = _new(redemption_id, ask, reward, member, programme, taken, refused, now)
-    if not await repository.insert_redemption(uow.db, r, member.tier, ask.idempotency_key, ask.digest):
-        raise ApiError(422, "idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} was used for another "
-                                                    "redemption")
+    if not await repository.redemptions.insert_redemption(uow.db, r, member.tier, ask.idempotency_key, ask.digest):
+        raise _conflict(ask)
     if refused is None:
         events.place_hold(uow, r, rules.hold_ttl_seconds, programme.version, now)
     else:
@@ -97,16 +97,23 @@ def _new(redemption_id: str, ask: Ask, reward: Reward | None, member: MemberView
 
 def _replay(known: Redemption, digest: bytes, ask: Ask) -> Redemption:
     if digest != ask.digest:
-        raise ApiError(422, "idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} was used for another "
-                                                    "redemption")
+        raise _conflict(ask)
     return known
+
+
+def _conflict(ask: Ask) -> Refused:
+    return Refused("idempotency_conflict", f"Idempotency-Key {ask.idempotency_key!r} was used for another redemption")
+
+
+def _unknown(program_id: str, redemption_id: str) -> Refused:
+    return Refused("unknown_redemption", f"programme {program_id!r} has no redemption {redemption_id!r}")
 
 
 async def look(db: asyncpg.Connection, program_id: str, redemption_id: str) -> Shown:
     """A redemption with its coupon, as stored (no code: see `reveal`)."""
-    found = await repository.redemption_view(db, program_id, redemption_id)
+    found = await repository.redemptions.redemption_view(db, program_id, redemption_id)
     if found is None:
-        raise ApiError(404, "unknown_redemption", f"programme {program_id!r} has no redemption {redemption_id!r}")
+        raise _unknown(program_id, redemption_id)
     r, coupon, fulfilment = found
     return Shown(r, coupon[0] if coupon else None, None, coupon[1] if coupon else False, fulfilment)
 
@@ -116,17 +123,34 @@ def reveal_due(shown: Shown, may_see_code: bool) -> bool:
     return shown.coupon is not None and shown.redemption.status == "completed" and may_see_code and not shown.code_shown
 
 
-async def reveal(uow: UnitOfWork, shown: Shown, key: bytes, now: datetime) -> Shown:
-    """Take the coupon's sealed code out of the database and show it; it is not kept anywhere after that. Another
-    answer that took it first leaves this one without it."""
-    sealed = await repository.reveal_code(uow.db, shown.redemption.redemption_id, now)
+def reshow_due(shown: Shown) -> bool:
+    """A code already shown may be shown again, to the same request (its key and body) only: see `reshow`."""
+    return shown.coupon is not None and shown.redemption.status == "completed" and shown.code_shown
+
+
+async def reveal(uow: UnitOfWork, shown: Shown, key: bytes, window_s: float, now: datetime) -> Shown:
+    """Mark the coupon's code shown and show it. Its sealed copy is kept for `window_s` (for `reshow`), then
+    dropped; only its hash stays. Another answer that showed it first leaves this one without it."""
+    sealed = await repository.coupons.reveal_code(uow.db, shown.redemption.redemption_id, now, keep=window_s > 0)
     if sealed is None:
         return replace(shown, code_shown=True)
+    return replace(shown, code=_unsealed(sealed, key), code_shown=True)
+
+
+async def reshow(db: asyncpg.Connection, shown: Shown, key: bytes, window_s: float, now: datetime) -> Shown:
+    """The code again, for the same request repeated (the same `Idempotency-Key` and body, from a till that lost
+    the answer that showed it) within `window_s` of its first showing; after that, never."""
+    sealed = await repository.coupons.shown_code(db, shown.redemption.redemption_id, now - timedelta(
+        seconds=window_s))
+    return shown if sealed is None else replace(shown, code=_unsealed(sealed, key))
+
+
+def _unsealed(sealed: tuple[str, bytes, bytes], key: bytes) -> str:
     code = codes.unseal(sealed[1], sealed[0], key, sealed[2])
     if code is None:  # raised inside the transaction: the sealed code stays for a process with the right key
-        raise ApiError(503, "coupon_key_mismatch", "this process's coupon key (JIFEN_COUPON_KEY) is not the one "
-                                                   "that sealed the code; every process needs the same")
-    return replace(shown, code=code, code_shown=True)
+        raise Refused("coupon_key_mismatch", "this process's coupon key (JIFEN_COUPON_KEY) is not the one that "
+                                             "sealed the code; every process needs the same")
+    return code
 
 
 async def cancel(uow: UnitOfWork, program_id: str, redemption_id: str, metrics: RedemptionMetrics,
@@ -134,22 +158,22 @@ async def cancel(uow: UnitOfWork, program_id: str, redemption_id: str, metrics: 
     """Cancel a completed redemption within its reward's window: the capture is reversed (the points come back with
     the expiry of the lots they left), an unused coupon voided, the stock given back. Cancelling a cancelled
     redemption changes nothing."""
-    r = await repository.redemption(uow.db, program_id, redemption_id, lock=True)
+    r = await repository.redemptions.redemption(uow.db, program_id, redemption_id, lock=True)
     if r is None:
-        raise ApiError(404, "unknown_redemption", f"programme {program_id!r} has no redemption {redemption_id!r}")
+        raise _unknown(program_id, redemption_id)
     if r.status == "cancelled":
         return
-    found = (await repository.coupons_of(uow.db, [redemption_id], lock=True)).get(redemption_id)
+    found = (await repository.coupons.coupons_of(uow.db, [redemption_id], lock=True)).get(redemption_id)
     coupon = found[0] if found is not None else None
     refused = domain.cancel_refusal(r, coupon, now)
     if refused is not None:
         metrics.refusals.labels(program_id, "cancel", refused.reason).inc()
-        raise ApiError(409, refused.reason, refused.detail)
+        raise refused
     r.status, r.cancelled_at = "cancelled", now
-    await repository.update_redemptions(uow.db, [r])
+    await repository.redemptions.update_redemptions(uow.db, [r])
     if coupon is not None:
-        await repository.void_coupons(uow.db, [coupon.coupon_id], now)
-    await repository.give_back_stock(uow.db, [(r.program_id, r.reward_id, r.stock_taken)])
+        await repository.coupons.void_coupons(uow.db, [coupon.coupon_id], now)
+    await repository.stock.give_back_stock(uow.db, [(r.program_id, r.reward_id, r.stock_taken)])
     events.give_back(uow, r, now)
     events.cancelled(uow, r, now)
     uow.after_commit += [metrics.redemptions.labels(r.program_id, r.reward_id, "cancelled").inc,
@@ -168,14 +192,14 @@ async def offers(db: asyncpg.Connection, programme: RedemptionProgramme, member_
     """What can be redeemed now, at the member's price: available, in stock, and, for a member, neither refused by
     tier, block or limits (points are the ledger's to judge, when the hold is asked for)."""
     program_id, rules, zone = programme.program_id, programme.rules, programme.zone
-    left = await repository.stock_left(db, program_id)
+    left = await repository.stock.stock_left(db, program_id)
     member = MemberView()
     past: list[domain.Past] = []
     if member_id is not None:
-        member = await repository.member_view(db, program_id, member_id)
+        member = await repository.members.member_view(db, program_id, member_id)
         since = [domain.history_since(reward, rules, now, zone) for reward in programme.rewards or ()]
         oldest = None if any(s is None for s in since) else min((s for s in since if s is not None), default=now)
-        past = await repository.history(db, program_id, member_id, oldest)
+        past = await repository.redemptions.history(db, program_id, member_id, oldest)
     found = []
     for reward in programme.rewards or ():
         stock = left.get(reward.reward_id, reward.stock) if reward.stock is not None else None
@@ -195,10 +219,10 @@ async def add_stock(uow: UnitOfWork, programme: RedemptionProgramme, reward_id: 
                     added_by: str, metrics: RedemptionMetrics, now: datetime) -> tuple[bool, int]:
     reward = programme.reward(reward_id)
     if reward is None:
-        raise ApiError(404, "unknown_reward", f"the catalogue has no reward {reward_id!r}")
+        raise Refused("unknown_reward", f"the catalogue has no reward {reward_id!r}")
     if reward.stock is None:
-        raise ApiError(409, "no_stock_kept", f"{reward_id!r} has no stock in the catalogue: it never runs out")
-    added, left = await repository.add_stock(uow.db, programme.program_id, reward, quantity,
-                                             key or f"unkeyed:{secrets.token_hex(8)}", added_by, now)
+        raise Refused("no_stock_kept", f"{reward_id!r} has no stock in the catalogue: it never runs out")
+    added, left = await repository.stock.add_stock(uow.db, programme.program_id, reward, quantity,
+                                                   keys.stock_addition(key), added_by, now)
     uow.after_commit.append(lambda: metrics.stock_left.labels(programme.program_id, reward_id).set(left))
     return added, left

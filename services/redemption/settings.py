@@ -21,3 +21,11 @@ class RedemptionSettings(Settings):
     coupon_key_file: Path = RUN_DIR / "coupon-key"
     # How often the gauges (oldest pending redemption, stock left) are read from the database.
     watch_interval_s: float = 15.0
+    # A coupon's code is shown in the first answer that finds it completed; the same request again (the same
+    # Idempotency-Key, from a till that lost that answer) shows it again for this long after, then never.
+    coupon_reveal_window_s: float = 300.0
+    # How often the sealed copies of codes past their reveal window are dropped.
+    coupon_forget_interval_s: float = 60.0
+    # Rejected redemptions (they took no points) are deleted this long after their rejection, checked hourly.
+    redemption_rejected_retention_s: float = 30 * 86400.0
+    redemption_prune_interval_s: float = 3600.0

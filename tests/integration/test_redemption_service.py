@@ -211,7 +211,9 @@ async def test_a_coupon_is_issued_once_paid_its_code_shown_once_and_it_pays_one_
     assert len(code.replace("-", "")) == 20 and seen["coupon"]["code_shown"] is True
     status, again = await chain.service.get(f"{BASE}/redemptions/{rid}")
     assert (again["coupon"]["code"], again["coupon"]["code_shown"]) == (None, True)
-    # The database keeps the code's hash only, once shown.
+    # The database keeps the code's hash only, once its reveal window has closed.
+    chain.clock.now += timedelta(seconds=301)
+    await chain.service.run_job("coupon-code-forget", chain.clock.now)
     [row] = await chain.service.query("SELECT code_hash, code_sealed FROM coupons")
     assert row["code_sealed"] is None and code.encode() not in bytes(row["code_hash"])
 
@@ -240,6 +242,73 @@ async def test_a_coupon_is_issued_once_paid_its_code_shown_once_and_it_pays_one_
     assert (status, refused["error"]) == (409, "coupon_used")  # a used coupon cannot be handed back
     assert count_of(await chain.metrics(), "jifen_redemption_refusals_total", operation="coupon",
                     reason="coupon_used") == 1
+
+
+async def test_the_same_redemption_request_shows_its_code_again_within_the_reveal_window_then_never(
+        chain: Chain) -> None:
+    await chain.credit("ivy", 1000)
+    body = {"member_id": "ivy", "reward_id": "coupon-5"}
+    status, pending, _ = await chain.call("POST", "/redemptions", body, key="till-7:1")
+    assert (status, pending["status"]) == (202, "pending")
+    # The till asks again (its first answer was lost): completed now, and this answer shows the code ...
+    status, first, _ = await chain.call("POST", "/redemptions", body, key="till-7:1")
+    code = first["coupon"]["code"]
+    assert (status, first["redemption_id"], first["coupon"]["code_shown"]) == (201, pending["redemption_id"], True)
+    assert code is not None
+    # ... which is lost too: the same request again, within the window, shows the same code.
+    chain.clock.now += timedelta(seconds=299)
+    status, again, _ = await chain.call("POST", "/redemptions", body, key="till-7:1")
+    assert (status, again["redemption_id"], again["coupon"]["code"]) == (201, pending["redemption_id"], code)
+    # Nothing else shows it: the redemption read by id (even with the redeem scope), nor another key.
+    status, seen = await chain.service.get(f"{BASE}/redemptions/{pending['redemption_id']}")
+    assert (status, seen["coupon"]["code"], seen["coupon"]["code_shown"]) == (200, None, True)
+    _, other, _ = await chain.redeem("ivy", "coupon-5", key="till-7:2")  # its own code, shown by its GET
+    assert other["redemption_id"] != pending["redemption_id"] and other["coupon"]["code"] not in (None, code)
+    # Past the window, never again; the job then drops the sealed copy, leaving the hash only.
+    chain.clock.now += timedelta(seconds=2)
+    status, late, _ = await chain.call("POST", "/redemptions", body, key="till-7:1")
+    assert (status, late["coupon"]["code"], late["coupon"]["code_shown"]) == (201, None, True)
+    forgotten, _ = await chain.service.run_job("coupon-code-forget", chain.clock.now)
+    assert forgotten == 1  # the first coupon's; the second was shown within its window still
+    rows = await chain.service.query("SELECT redemption_id FROM coupons WHERE code_sealed IS NOT NULL")
+    assert [r["redemption_id"] for r in rows] == [other["redemption_id"]]
+    status, late, _ = await chain.call("POST", "/redemptions", body, key="till-7:1")
+    assert (status, late["coupon"]["code"]) == (201, None)
+    # The code itself still pays an order: only the copy that showed it is gone.
+    status, used, _ = await chain.call("POST", f"/coupons/{code}/use", {"order_id": "o-ivy"})
+    assert (status, used["status"]) == (200, "used")
+
+
+async def test_rejected_redemptions_are_pruned_past_their_retention_and_nothing_else_is(chain: Chain) -> None:
+    await chain.credit("jo", 1000)
+    await chain.credit("poor", 50)
+    # A coupon issued, then voided: the hold timed out before its capture.
+    _, timed_out, _ = await chain.redeem("jo", "coupon-5", settle=False)
+    placed = await chain.pipeline["ledger"].deliver((await chain.service.drain()).messages)
+    chain.clock.now += timedelta(seconds=61)
+    await chain.pipeline.settle(placed.messages)
+    _, kept, _ = await chain.redeem("jo", "coupon-5")
+    _, by_rule, _ = await chain.redeem("jo", "nothing-such")
+    _, by_ledger, _ = await chain.redeem("poor", "coupon-5")
+    rejected = [by_rule["redemption_id"], by_ledger["redemption_id"], timed_out["redemption_id"]]
+    for rid in rejected:
+        assert (await chain.service.get(f"{BASE}/redemptions/{rid}"))[1]["status"] == "rejected"
+    assert len(await chain.service.query("SELECT 1 FROM coupons")) == 2
+
+    # Kept for 30 days (JIFEN_REDEMPTION_REJECTED_RETENTION_S) after their rejection, then deleted.
+    rejected_at = chain.clock.now
+    chain.clock.now = rejected_at + timedelta(days=30, seconds=-1)
+    assert (await chain.service.run_job("redemption-prune-rejected", chain.clock.now))[0] == 0
+    chain.clock.now = rejected_at + timedelta(days=30, seconds=1)
+    assert (await chain.service.run_job("redemption-prune-rejected", chain.clock.now))[0] == 3
+    for rid in rejected:
+        status, body = await chain.service.get(f"{BASE}/redemptions/{rid}")
+        assert (status, body["error"]) == (404, "unknown_redemption")
+    status, body = await chain.service.get(f"{BASE}/redemptions/{kept['redemption_id']}")
+    assert (status, body["status"], body["coupon"]["status"]) == (200, "completed", "valid")
+    assert [r["redemption_id"] for r in await chain.service.query("SELECT redemption_id FROM coupons")] == [
+        kept["redemption_id"]]
+    assert (await chain.balance("jo"))["available"] == 900
 
 
 async def test_every_refusal_has_its_reason_in_the_answer_the_event_and_the_metric(chain: Chain) -> None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from services.redemption import codes, domain
 from services.redemption.domain import Coupon, MemberView, Past, Payment, Redemption, Usage
-from services.redemption.handlers import Answer, answer_of
+from services.redemption.handlers import Answer
 from services.redemption.payments import PaymentAsk
 from services.redemption.programme import PointsPayment, RedemptionProgramme, RedemptionRules, Reward
 from services.redemption.redeem import Ask
@@ -265,16 +265,16 @@ def test_only_our_holds_and_commands_are_ours() -> None:
     at = datetime(2026, 3, 11, tzinfo=UTC)
     placed = HoldPlaced(hold_id="redeem:rd_1", program_id="p", member_id="m", amount=5, expires_at=at,
                         idempotency_key="redeem:rd_1:hold")
-    assert answer_of(placed) == Answer("redeem", "rd_1", "hold", "placed", expires_at=at)
+    assert Answer.placed(placed) == Answer("redeem", "rd_1", "hold", "placed", expires_at=at)
     resolved = HoldResolved(hold_id="pay:pm_1", program_id="p", member_id="m", outcome="captured", captured=4,
                             released=1, idempotency_key="pay:pm_1:capture")
-    assert answer_of(resolved) == Answer("pay", "pm_1", "capture", "captured", captured=4)
+    assert Answer.resolved(resolved) == Answer("pay", "pm_1", "capture", "captured", captured=4)
     refused = CommandRejected(program_id="p", member_id="m", idempotency_key="pay:pm_1:refund:r:1",
                               command_type="x", reason="entry_not_found", detail="d")
-    assert answer_of(refused) == Answer("pay", "pm_1", "refund", "refused", "entry_not_found", "d")
+    assert Answer.refused(refused) == Answer("pay", "pm_1", "refund", "refused", "entry_not_found", "d")
     other = HoldPlaced(hold_id="bench-7", program_id="p", member_id="m", amount=5, expires_at=at,
                        idempotency_key="bench:7")
-    assert answer_of(other) is None
-    assert answer_of(refused.model_copy(update={"idempotency_key": "earn:e1:base"})) is None
+    assert Answer.placed(other) is None
+    assert Answer.refused(refused.model_copy(update={"idempotency_key": "earn:e1:base"})) is None
     assert Payment("pm_1", "p", "m", "o", 1, Decimal(1), "CNY", Decimal(1), 2, "captured", at).key(
         "refund", "r" * 300).startswith("pay:pm_1:refund:sha256-")
