@@ -24,7 +24,7 @@ from services.referral.domain import referral_id
 from services.referral.repository import invariants
 from services.referral.settings import ReferralSettings
 from services.referral.simulation import build_referral_feed, summary
-from shared import auth
+from shared import auth, db
 from shared.contracts import topics
 from shared.contracts.ledger_commands import PostCredit, ReverseEntry
 from shared.contracts.members import MemberEnrolled
@@ -274,6 +274,34 @@ async def test_a_referral_not_judged_yet_is_listed_as_pending(chain: tuple[Pipel
     assert status == 200, listed
     assert [(r["referee_member_id"], r["status"]) for r in listed["referrals"]] == [("amy", "pending"),
                                                                                    ("bob", "pending")]
+
+
+async def test_a_database_that_does_not_answer_is_503_with_retry_after_on_every_route(
+        chain: tuple[Pipeline, Clock]) -> None:
+    """With the caller's key cached (as a busy till's is), every read and write route answers 503 `unavailable`
+    with `Retry-After` while the database does not answer, never a 500."""
+    pipeline, _ = chain
+    referral = pipeline["referral"]
+    runtime = referral.runtime
+    runtime.keys.cache_s = 600.0  # the harness checks every call's key; a running service trusts it a while
+    await pipeline.send(topics.REFERRALS, accept("rex", "amy", NOW - DAY), key="amy")
+    [held] = await referrals(pipeline, "amy")  # the key is cached from here on
+    live = runtime.engine
+    runtime.engine = db.make_engine(ReferralSettings(database_url="postgresql://jifen:jifen@127.0.0.1:1/jifen"),
+                                    "referral")
+    try:
+        for method, path in (("GET", "/v1/programs/default/members/amy/referral-code"),
+                             ("GET", "/v1/programs/default/members/amy/referrals"),
+                             ("GET", "/v1/programs/default/referrals?status=pending"),
+                             ("GET", "/v1/programs/default/referrals/stats"),
+                             ("GET", f"/v1/programs/default/referrals/{held['referral_id']}"),
+                             ("POST", f"/v1/programs/default/referrals/{held['referral_id']}/approve")):
+            response = await referral.request(method, path)
+            assert (response.status_code, response.json()["error"]) == (503, "unavailable"), (path, response.text)
+            assert int(response.headers["retry-after"]) >= 1, (path, response.text)
+    finally:
+        await runtime.engine.dispose()
+        runtime.engine = live
 
 
 async def test_too_many_referees_on_one_device_wait_for_a_reviewer(chain: tuple[Pipeline, Clock], infra: Infra
