@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Header, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from services.redemption.domain import Coupon, Payment, Status, points_value
 from services.redemption.programme import CashbackTerms, CouponTerms, Limit, RewardId
@@ -64,6 +64,18 @@ COUPON_REFUSALS = {
 
 
 
+def _decimal_string(value: Any) -> Any:
+    # Money over HTTP is a decimal string, as the schema says: a JSON number (a float) may have lost precision.
+    if not isinstance(value, str):
+        raise ValueError("a decimal string such as \"100.00\", not a number")
+    return value
+
+
+# A basket's total: a decimal string above zero, as documented (any such string is taken).
+BASKET_PATTERN = r"^([1-9][0-9]{0,11}(\.[0-9]{1,6})?|0?\.[0-9]{0,5}[1-9][0-9]{0,5})$"
+BasketTotal = Annotated[Money, BeforeValidator(_decimal_string), Field(gt=0), WithJsonSchema(
+    {"type": "string", "pattern": BASKET_PATTERN, "description": "a decimal string above zero, e.g. \"100.00\"",
+     "examples": ["100.00"]})]
 
 IdempotencyKey = Annotated[str, Header(min_length=1, max_length=150, pattern=r"^[\x21-\x7e]+$",
                                        description="the client's key for this request: the same key and body "
@@ -195,7 +207,7 @@ class PaymentIn(Body):
     member_id: Id
     order_id: Id
     points: int = Field(ge=1, le=10**9)
-    basket_total: Annotated[Money, Field(gt=0)]
+    basket_total: BasketTotal
     currency: Currency | None = Field(default=None, description="the basket's; the programme's points currency when "
                                                                 "not given")
 
