@@ -48,13 +48,25 @@ def birthday_credit(program_id: str, member_id: str, year: int) -> str:
 
 # --- ledger ------------------------------------------------------------------------------------------------------
 
+HOLD_EXPIRY = "hold-expire:"  # the sweeper's SQL builds `HOLD_EXPIRY || hold.hold_id` likewise
+
 
 def lot_expiry(lot_id: int) -> str:
     return f"{LOT_EXPIRY}{lot_id}"
 
 
 def hold_expiry(hold_id: str) -> str:
-    return f"hold-expire:{hold_id}"
+    return f"{HOLD_EXPIRY}{hold_id}"
+
+
+def lot_expiry_cause(source: str, lot_id: int) -> str:
+    """The cause of the sweeper's expiry of a lot."""
+    return cause_of(source, f"lot:{lot_id}")
+
+
+def hold_expiry_cause(source: str, hold_id: str) -> str:
+    """The cause of the sweeper's expiry of a hold past its TTL."""
+    return cause_of(source, f"hold:{hold_id}")
 
 
 def admin_command(key_id: str, client_key: str) -> str:
@@ -75,6 +87,21 @@ def posted_event(entry_id: int) -> str:
 def rejected_event(command_event_id: str) -> str:
     """The id of the `command.rejected` event answering a command event."""
     return f"rejected:{command_event_id}"
+
+
+def hold_placed_event(hold_id: str) -> str:
+    """The id of the `hold.placed` event of a hold: a hold is placed once."""
+    return f"hold-placed:{hold_id}"
+
+
+def hold_resolved_event(hold_id: str) -> str:
+    """The id of the `hold.resolved` event of a hold: a hold resolves once."""
+    return f"hold-resolved:{hold_id}"
+
+
+def admin_rule(caller_name: str) -> str:
+    """The rule id an operator's entry records: the name of the caller's API key."""
+    return f"admin:{caller_name}"
 
 
 # --- redemption --------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A member's state in memory is a `MemberBook`: the account tip, its open lots (with what is used and
 reserved of each), its open holds and its outstanding debts. The rules in `services.ledger.rules`
-change books and record every change in a `Changes`, which the repository then stores append-only.
+change books and record every change in an `Additions`, which the repository then stores append-only.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from shared.contracts.base import Contract
 from shared.contracts.ledger_commands import Cause
 
 GENESIS_HASH = bytes(32)
+# The CloudEvents source of what an admin call sends: a programme trusts it to honour blocks, and the ledger wakes
+# the admin calls waiting for their commands.
+ADMIN_SOURCE = "jifen.admin"
 SYSTEM_ACCOUNTS = ("issued", "redeemed", "expired", "adjustments", "transfers")
 # Credits that count as earned (tiers read lifetime_earned); reversing one takes it back off.
 EARNING_KINDS = frozenset({"earn", "adjust_credit"})
@@ -183,7 +186,7 @@ class Resolution:
 
 
 @dataclass
-class Changes:
+class Additions:
     """Everything a batch of commands adds: stored append-only by the repository, in one transaction."""
 
     entries: list[Entry] = field(default_factory=list)

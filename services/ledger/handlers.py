@@ -1,17 +1,25 @@
-"""Ledger use cases: a batch of commands in, entries and outcomes out, in one unit of work."""
+"""The ledger's handler: a run of commands in, entries and outcomes out, in the batch's unit of work.
+
+`load` reads what the whole run needs in a few multi-row queries (which commands are replays; the accounts with
+their lots, holds and debts; the entries reversals name); the kit then calls each command's method, in order, which
+hands the command to the pure `Journal` (rules.py); `store` writes what the journal added with multi-row statements,
+records every command's outcome with its key, wakes the admin calls waiting for their commands, and emits the
+outcomes in command order. Idempotent by command key and payload hash: a replay of any command, accepted or
+refused, changes nothing and publishes nothing.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
-
-from prometheus_client import CollectorRegistry
+from typing import Any, TypeGuard
 
 from services.ledger import domain, repository
-from services.ledger.domain import Entry, HoldState, MemberBook, Resolution
+from services.ledger.domain import ADMIN_SOURCE, Entry, HoldState, MemberBook, Resolution
+from services.ledger.metrics import LedgerMetrics
 from services.ledger.rules import Journal, Outcome, Refused, posted_by
+from shared import keys, waiting
 from shared.consumer import Retryable
 from shared.contracts.base import Contract
 from shared.contracts.ledger_commands import (
@@ -28,12 +36,14 @@ from shared.contracts.ledger_commands import (
     TransferPoints,
 )
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved, PointsEntryPosted
-from shared.metrics import counter
-from shared.subscription import Inbound, Rejections
+from shared.subscription import Batch, Handler, Inbound, Rejections, Subscription
 from shared.uow import UnitOfWork
 
-HOLD_COMMANDS = frozenset({PlaceHold, CaptureHold, ReleaseHold, ExpireHold})
+__all__ = ["ApplyCommands", "Changes", "LedgerMetrics", "posted_data"]
+
 Command = Inbound[LedgerCommand]
+Member = tuple[str, str]  # (program_id, member_id)
+Rejection = tuple[str, str]  # (reason, detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,101 +62,193 @@ class Outgoing:
                       subject=self.subject)
 
 
-class LedgerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.entries = counter(registry, "ledger", "jifen_ledger_entries", "Entries posted",
-                               ["program_id", "kind"])
-        self.points = counter(registry, "ledger", "jifen_ledger_points", "Points moved by posted entries",
-                              ["program_id", "kind"])
-        self.rejected = counter(registry, "ledger", "jifen_ledger_commands_rejected", "Commands rejected, by reason",
-                                ["reason"])
-        self.replays = counter(registry, "ledger", "jifen_ledger_command_replays", "Commands seen before with the "
-                               "same payload")
+def _no_account(program_id: str, kind: str) -> int:
+    raise AssertionError(f"no command of this run needs the {kind} account of {program_id}")
+
+
+@dataclass(eq=False)
+class Changes:
+    """A run of commands being applied: the books it touches, the journal recording what it adds, each fresh
+    command's outcome, and the answers already decided (conflicting replays)."""
+
+    uow: UnitOfWork
+    now: datetime
+    commands: list[Command]
+    fresh: dict[int, bytes] = field(default_factory=dict)  # id(item) → payload hash, for first sightings
+    outgoing: dict[int, list[Outgoing]] = field(default_factory=dict)  # id(item) → its outcomes, in order
+    books: dict[Member, MemberBook] = field(default_factory=dict)
+    loaded: repository.Loaded = field(default_factory=lambda: repository.Loaded({}, set(), {}, {}))
+    journal: Journal = field(init=False)
+    results: list[tuple[Command, bytes, Outcome | None, Rejection | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.now, _no_account)
+
+    def apply(self, item: Command, rule: Callable[[MemberBook], Outcome]) -> None:
+        """Apply a fresh command's rule to its member's book and keep what it did, or why it was refused; a replay
+        (or a conflict, answered at load) is left alone."""
+        digest = self.fresh.get(id(item))
+        if digest is None:
+            return
+        cmd = item.data
+        try:
+            done = rule(self.books[(cmd.program_id, cmd.member_id)])
+            self.results.append((item, digest, done, done.rejection))
+        except Refused as refused:
+            self.results.append((item, digest, None, (refused.reason, refused.detail)))
+
+
+def _is_command(item: Inbound[Contract]) -> TypeGuard[Command]:
+    return isinstance(item.data, LedgerCommand)
 
 
 @dataclass
-class ApplyCommands:
-    """Apply a batch of ledger commands in one unit of work. Idempotent by command key and payload hash.
-
-    Every command's outcome is stored with its key (posted or rejected, with the reason), so a replay of any
-    command, accepted or refused, changes nothing and publishes nothing.
-    """
+class ApplyCommands(Handler[Changes]):
+    """Apply a run of ledger commands in one unit of work. Every command's outcome is stored with its key (posted
+    or rejected, with the reason)."""
 
     metrics: LedgerMetrics
     clock: Callable[[], datetime]
 
-    async def __call__(self, items: list[Command], uow: UnitOfWork, rejections: Rejections) -> None:
-        now = self.clock()
-        outcomes: dict[int, list[Outgoing]] = {}
-        fresh = await self._sort_out_replays(items, uow, now, outcomes)
-        if fresh:
-            await self._apply(fresh, uow, now, outcomes)
-        # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
-        for item in items:
-            for outgoing in outcomes.get(id(item), ()):
-                outgoing.emit(uow)
+    async def load(self, batch: Batch) -> Changes:
+        uow = batch.uow
+        # The subscription hands this handler ledger commands only: a typed view of the run, in order.
+        changes = Changes(uow, self.clock(), [item for item in batch.items if _is_command(item)])
+        members = self._sort_out_replays(changes, await repository.known_commands(
+            uow.db, [i.data.idempotency_key for i in changes.commands]))
+        if changes.fresh:
+            await self._read_books(batch, changes, members)
+        return changes
 
-    async def _apply(self, fresh: list[tuple[Command, bytes]], uow: UnitOfWork, now: datetime,
-                     outcomes: dict[int, list[Outgoing]]) -> None:
-        commands = [item.data for item, _ in fresh]
-        # One pass sorting out what the batch touches (exact type checks: pydantic's isinstance is slow).
-        members: set[tuple[str, str]] = set()
-        needs_lots: set[tuple[str, str]] = set()  # credits need only the tip; everything else the open lots
-        hold_ids: list[str] = []
-        entry_ids: list[int] = []
-        entry_keys: list[tuple[str, tuple[str, str]]] = []  # (command key, member) named by reversals
-        for c in commands:
-            member = (c.program_id, c.member_id)
-            members.add(member)
-            kind = type(c)
-            if kind is PostCredit:
-                continue
-            needs_lots.add(member)
-            if kind is TransferPoints:
-                receiver = (c.program_id, cast(TransferPoints, c).to_member_id)
+    def _sort_out_replays(self, changes: Changes, known: dict[str, bytes]) -> set[Member]:
+        """Keep first sightings; drop replays; answer conflicting replays with a rejection. Returns the members
+        the first sightings are for."""
+        members: set[Member] = set()
+        for item in changes.commands:
+            cmd = item.data
+            key = cmd.idempotency_key
+            digest = domain.payload_hash(cmd)
+            prior = known.get(key)
+            if prior is None:
+                known[key] = digest
+                changes.fresh[id(item)] = digest
+                members.add((cmd.program_id, cmd.member_id))
+            elif prior == digest:
+                changes.uow.after_commit.append(self.metrics.replays.labels().inc)
+            else:
+                changes.outgoing[id(item)] = [self._rejected(changes.uow, item, "idempotency_conflict",
+                                                             f"key {key!r} was already used for a command with "
+                                                             "another payload", changes.now)]
+        return members
+
+    async def _read_books(self, batch: Batch, changes: Changes, members: set[Member]) -> None:
+        """The accounts the fresh commands touch (created when missing), with their books: credits need only the
+        tip, everything else the open lots; the holds and entries commands name."""
+        fresh = changes.fresh
+        credits = {id(i) for i in batch.of(PostCredit)}
+        needs_lots = {(i.data.program_id, i.data.member_id) for i in changes.commands
+                      if id(i) in fresh and id(i) not in credits}
+        for transfer in batch.of(TransferPoints):
+            if id(transfer) in fresh:
+                receiver = (transfer.data.program_id, transfer.data.to_member_id)
                 members.add(receiver)
                 needs_lots.add(receiver)
-            elif kind in HOLD_COMMANDS:
-                hold_ids.append(cast(PlaceHold | CaptureHold | ReleaseHold | ExpireHold, c).hold_id)
-            elif kind is ReverseEntry:
-                reversal = cast(ReverseEntry, c)
-                if reversal.entry_id is not None:
-                    entry_ids.append(reversal.entry_id)
-                elif reversal.entry_key is not None:
-                    entry_keys.append((reversal.entry_key, member))
-        keys: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
-        keys += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
-        rows = await repository.accounts(uow.db, keys)
+        holds: list[Inbound[PlaceHold | CaptureHold | ReleaseHold | ExpireHold]] = [
+            *batch.of(PlaceHold), *batch.of(CaptureHold), *batch.of(ReleaseHold), *batch.of(ExpireHold)]
+        hold_ids = [i.data.hold_id for i in holds if id(i) in fresh]
+        reversals = [i for i in batch.of(ReverseEntry) if id(i) in fresh]
+        entry_ids = [i.data.entry_id for i in reversals if i.data.entry_id is not None]
+        entry_keys = [(i.data.entry_key, (i.data.program_id, i.data.member_id)) for i in reversals
+                      if i.data.entry_id is None and i.data.entry_key is not None]
+        wanted: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
+        wanted += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
+        db = changes.uow.db
+        rows = await repository.accounts(db, wanted)
         accounts = {(k[0], k[2]): repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
         complete = {a.id for key, a in accounts.items() if key in needs_lots or a.debt > 0}
-        loaded = await repository.load_books(uow.db, list(accounts.values()), complete, hold_ids, entry_ids,
+        loaded = await repository.load_books(db, list(accounts.values()), complete, hold_ids, entry_ids,
                                              [(key, accounts[member].id) for key, member in entry_keys])
-        books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
+        changes.loaded = loaded
+        changes.books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
         # Two entries at most per command (a capture and the expiry of lots that lapsed while held; a transfer).
-        journal = Journal(now, lambda program, kind: rows[(program, kind, "")]["id"],
-                          entry_ids=await repository.reserve_entry_ids(uow.db, 2 * len(commands)))
-        results: list[tuple[Command, bytes, Outcome | None, tuple[str, str] | None]] = []
-        for (item, digest), cmd in zip(fresh, commands, strict=True):
-            try:
-                done = _apply_one(journal, books, loaded, cmd)
-                results.append((item, digest, done, done.rejection))
-            except Refused as refused:
-                results.append((item, digest, None, (refused.reason, refused.detail)))
-        changes = journal.changes
-        await repository.assign_ids(uow.db, changes)
+        changes.journal = Journal(changes.now, lambda program, kind: rows[(program, kind, "")]["id"],
+                                  entry_ids=await repository.reserve_entry_ids(db, 2 * len(fresh)))
+
+    # --- one method per command: each hands its command to the journal ---------------------------------------
+
+    async def credit(self, item: Inbound[PostCredit], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.credit(book, item.data))
+
+    async def debit(self, item: Inbound[PostDebit], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.debit(book, item.data))
+
+    async def place_hold(self, item: Inbound[PlaceHold], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.place_hold(book, item.data, changes.loaded.hold_ids_taken))
+
+    async def capture(self, item: Inbound[CaptureHold], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.capture(book, item.data))
+
+    async def release(self, item: Inbound[ReleaseHold], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.release(book, item.data))
+
+    async def expire_hold(self, item: Inbound[ExpireHold], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.expire_hold(book, item.data))
+
+    async def expire_lot(self, item: Inbound[ExpireLot], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.expire_lot(book, item.data))
+
+    async def reverse(self, item: Inbound[ReverseEntry], changes: Changes) -> None:
+        cmd = item.data
+
+        def rule(book: MemberBook) -> Outcome:
+            if cmd.entry_id is not None:
+                return changes.journal.reverse(book, cmd, changes.loaded.targets.get(cmd.entry_id))
+            if cmd.entry_key is None:
+                raise Refused("entry_not_found", "a reversal names its entry by entry_id or entry_key")
+            # A stored entry, or one an earlier command of this batch posted (a refund right behind its purchase).
+            key, journal = cmd.entry_key, changes.journal
+            named = changes.loaded.posted_by.get((key, book.account.id)) or journal.posted_here(book.account.id, key)
+            return journal.reverse(book, cmd, posted_by(key, named))
+
+        changes.apply(item, rule)
+
+    async def adjust(self, item: Inbound[AdjustPoints], changes: Changes) -> None:
+        changes.apply(item, lambda book: changes.journal.adjust(book, item.data))
+
+    async def transfer(self, item: Inbound[TransferPoints], changes: Changes) -> None:
+        cmd = item.data
+        changes.apply(item, lambda book: changes.journal.transfer(
+            book, changes.books[(cmd.program_id, cmd.to_member_id)], cmd))
+
+    # --- the run, stored ----------------------------------------------------------------------------------------
+
+    async def store(self, changes: Changes) -> None:
+        uow = changes.uow
+        if changes.results:
+            await self._store_results(changes)
+        # Outcomes go out in command order, so a member's outcomes arrive in the order of their commands.
+        for item in changes.commands:
+            for outgoing in changes.outgoing.get(id(item), ()):
+                outgoing.emit(uow)
+
+    async def _store_results(self, changes: Changes) -> None:
+        uow, now, results = changes.uow, changes.now, changes.results
+        added = changes.journal.added
+        await repository.assign_ids(uow.db, added)
         claimed = await repository.claim_commands(uow.db, [
             (item.data.idempotency_key, digest, item.event.type, item.data.program_id, item.data.member_id,
              "rejected" if rejection else "posted", rejection[0] if rejection else None)
             for item, digest, _, rejection in results], now)
         if claimed != len(results):
             raise Retryable("another consumer claimed some of these commands first")
-        await repository.store(uow.db, changes)
-        await repository.add_totals(uow.db, changes.entries)
-        touched = [b for b in loaded.books.values() if b.account.id in journal.touched]
+        await repository.store(uow.db, added)
+        await repository.add_totals(uow.db, added.entries)
+        touched = [b for b in changes.loaded.books.values() if b.account.id in changes.journal.touched]
         if not await repository.advance_accounts(uow.db, touched):
             raise Retryable("an account moved on since it was read")
+        settled: list[str] = []  # the admin calls' commands, whose callers may be waiting (?wait)
         for item, _, outcome, rejection in results:
-            messages = outcomes.setdefault(id(item), [])
+            messages = changes.outgoing.setdefault(id(item), [])
             if outcome is not None:
                 messages += [self._posted(entry) for entry in outcome.entries]
                 if outcome.placed is not None:
@@ -154,7 +256,10 @@ class ApplyCommands:
                 messages += [self._hold_resolved(item, r) for r in outcome.resolutions]
             if rejection is not None:
                 messages.append(self._rejected(uow, item, *rejection, now))
-        uow.after_commit.append(lambda: self._count_entries(changes.entries))
+            if item.event.source == ADMIN_SOURCE:
+                settled.append(item.data.idempotency_key)
+        await waiting.announce(uow, settled)  # one statement, only for a batch with admin commands in it
+        uow.after_commit.append(lambda: self._count_entries(added.entries))
 
     def _count_entries(self, entries: list[Entry]) -> None:
         counts: dict[tuple[str, str], list[int]] = {}
@@ -166,40 +271,19 @@ class ApplyCommands:
             self.metrics.entries.labels(program, kind).inc(n)
             self.metrics.points.labels(program, kind).inc(points)
 
-    async def _sort_out_replays(self, items: list[Command], uow: UnitOfWork, now: datetime,
-                                outcomes: dict[int, list[Outgoing]]) -> list[tuple[Command, bytes]]:
-        """Keep first sightings; drop replays; answer conflicting replays with a rejection."""
-        known = await repository.known_commands(uow.db, [i.data.idempotency_key for i in items])
-        fresh: list[tuple[Command, bytes]] = []
-        for item in items:
-            cmd = item.data
-            key = cmd.idempotency_key
-            digest = domain.payload_hash(cmd)
-            prior = known.get(key)
-            if prior is None:
-                known[key] = digest
-                fresh.append((item, digest))
-            elif prior == digest:
-                uow.after_commit.append(self.metrics.replays.labels().inc)
-            else:
-                outcomes[id(item)] = [self._rejected(uow, item, "idempotency_conflict",
-                                                     f"key {key!r} was already used for a command with another "
-                                                     "payload", now)]
-        return fresh
-
     def _rejected(self, uow: UnitOfWork, item: Command, reason: str, detail: str, now: datetime) -> Outgoing:
         cmd = item.data
         rejected = CommandRejected(program_id=cmd.program_id, member_id=cmd.member_id,
                                    idempotency_key=cmd.idempotency_key, command_type=item.event.type, reason=reason,
                                    detail=detail)
         uow.after_commit.append(self.metrics.rejected.labels(reason).inc)
-        return _outgoing(f"rejected:{item.event.event_id}", now, rejected)
+        return _outgoing(keys.rejected_event(item.event.event_id), now, rejected)
 
     def _hold_placed(self, item: Command, hold: HoldState) -> Outgoing:
         cmd = item.data
         placed = HoldPlaced(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
                             amount=hold.amount, expires_at=hold.expires_at, idempotency_key=cmd.idempotency_key)
-        return _outgoing(f"hold-placed:{hold.hold_id}", self.clock(), placed)
+        return _outgoing(keys.hold_placed_event(hold.hold_id), self.clock(), placed)
 
     def _hold_resolved(self, item: Command, resolution: Resolution) -> Outgoing:
         cmd = item.data
@@ -207,11 +291,22 @@ class ApplyCommands:
         resolved = HoldResolved(hold_id=hold.hold_id, program_id=cmd.program_id, member_id=cmd.member_id,
                                 outcome=resolution.outcome, captured=resolution.captured,
                                 released=hold.amount - resolution.captured, idempotency_key=cmd.idempotency_key)
-        return _outgoing(f"hold-resolved:{hold.hold_id}", resolution.resolved_at, resolved)
+        return _outgoing(keys.hold_resolved_event(hold.hold_id), resolution.resolved_at, resolved)
 
     def _posted(self, entry: Entry) -> Outgoing:
-        return Outgoing(PointsEntryPosted, posted_data(entry), entry.posted_at, f"entry:{entry.id}", entry.member_id,
-                        entry.command_key)
+        assert entry.id is not None  # assigned before the outcomes are built
+        return Outgoing(PointsEntryPosted, posted_data(entry), entry.posted_at, keys.posted_event(entry.id),
+                        entry.member_id, entry.command_key)
+
+    async def __call__(self, items: list[Command], uow: UnitOfWork, rejections: Rejections) -> None:
+        """A run applied outside a consumer, as the kit applies it (bench/history.py seeds a history with it)."""
+        route = Subscription(self)
+        changes = await self.load(Batch([*items], uow, rejections))
+        for item in items:
+            found = route.handler_of(item.event.type)
+            assert found is not None and found[2] is not None, item.event.type
+            await found[2](item, changes)
+        await self.store(changes)
 
 
 def _outgoing(event_id: str, at: datetime, body: CommandRejected | HoldPlaced | HoldResolved) -> Outgoing:
@@ -230,34 +325,3 @@ def posted_data(entry: Entry) -> dict[str, Any]:
         "posted_at": entry.posted_at, "lot": lots[0] if lots else None, "lots": lots,
         "corrects_entry_id": entry.corrects_entry_id, "hold_id": entry.hold_id, "hash": entry.hash.hex(),
     }
-
-
-def _apply_one(journal: Journal, books: dict[tuple[str, str], MemberBook], loaded: repository.Loaded,
-               cmd: LedgerCommand) -> Outcome:
-    book = books[(cmd.program_id, cmd.member_id)]
-    match cmd:
-        case PostCredit():
-            return journal.credit(book, cmd)
-        case PostDebit():
-            return journal.debit(book, cmd)
-        case PlaceHold():
-            return journal.place_hold(book, cmd, loaded.hold_ids_taken)
-        case CaptureHold():
-            return journal.capture(book, cmd)
-        case ReleaseHold():
-            return journal.release(book, cmd)
-        case ExpireHold():
-            return journal.expire_hold(book, cmd)
-        case ExpireLot():
-            return journal.expire_lot(book, cmd)
-        case ReverseEntry(entry_id=int() as entry_id):
-            return journal.reverse(book, cmd, loaded.targets.get(entry_id))
-        case ReverseEntry(entry_key=str() as key):
-            # A stored entry, or one an earlier command of this batch posted (a refund right behind its purchase).
-            named = loaded.posted_by.get((key, book.account.id)) or journal.posted_here(book.account.id, key)
-            return journal.reverse(book, cmd, posted_by(key, named))
-        case AdjustPoints():
-            return journal.adjust(book, cmd)
-        case TransferPoints():
-            return journal.transfer(book, books[(cmd.program_id, cmd.to_member_id)], cmd)
-    raise Refused("unsupported_command", f"the ledger has no rule for {type(cmd).__name__}")

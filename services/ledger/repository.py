@@ -11,7 +11,7 @@ import orjson
 
 from services.ledger.domain import (
     Account,
-    Changes,
+    Additions,
     DebtState,
     Entry,
     HoldState,
@@ -20,6 +20,7 @@ from services.ledger.domain import (
     spend_order,
 )
 from services.ledger.rules import StoredEntry
+from shared import keys
 
 AccountKey = tuple[str, str, str]  # (program_id, kind, member_id)
 
@@ -193,17 +194,17 @@ async def reserve_entry_ids(db: asyncpg.Connection, count: int) -> list[int]:
     return ids[::-1]  # popped from the end: ascending in posting order
 
 
-async def assign_ids(db: asyncpg.Connection, changes: Changes) -> None:
+async def assign_ids(db: asyncpg.Connection, added: Additions) -> None:
     """Ids for the lots (and any entry beyond the reserved ids), so allocations can name them in the batch."""
-    unnamed = [e for e in changes.entries if e.id is None]
+    unnamed = [e for e in added.entries if e.id is None]
     row = await db.fetchrow(
         """SELECT array(SELECT nextval('entries_id_seq') FROM generate_series(1, $1)) AS entries,
                   array(SELECT nextval('lots_id_seq') FROM generate_series(1, $2)) AS lots""",
-        len(unnamed), len(changes.lots))
+        len(unnamed), len(added.lots))
     assert row is not None
     for entry, entry_id in zip(unnamed, row["entries"], strict=True):
         entry.id = entry_id
-    for lot, lot_id in zip(changes.lots, row["lots"], strict=True):
+    for lot, lot_id in zip(added.lots, row["lots"], strict=True):
         lot.id = lot_id
 
 
@@ -220,21 +221,21 @@ ENTRY_COLUMNS = ("id", "program_id", "account_id", "seq", "from_account_id", "to
 LOT_COLUMNS = ("id", "entry_id", "account_id", "amount", "available_at", "expires_at", "origin_lot_id")
 
 
-async def store(db: asyncpg.Connection, changes: Changes) -> None:
+async def store(db: asyncpg.Connection, added: Additions) -> None:
     """Insert everything a batch added, one multi-row statement per table."""
     # Entries and lots, the bulk of every batch, go in by binary COPY: cheaper on both sides than unnest().
-    if changes.entries:
+    if added.entries:
         await db.copy_records_to_table("entries", columns=ENTRY_COLUMNS, records=[
             (e.id, e.program_id, e.account_id, e.seq, e.from_account_id, e.to_account_id, e.amount, e.balance_after,
              e.kind, e.command_key, e.cause.source_event_id, e.cause.rule_id, e.cause.rule_version, e.cause.reason,
              orjson.dumps(e.details).decode() if e.details is not None else None, e.occurred_at, e.posted_at,
-             e.prev_hash, e.hash, e.corrects_entry_id, e.hold_id) for e in changes.entries])
-    if changes.lots:
+             e.prev_hash, e.hash, e.corrects_entry_id, e.hold_id) for e in added.entries])
+    if added.lots:
         await db.copy_records_to_table("lots", columns=LOT_COLUMNS, records=[
             (lot.id, lot.made_by_entry_id, lot.account_id, lot.amount, lot.available_at, lot.expires_at,
-             lot.origin.id if lot.origin is not None else lot.origin_id) for lot in changes.lots])
-    if changes.holds:
-        holds = changes.holds
+             lot.origin.id if lot.origin is not None else lot.origin_id) for lot in added.lots])
+    if added.holds:
+        holds = added.holds
         await db.execute(
             """INSERT INTO holds (hold_id, program_id, account_id, amount, command_key, placed_at, expires_at)
                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
@@ -248,27 +249,27 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
                 """INSERT INTO hold_reservations (hold_id, lot_id, amount)
                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])""",
                 *[list(c) for c in zip(*reservations, strict=True)])
-    if changes.allocations:
-        allocs = changes.allocations
+    if added.allocations:
+        allocs = added.allocations
         await db.execute(
             """INSERT INTO allocations (entry_id, lot_id, amount, by_entry_id)
                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])""",
             [_id(a.debit) for a in allocs], [a.lot.id for a in allocs], [a.amount for a in allocs],
             [_id(a.by) for a in allocs])
-    if changes.closures:
+    if added.closures:
         await db.execute(
             """INSERT INTO lot_closures (lot_id, account_id, by_entry_id)
                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])""",
-            [lot.id for lot, _ in changes.closures], [lot.account_id for lot, _ in changes.closures],
-            [_id(e) for _, e in changes.closures])
-    if changes.debts:
+            [lot.id for lot, _ in added.closures], [lot.account_id for lot, _ in added.closures],
+            [_id(e) for _, e in added.closures])
+    if added.debts:
         await db.execute(
             """INSERT INTO debts (entry_id, account_id, amount)
                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])""",
-            [_id(e) for e, _ in changes.debts], [e.account_id for e, _ in changes.debts],
-            [n for _, n in changes.debts])
-    if changes.resolutions:
-        res = changes.resolutions
+            [_id(e) for e, _ in added.debts], [e.account_id for e, _ in added.debts],
+            [n for _, n in added.debts])
+    if added.resolutions:
+        res = added.resolutions
         await db.execute(
             """INSERT INTO hold_resolutions (hold_id, outcome, captured, entry_id, command_key, resolved_at)
                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[],
@@ -312,6 +313,55 @@ async def advance_accounts(db: asyncpg.Connection, books: Sequence[MemberBook]) 
         [b.account.lifetime_earned for b in books], [b.account.seq for b in books],
         [b.account.last_hash for b in books], [b.account.debt for b in books], [b.read_version for b in books])
     return int(result.split()[-1]) == len(books)
+
+
+# --- the sweeper's queries ------------------------------------------------------------------------------------
+
+Cursor = tuple[datetime, str] | None  # the (expires_at, id) of the last command of the page before
+
+
+async def due_lots(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[asyncpg.Record]:
+    """Lots past their expiry with unreserved points left and no expiry command yet, in expiry order. The key of
+    that command is built as `keys.lot_expiry` builds it, from the same prefix."""
+    return await db.fetch(
+        f"""SELECT l.id, l.expires_at, a.program_id, a.member_id
+           FROM lots l JOIN accounts a ON a.id = l.account_id
+           WHERE l.expires_at <= $1
+             AND ($3::timestamptz IS NULL OR (l.expires_at, l.id) > ($3, $4::bigint))
+             AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
+             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = $5::text || l.id)
+             AND l.amount > {LOT_USED} + {LOT_RESERVED}
+           ORDER BY l.expires_at, l.id LIMIT $2""",
+        now, limit, after[0] if after else None, int(after[1]) if after else 0, keys.LOT_EXPIRY)
+
+
+async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[asyncpg.Record]:
+    """Open holds past their TTL with no expiry command yet (its key as `keys.hold_expiry` builds it)."""
+    return await db.fetch(
+        """SELECT h.hold_id, h.expires_at, a.program_id, a.member_id
+           FROM holds h JOIN accounts a ON a.id = h.account_id
+           WHERE h.expires_at <= $1
+             AND ($3::timestamptz IS NULL OR (h.expires_at, h.hold_id) > ($3, $4::text))
+             AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
+             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = $5::text || h.hold_id)
+           ORDER BY h.expires_at, h.hold_id LIMIT $2""",
+        now, limit, after[0] if after else None, after[1] if after else "", keys.HOLD_EXPIRY)
+
+
+# --- admin commands -------------------------------------------------------------------------------------------
+
+async def command_outcome(db: asyncpg.Connection, key: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """A command's stored outcome (posted or rejected, and why) and the entries it posted; None while the ledger
+    has not applied it."""
+    found = await db.fetchrow("SELECT outcome, reason FROM commands WHERE idempotency_key = $1", key)
+    if found is None:
+        return None, []
+    rows = await db.fetch(
+        """SELECT e.id, a.member_id, e.seq, e.kind, e.balance_after,
+                  CASE WHEN e.to_account_id = e.account_id THEN e.amount ELSE -e.amount END AS amount
+           FROM entries e JOIN accounts a ON a.id = e.account_id
+           WHERE e.command_key = $1 ORDER BY e.id""", key)
+    return found, rows
 
 
 # --- queries for the HTTP side ---------------------------------------------------------------------------

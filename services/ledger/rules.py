@@ -1,7 +1,7 @@
 """Ledger rules: what each command does to a member's book. Pure: no I/O; `now` is passed in.
 
 Every rule either refuses (raises `Refused` before changing anything) or changes the books and records
-each change in the journal's `Changes`. Points always move between a member account and a system
+each change in the journal's `Additions`. Points always move between a member account and a system
 account, so each programme's accounts sum to zero.
 """
 
@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from services.ledger.domain import (
     EARNING_KINDS,
+    Additions,
     Allocation,
-    Changes,
     DebtState,
     Entry,
     HoldState,
@@ -92,7 +92,7 @@ class Journal:
 
     now: datetime
     system_account: Callable[[str, str], int]  # (program_id, kind) -> account id
-    changes: Changes = field(default_factory=Changes)
+    added: Additions = field(default_factory=Additions)  # what the batch adds, for the repository
     touched: set[int] = field(default_factory=set)  # member account ids whose state moved
     # Ids reserved for this batch's entries, so an entry can be named (reversed) by a later command of the batch.
     entry_ids: list[int] = field(default_factory=list)
@@ -101,12 +101,12 @@ class Journal:
     def posted_here(self, account_id: int, key: str) -> list[StoredEntry]:
         """Entries this batch posted on the account for command `key`, as a reversal sees stored ones."""
         found = []
-        for entry in self.changes.entries:
+        for entry in self.added.entries:
             if entry.command_key != key or entry.account_id != account_id or entry.id is None:
                 continue
             if entry.id not in self._posted_here:
                 spent = [(a.lot.id or 0, a.amount, a.lot.available_at, a.lot.expires_at)
-                         for a in self.changes.allocations if a.debit is entry and a.by is entry]
+                         for a in self.added.allocations if a.debit is entry and a.by is entry]
                 self._posted_here[entry.id] = StoredEntry(entry.id, entry.account_id, entry.kind, entry.amount,
                                                           entry.to_account_id == entry.account_id, 0, spent)
             found.append(self._posted_here[entry.id])
@@ -144,7 +144,7 @@ class Journal:
                          reservations)
         book.holds[hold.hold_id] = hold
         hold_ids_taken.add(hold.hold_id)  # hold ids are unique across members: refuse it later in this batch too
-        self.changes.holds.append((hold, book.account.program_id, cmd.idempotency_key, self.now))
+        self.added.holds.append((hold, book.account.program_id, cmd.idempotency_key, self.now))
         self.touched.add(book.account.id)
         return Outcome(placed=hold)
 
@@ -241,7 +241,7 @@ class Journal:
             # The points were spent already: the member owes them, repaid first by later credits.
             book.account.debt += shortfall
             book.debts.append(DebtState(entry, shortfall))
-            self.changes.debts.append((entry, shortfall))
+            self.added.debts.append((entry, shortfall))
         return entry
 
     def _reverse_debit(self, book: MemberBook, cmd: ReverseEntry, target: StoredEntry, amount: int) -> Entry:
@@ -292,7 +292,7 @@ class Journal:
         # Released points that are still good pay what the member owes (a refund while the hold was open).
         self._repay(book, None, [lot for lot, _ in hold.reservations if not lot.expired(self.now)])
         resolution = Resolution(hold, outcome, captured, capture_entry, cmd.idempotency_key, self.now)
-        self.changes.resolutions.append(resolution)
+        self.added.resolutions.append(resolution)
         self.touched.add(book.account.id)
         return Outcome(entries=entries, resolutions=[resolution])
 
@@ -332,9 +332,9 @@ class Journal:
                   by: Entry | int | None = None) -> None:
         lot.used += amount
         by_entry = by if by is not None else debit
-        self.changes.allocations.append(Allocation(debit, lot, amount, by_entry))
+        self.added.allocations.append(Allocation(debit, lot, amount, by_entry))
         if lot.used == lot.amount:
-            self.changes.closures.append((lot, by_entry))
+            self.added.closures.append((lot, by_entry))
 
     def _repay(self, book: MemberBook, by: Entry | None, lots: list[LotState]) -> None:
         """New points pay the member's oldest debts first. `by` is the entry that brought them; points freed by
@@ -351,12 +351,12 @@ class Journal:
 
     def _new_lot(self, book: MemberBook, entry: Entry, amount: int, available_at: datetime,
                  expires_at: datetime | None, origin: LotState | None = None) -> LotState:
-        self.changes.next_ordinal += 1
+        self.added.next_ordinal += 1
         lot = LotState(id=None, account_id=book.account.id, amount=amount, available_at=available_at,
-                       expires_at=expires_at, ordinal=self.changes.next_ordinal, entry=entry, origin=origin)
+                       expires_at=expires_at, ordinal=self.added.next_ordinal, entry=entry, origin=origin)
         book.lots.append(lot)
         entry.lots.append(lot)
-        self.changes.lots.append(lot)
+        self.added.lots.append(lot)
         return lot
 
     def _post(self, book: MemberBook, cmd: LedgerCommand, *, counter: str, amount: int, incoming: bool, kind: str,
@@ -378,6 +378,6 @@ class Journal:
             posted_at=self.now, prev_hash=account.last_hash, hash=digest, corrects_entry_id=corrects, hold_id=hold_id,
             id=self.entry_ids.pop() if self.entry_ids else None)
         account.seq, account.balance, account.last_hash = seq, balance_after, digest
-        self.changes.entries.append(entry)
+        self.added.entries.append(entry)
         self.touched.add(account.id)
         return entry

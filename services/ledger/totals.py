@@ -1,22 +1,16 @@
 """A programme's points as a whole: issued, redeemed, expired, adjusted and outstanding, exact, from the totals the
-ledger keeps per batch (`programme_totals`); what is pending and what expires month by month, from the lots; and the
-two periodic jobs that export them and re-check the ledger's invariants for Prometheus."""
+ledger keeps per batch (`programme_totals`); what is pending and what expires month by month, from the lots. The
+job that exports them for Prometheus is in jobs.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from prometheus_client import CollectorRegistry
 
 from services.ledger.repository import LOT_RESERVED, LOT_USED
-from services.ledger.verify import verify
-from shared.jobs import Job, Page
-from shared.metrics import gauge
-from shared.uow import UnitOfWork
 
 MEASURES = ("issued", "redeemed", "expired", "adjusted", "outstanding")
 
@@ -87,45 +81,3 @@ async def pending_and_expiring(db: asyncpg.Connection, program_id: str, now: dat
               AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
             GROUP BY 1 ORDER BY 1""", program_id, now, months)
     return int(pending), [(r["month"], int(r["points"])) for r in rows if r["points"]]
-
-
-class TotalsMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.points = gauge(registry, "ledger", "jifen_programme_points", "A programme's points as a whole, exact "
-                            "(issued, redeemed, expired, adjusted, outstanding)", ["program_id", "measure"])
-        self.members = gauge(registry, "ledger", "jifen_programme_members", "Member accounts of a programme",
-                             ["program_id"])
-        self.verify_ok = gauge(registry, "ledger", "jifen_ledger_verify_ok", "1 when the last scheduled `jifen "
-                               "ledger verify` found every rule holding, 0 when it found a problem")
-        self.verify_problems = gauge(registry, "ledger", "jifen_ledger_verify_problems", "Problems the last "
-                                     "scheduled verify found")
-
-
-def totals_job(metrics: TotalsMetrics, interval_s: float) -> Job:
-    """Export each programme's figures (cheap: one small table and a count of accounts)."""
-
-    async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
-        found = await programme_figures(uow.db)
-        for f in found:
-            for measure in MEASURES:
-                metrics.points.labels(f.program_id, measure).set(f.get(measure))
-            metrics.members.labels(f.program_id).set(await members_of(uow.db, f.program_id))
-        return Page(len(found))
-
-    return Job("programme-totals", page, interval_s)
-
-
-def verify_job(metrics: TotalsMetrics, interval_s: float, first_after_s: float,
-               log: Callable[[str], None] = lambda _: None) -> Job:
-    """`jifen ledger verify` on a schedule, its result a metric an alert watches. It reads every entry: daily by
-    default, and not right at start."""
-
-    async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
-        report = await verify(uow.db)
-        metrics.verify_ok.labels().set(1 if report.ok else 0)
-        metrics.verify_problems.labels().set(len(report.problems))
-        for problem in report.problems[:5]:
-            log(problem)
-        return Page(len(report.checked))
-
-    return Job("ledger-verify", page, interval_s, first_after_s)

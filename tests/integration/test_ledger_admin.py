@@ -1,10 +1,13 @@
 """The ledger's operator side on the fast harness (its real consumer and routes over real PostgreSQL): the programme
 summary, whose outstanding points are the members' balances; admin calls that become ledger commands through the
-outbox, audited with the caller's key name, and refused without the `admin` scope; unknown programmes."""
+outbox, audited with the caller's key name, and refused without the `admin` scope; `?wait` answered when the ledger
+applies the command; unknown programmes."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -127,6 +130,25 @@ async def test_admin_calls_post_entries_with_the_callers_name_and_the_summary_fo
     status, summary = await ledger.get(f"{base}/summary")
     assert summary["outstanding"] == sum((await balances(ledger)).values()) == 900
     assert summary["adjusted"] == -50 and summary["issued"] == 990 + 60
+
+
+async def test_an_admin_call_that_waits_is_answered_as_soon_as_the_ledger_applies_its_command(
+        ledger: ServiceHarness) -> None:
+    call = asyncio.create_task(ledger.request(
+        "POST", "/v1/programs/default/members/ann/awards?wait=8", json={"points": 7, "reason": "a kind word"},
+        headers={"Idempotency-Key": "waiting-1"}))
+    sent = (await ledger.drain()).messages
+    for _ in range(200):  # until the call has committed its command
+        if sent:
+            break
+        await asyncio.sleep(0.02)
+        sent = (await ledger.drain()).messages
+    await asyncio.sleep(0.2)  # the call is waiting now
+    applied = time.monotonic()
+    await ledger.deliver(sent)
+    response = await call
+    assert response.status_code == 201 and [e["amount"] for e in response.json()["entries"]] == [7], response.text
+    assert time.monotonic() - applied < 3  # woken by the ledger, not by the end of ?wait
 
 
 async def test_an_unknown_programme_is_a_404_for_the_summary_and_admin_calls(ledger: ServiceHarness) -> None:

@@ -24,7 +24,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 
 from services.ledger import repository
 from services.ledger.app import spec as ledger_spec
-from services.ledger.sweeper import due_commands
+from services.ledger.jobs import due_commands
 from services.ledger.verify import verify
 from shared import envelope
 from shared.contracts import topics

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from services.ledger.app import spec as ledger_spec
-from shared import envelope
+from shared import envelope, keys
 from shared.contracts import topics
 from shared.contracts.ledger_commands import (
     AdjustPoints,
@@ -118,6 +118,26 @@ async def test_holds_captures_expiry_by_the_sweeper_and_rejections(ledger: tuple
         f"/v1/programs/default/members/m1/entries?before_seq={page['next_before_seq']}")
     earns = {e["idempotency_key"]: e["lots"][0] for e in older["entries"]}
     assert earns["earn-a"]["unspent"] == 0 and earns["earn-b"]["unspent"] == 300 and earns["earn-c"]["unspent"] == 200
+
+
+async def test_the_sweeper_knows_its_commands_by_the_keys_keys_py_builds_and_sends_a_refused_one_once(
+        ledger: tuple[Pipeline, Clock]) -> None:
+    """The sweeper's SQL recognises an expiry command by its key (`LOT_EXPIRY || lot.id`, `HOLD_EXPIRY ||
+    hold.hold_id`): the shape must be keys.lot_expiry's and keys.hold_expiry's, or a command the ledger refused
+    would be sent again on every sweep. The sweeper here runs ahead of the ledger's clock, which refuses both."""
+    pipeline, clock = ledger
+    out = await send(pipeline, PostCredit(**base("earn-s", "m9"), amount=80, expires_at=T0 + timedelta(seconds=10)),
+                     PlaceHold(**base("hold-s", "m9"), hold_id="hs", amount=30, ttl_seconds=5))
+    (lot,) = [e["lot"]["lot_id"] for e in of_type(out, "entry.posted")]
+    ahead = T0 + timedelta(minutes=1)
+    swept = await pipeline.run_job("ledger", "sweeper", ahead)
+    assert {(r["idempotency_key"], r["reason"]) for r in of_type(swept, "command.rejected")} == {
+        (keys.lot_expiry(lot), "lot_not_due"), (keys.hold_expiry("hs"), "hold_not_due")}
+    assert (await pipeline.run_job("ledger", "sweeper", ahead)).messages == []
+    # Once the ledger's clock is there too, nothing is sent again: the refused keys are taken.
+    clock.now = ahead
+    assert (await pipeline.run_job("ledger", "sweeper", ahead)).messages == []
+    assert (await balance(pipeline, "m9"))["held"] == 30
 
 
 async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(ledger: tuple[Pipeline, Clock],

@@ -27,7 +27,7 @@ def test_credits_chain_up_on_the_member_account() -> None:
     [lot] = first.lots
     assert (lot.amount, lot.available_at, lot.expires_at) == (100, WHEN, None)
     assert (account.balance, account.lifetime_earned, account.seq, account.last_hash) == (130, 130, 2, second.hash)
-    assert journal.changes.entries == [first, second] and book.available(WHEN) == 130
+    assert journal.added.entries == [first, second] and book.available(WHEN) == 130
 
 
 def test_hash_does_not_depend_on_the_offset_the_time_was_written_in() -> None:

@@ -48,16 +48,16 @@ def at(now: datetime = NOW) -> Journal:
 
 def store(journal: Journal) -> None:
     """Give new entries and lots ids, as the repository does before storing them."""
-    for entry in journal.changes.entries:
+    for entry in journal.added.entries:
         entry.id = entry.id if entry.id is not None else next(_ids)
-    for lot in journal.changes.lots:
+    for lot in journal.added.lots:
         lot.id = lot.id if lot.id is not None else next(_ids)
 
 
 def stored(entry: Entry, journal: Journal, reversed_: int = 0) -> StoredEntry:
     """The entry as a reversal loads it: with the allocations it made itself."""
     assert entry.id is not None
-    allocations = [(a.lot.id, a.amount, a.lot.available_at, a.lot.expires_at) for a in journal.changes.allocations
+    allocations = [(a.lot.id, a.amount, a.lot.available_at, a.lot.expires_at) for a in journal.added.allocations
                    if a.by is entry and a.debit is entry and a.lot.id is not None]
     return StoredEntry(entry.id, entry.account_id, entry.kind, entry.amount, entry.to_account_id == entry.account_id,
                        reversed_, allocations)
@@ -155,10 +155,10 @@ def test_debits_take_the_soonest_expiring_lots_first_then_those_that_never_expir
     debit = only(journal.debit(book, redeem(350)))
 
     assert (debit.kind, debit.amount, debit.from_account_id, debit.to_account_id) == ("redeem", 350, 10, 2)
-    assert [(a.lot, a.amount) for a in journal.changes.allocations] == [
+    assert [(a.lot, a.amount) for a in journal.added.allocations] == [
         (soon, 100), (soon_too, 100), (late, 100), (never_old, 50)]
-    assert all(a.debit is debit and a.by is debit for a in journal.changes.allocations)
-    assert journal.changes.closures == [(soon, debit), (soon_too, debit), (late, debit)]
+    assert all(a.debit is debit and a.by is debit for a in journal.added.allocations)
+    assert journal.added.closures == [(soon, debit), (soon_too, debit), (late, debit)]
     assert [lot.used for lot in (never_old, late, soon, soon_too, never_new)] == [50, 100, 100, 100, 0]
     assert (book.account.balance, book.available(NOW)) == (150, 150)
     assert_balances_add_up(book, NOW)
@@ -169,7 +169,7 @@ def test_a_debit_for_more_than_is_available_is_refused_and_changes_nothing() -> 
     journal.credit(book, earn(100))
     with refused("insufficient_points"):
         journal.debit(book, redeem(101))
-    assert (book.account.balance, book.account.seq, len(journal.changes.entries)) == (100, 1, 1)
+    assert (book.account.balance, book.account.seq, len(journal.added.entries)) == (100, 1, 1)
 
 
 # --- pending points ---------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_reversing_an_earn_still_pending_cancels_it() -> None:
     assert (cancel.kind, cancel.amount, cancel.corrects_entry_id) == ("cancel", 100, entry.id)
     assert (cancel.from_account_id, cancel.to_account_id) == (10, SYSTEM["issued"])
     assert (lot.used, book.pending(NOW), book.account.balance, book.account.lifetime_earned) == (100, 0, 0, 0)
-    assert journal.changes.closures == [(lot, cancel)] and journal.changes.debts == []
+    assert journal.added.closures == [(lot, cancel)] and journal.added.debts == []
 
 
 def test_reversing_a_matured_earn_is_a_reversal_not_a_cancel() -> None:
@@ -230,8 +230,8 @@ def test_placing_a_hold_reserves_the_soonest_expiring_points_and_lowers_what_is_
     assert placed.reservations == [(soon, 60), (never, 20)]
     assert (soon.reserved, never.reserved, soon.used, never.used) == (60, 20, 0, 0)
     assert (book.account.balance, book.available(NOW), book.held()) == (160, 80, 80)
-    assert [e.kind for e in journal.changes.entries] == ["earn", "earn"]  # a hold posts no entry
-    assert [(h, program) for h, program, _, _ in journal.changes.holds] == [(placed, "p")]
+    assert [e.kind for e in journal.added.entries] == ["earn", "earn"]  # a hold posts no entry
+    assert [(h, program) for h, program, _, _ in journal.added.holds] == [(placed, "p")]
     assert_balances_add_up(book, NOW)
     with refused("insufficient_points"):
         journal.place_hold(book, hold("h2", 81), set())
@@ -242,7 +242,7 @@ def test_capture_spends_at_most_the_held_points_and_releases_the_rest() -> None:
     outcome = journal.capture(book, capture("h", 50))
     spent = only(outcome)
     assert (spent.kind, spent.amount, spent.hold_id, spent.to_account_id) == ("redeem", 50, "h", SYSTEM["redeemed"])
-    assert [(a.lot, a.amount) for a in journal.changes.allocations] == [(soon, 50)]
+    assert [(a.lot, a.amount) for a in journal.added.allocations] == [(soon, 50)]
     assert [(r.outcome, r.captured, r.entry) for r in outcome.resolutions] == [("captured", 50, spent)]
     assert (soon.used, soon.reserved, never.used, never.reserved) == (50, 0, 0, 0)
     assert (book.account.balance, book.available(NOW), book.held()) == (110, 110, 0)
@@ -289,7 +289,7 @@ def test_a_capture_after_the_hold_timed_out_expires_the_hold_and_is_rejected() -
     late = at(NOW + timedelta(minutes=15))
     outcome = late.capture(book, capture("h", 50, late.now))
     assert outcome.rejection is not None and outcome.rejection[0] == "hold_expired"
-    assert outcome.entries == [] and late.changes.entries == []
+    assert outcome.entries == [] and late.added.entries == []
     assert [(r.outcome, r.captured) for r in outcome.resolutions] == [("expired", 0)]
     assert book.holds["h"].resolved
     assert (book.account.balance, book.available(late.now), book.held()) == (160, 160, 0)
@@ -345,7 +345,7 @@ def test_expiring_a_lot_takes_only_its_unreserved_remainder() -> None:
     expired = only(due.expire_lot(book, expire_lot(lot.id, due.now)))
 
     assert (expired.kind, expired.amount, expired.to_account_id) == ("expire", 70, SYSTEM["expired"])
-    assert (lot.used, lot.reserved, due.changes.closures) == (70, 30, [])
+    assert (lot.used, lot.reserved, due.added.closures) == (70, 30, [])
     assert (book.account.balance, book.awaiting_expiry(due.now), book.held()) == (30, 0, 30)
     assert_balances_add_up(book, due.now)
     with refused("nothing_to_expire"):  # what is left is held
@@ -366,7 +366,7 @@ def test_points_released_from_a_hold_after_their_lot_expired_expire_at_once() ->
     expired = only(outcome)
     assert (expired.kind, expired.amount, expired.hold_id) == ("expire", 30, "h")
     assert [r.outcome for r in outcome.resolutions] == ["released"]
-    assert later.changes.closures == [(lot, expired)]
+    assert later.added.closures == [(lot, expired)]
     assert (book.account.balance, book.available(later.now), book.awaiting_expiry(later.now)) == (0, 0, 0)
 
 
@@ -409,8 +409,8 @@ def spent_and_refunded() -> tuple[MemberBook, Journal, Entry]:
 def test_reversing_points_already_spent_leaves_the_member_owing_them() -> None:
     book, journal, reversal = spent_and_refunded()
     assert (reversal.kind, reversal.amount, reversal.balance_after) == ("reversal", 100, -80)
-    assert [(a.amount, a.debit) for a in journal.changes.allocations if a.by is reversal] == [(20, reversal)]
-    assert journal.changes.debts == [(reversal, 80)]
+    assert [(a.amount, a.debit) for a in journal.added.allocations if a.by is reversal] == [(20, reversal)]
+    assert journal.added.debts == [(reversal, 80)]
     assert (book.account.balance, book.account.debt, book.available(NOW), book.account.lifetime_earned) == (
         -80, 80, -80, 0)
     assert_balances_add_up(book, NOW)
@@ -429,14 +429,14 @@ def test_nothing_can_be_spent_while_the_balance_is_negative() -> None:
 def test_later_credits_repay_the_debt_first() -> None:
     book, journal, reversal = spent_and_refunded()
     first = journal.credit(book, earn(50))
-    assert [(a.debit, a.lot, a.amount, a.by) for a in journal.changes.allocations[-1:]] == [
+    assert [(a.debit, a.lot, a.amount, a.by) for a in journal.added.allocations[-1:]] == [
         (reversal, lot_of(first), 50, only(first))]
     assert (book.account.balance, book.account.debt, book.available(NOW)) == (-30, 30, -30)
     with refused("negative_balance"):
         journal.debit(book, redeem(1))
 
     second = journal.credit(book, earn(100))
-    assert [(a.debit, a.amount) for a in journal.changes.allocations[-1:]] == [(reversal, 30)]
+    assert [(a.debit, a.amount) for a in journal.added.allocations[-1:]] == [(reversal, 30)]
     assert (lot_of(first).used, lot_of(second).used, book.debts) == (50, 30, [])
     assert (book.account.balance, book.account.debt, book.available(NOW)) == (70, 0, 70)
     assert_balances_add_up(book, NOW)
@@ -449,7 +449,7 @@ def test_a_debt_stored_earlier_is_repaid_against_its_entry_id() -> None:
     book.debts.append(DebtState(555, 30))
     journal = at()
     journal.credit(book, earn(50))
-    assert [(a.debit, a.amount) for a in journal.changes.allocations] == [(555, 30)]
+    assert [(a.debit, a.amount) for a in journal.added.allocations] == [(555, 30)]
     assert (book.account.balance, book.account.debt, book.available(NOW), book.debts) == (20, 0, 20, [])
 
 
@@ -624,7 +624,7 @@ def test_a_transfer_to_a_member_in_debt_repays_the_debt() -> None:
     giver, (receiver, journal, reversal) = new_book(11, "m2"), spent_and_refunded()
     journal.credit(giver, earn(100, member_id="m2"))
     journal.transfer(giver, receiver, transfer(100, to_member_id="m1", member_id="m2"))
-    assert [(a.debit, a.amount) for a in journal.changes.allocations[-1:]] == [(reversal, 80)]
+    assert [(a.debit, a.amount) for a in journal.added.allocations[-1:]] == [(reversal, 80)]
     assert (receiver.account.balance, receiver.account.debt, receiver.available(NOW)) == (20, 0, 20)
 
 
@@ -692,9 +692,9 @@ def test_any_sequence_of_commands_keeps_the_books_consistent(steps: list[tuple[A
                 case "wait":
                     now += args[0] * DAY
         except Refused:
-            assert snapshot(book, targets) == before and journal.changes.entries == []
+            assert snapshot(book, targets) == before and journal.added.entries == []
         store(journal)
-        for entry in journal.changes.entries:
+        for entry in journal.added.entries:
             entries.append(entry)
             assert entry.id is not None and entry.amount > 0
             targets[entry.id] = stored(entry, journal)
