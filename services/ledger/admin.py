@@ -2,7 +2,9 @@
 an entry, move points between members, block or unblock a member. Each call is a ledger command (or a member event)
 like any other, sent through the outbox, its key derived from the caller's key and the request's `Idempotency-Key`;
 the caller's key name is recorded in the entry's cause. The answer is the entries the command posted (201), the
-reason the ledger refused it (409), or 202 while it is still on its way. The models are in api.py.
+reason the ledger refused it (409), or 202 while it is still on its way. A call retried with the same
+`Idempotency-Key` sends nothing again: it answers what became of the first call's command. The models are in
+api.py.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from shared.contracts.ledger_commands import (
 from shared.contracts.members import MemberBlocked, MemberUnblocked
 from shared.http import ApiError, PathId, ProgramPath
 from shared.programmes import Catalogue, ProgrammeVersion
+from shared.refusal import Refusal
 from shared.service import Runtime
 from shared.uow import UnitOfWork
 
@@ -57,6 +60,18 @@ async def answer(db: asyncpg.Connection, key: str) -> Done | None:
     return Done(status=found["outcome"], idempotency_key=key, reason=found["reason"],
                 entries=[PostedEntry(entry_id=r["id"], member_id=r["member_id"], seq=r["seq"], kind=r["kind"],
                                      amount=r["amount"], balance_after=r["balance_after"]) for r in rows])
+
+
+async def command_status(db: asyncpg.Connection, key: str) -> Done:
+    """`answer`, `pending` for a command an admin call sent that the ledger has not applied yet, and the refusal
+    `unknown_command` for a key neither knows."""
+    done = await answer(db, key)
+    if done is not None:
+        return done
+    if not await repository.admin_command_sent(db, key):
+        raise Refusal("unknown_command", f"the ledger has no command {key!r}: no admin call sent it and the ledger "
+                                         "never received it")
+    return Done(status="pending", idempotency_key=key)
 
 
 def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion]) -> None:
@@ -77,12 +92,14 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         return {**({"why": why} if why else {}), "by": caller.name, "key_id": caller.key_id}
 
     async def send(cmd: LedgerCommand, wait: float, response: Response) -> Done:
-        """Send the command, then wait for the ledger's answer: the ledger announces each admin command it applies
-        (LISTEN/NOTIFY), so the wait holds no connection."""
+        """Send the command unless its key was sent before (a retry is the same command: sent again it would carry
+        another request time, and the ledger would refuse it as a conflict), then wait for the ledger's answer: the
+        ledger announces each admin command it applies (LISTEN/NOTIFY), so the wait holds no connection."""
         key = cmd.idempotency_key
 
         async def note_and_emit(uow: UnitOfWork) -> None:
-            uow.emit(cmd, at=cmd.occurred_at, subject=cmd.member_id, source=ADMIN_SOURCE)
+            if await repository.record_admin_command(uow.db, key, cmd.program_id, cmd.occurred_at):
+                uow.emit(cmd, at=cmd.occurred_at, subject=cmd.member_id, source=ADMIN_SOURCE)
 
         async def read() -> Done:
             async def look(db: asyncpg.Connection) -> Done:
@@ -106,12 +123,13 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
                       caller: ApiKey = admin) -> Done:
         """What became of the command an admin call sent, by the `idempotency_key` its answer gave
         (`admin:<key id>:<Idempotency-Key>`): `posted` with the entries it made, `rejected` with the ledger's
-        reason, or `pending` while the ledger has not stored an outcome, which is also the answer for a key it never
-        saw. It looks once and does not wait. Needs the `admin` scope."""
+        reason, or `pending` while an admin call has sent it and the ledger has not applied it yet. A key the ledger
+        never received and no admin call sent is 404 `unknown_command`. It looks once and does not wait. Needs the
+        `admin` scope."""
         known(program_id)
 
         async def look(db: asyncpg.Connection) -> Done:
-            return await answer(db, idempotency_key) or Done(status="pending", idempotency_key=idempotency_key)
+            return await command_status(db, idempotency_key)
 
         return await runtime.read(look)
 

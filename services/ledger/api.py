@@ -222,10 +222,12 @@ class Summary(BaseModel):
 
 # Catalogue.why_not's wording: the one `unknown_program` refusal.
 UNKNOWN_PROGRAM = {"unknown_program": "no programme 'defualt' (the programmes are default, retail, staff, starbucks)"}
+UNKNOWN_COMMAND = {"unknown_command": "the ledger has no command 'admin:3f9c2a7b1e04:adj-2026-0009': no admin call "
+                                      "sent it and the ledger never received it"}
 PENDING: dict[str, Any] = {"status": "pending", "idempotency_key": "admin:3f9c2a7b1e04:adj-2026-0002", "reason": None,
                            "entries": []}
 READ_ERRORS = error_responses(401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM})
-COMMAND_ERRORS = error_responses(401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM})
+COMMAND_ERRORS = error_responses(401, 403, 404, 422, 503, reasons={404: {**UNKNOWN_PROGRAM, **UNKNOWN_COMMAND}})
 MEMBER_EVENT_ERRORS = error_responses(400, 401, 403, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM})
 
 

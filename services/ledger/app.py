@@ -37,7 +37,8 @@ def spec(settings: LedgerSettings | None = None, clock: Callable[[], datetime] =
               totals_job(totals, settings.totals_interval_s),
               verify_job(totals, settings.verify_interval_s, settings.verify_first_after_s, log.error)],
         # Commands are deduplicated by their keys: no inbox.
-        routes=routes(catalogue), catalogue=catalogue, use_inbox=False, pool_size=8, clock=clock)
+        routes=routes(catalogue), catalogue=catalogue, use_inbox=False, pool_size=8, clock=clock,
+        refusal_status={"unknown_command": 404})
 
 
 def create_app(settings: LedgerSettings | None = None) -> FastAPI:

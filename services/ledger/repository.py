@@ -350,6 +350,14 @@ async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cu
 
 # --- admin commands -------------------------------------------------------------------------------------------
 
+async def record_admin_command(db: asyncpg.Connection, key: str, program_id: str, sent_at: datetime) -> bool:
+    """Note an admin call's command as sent, in the transaction that puts it in the outbox; False when that key
+    was sent before (a retry: the same command, not to be sent again)."""
+    return await db.fetchval(
+        """INSERT INTO admin_commands (idempotency_key, program_id, sent_at) VALUES ($1, $2, $3)
+           ON CONFLICT DO NOTHING RETURNING true""", key, program_id, sent_at) is not None
+
+
 async def command_outcome(db: asyncpg.Connection, key: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
     """A command's stored outcome (posted or rejected, and why) and the entries it posted; None while the ledger
     has not applied it."""
@@ -362,6 +370,10 @@ async def command_outcome(db: asyncpg.Connection, key: str) -> tuple[asyncpg.Rec
            FROM entries e JOIN accounts a ON a.id = e.account_id
            WHERE e.command_key = $1 ORDER BY e.id""", key)
     return found, rows
+
+
+async def admin_command_sent(db: asyncpg.Connection, key: str) -> bool:
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM admin_commands WHERE idempotency_key = $1)", key))
 
 
 # --- queries for the HTTP side ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The ledger's operator side on the fast harness (its real consumer and routes over real PostgreSQL): the programme
 summary, whose outstanding points are the members' balances; admin calls that become ledger commands through the
-outbox, audited with the caller's key name, and refused without the `admin` scope; `?wait` answered when the ledger
-applies the command; unknown programmes."""
+outbox, audited with the caller's key name, and refused without the `admin` scope; a retried call that is the same
+command; `?wait` answered when the ledger applies the command; command keys nobody sent; unknown programmes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from services.ledger.app import spec as ledger_spec
 from shared import auth
 from shared.contracts import topics
 from shared.contracts.ledger_commands import Cause, PostCredit, PostDebit
+from shared.contracts.ledger_entries import CommandRejected, PointsEntryPosted
 from shared.testing import ServiceHarness, cloud_event
 from tests.support import Infra
 
@@ -130,6 +131,46 @@ async def test_admin_calls_post_entries_with_the_callers_name_and_the_summary_fo
     status, summary = await ledger.get(f"{base}/summary")
     assert summary["outstanding"] == sum((await balances(ledger)).values()) == 900
     assert summary["adjusted"] == -50 and summary["issued"] == 990 + 60
+
+
+async def test_a_retried_admin_call_is_the_same_command_answered_again_and_the_ledger_refuses_nothing(
+        ledger: ServiceHarness) -> None:
+    """A till or a script whose first answer was lost sends the same call with the same Idempotency-Key: it gets the
+    first call's entries again, and the ledger publishes no `command.rejected idempotency_conflict` for it."""
+    award = {"points": 60, "reason": "goodwill for a late delivery"}
+    path = "/v1/programs/default/members/cy/awards?wait=0"
+    first = await ledger.request("POST", path, json=award, headers={"Idempotency-Key": "lost-answer-1"})
+    assert first.status_code == 202, first.text
+    await settle(ledger)
+    status, posted = await ledger.get(f"/v1/programs/default/commands/{first.json()['idempotency_key']}")
+    assert status == 200 and posted["status"] == "posted"
+
+    again = await ledger.request("POST", path, json=award, headers={"Idempotency-Key": "lost-answer-1"})
+    assert again.status_code == 201 and again.json() == posted
+    out = await ledger.drain()
+    assert out.messages == []  # nothing was sent again
+    delivered = await ledger.deliver(out.messages)
+    assert delivered.of(CommandRejected) == [] and delivered.of(PointsEntryPosted) == []
+    assert await ledger.query("SELECT idempotency_key FROM commands WHERE outcome = 'rejected'") == []
+    assert (await balances(ledger))["cy"] == 40 + 60
+
+
+async def test_a_command_key_nobody_sent_is_404_unknown_command_and_one_on_its_way_is_pending(
+        ledger: ServiceHarness) -> None:
+    status, body = await ledger.get("/v1/programs/default/commands/admin:3f9c2a7b1e04:never-sent")
+    assert (status, body["error"]) == (404, "unknown_command") and "never-sent" in body["detail"]
+    response = await ledger.request("POST", "/v1/programs/default/members/bob/adjustments?wait=0",
+                                    json={"direction": "credit", "points": 5, "reason": "till rounding"})
+    key = response.json()["idempotency_key"]
+    # Sent by the admin call, not yet applied: pending, not unknown.
+    status, body = await ledger.get(f"/v1/programs/default/commands/{key}")
+    assert (status, body["status"]) == (200, "pending")
+    await settle(ledger)
+    status, body = await ledger.get(f"/v1/programs/default/commands/{key}")
+    assert (status, body["status"], [e["amount"] for e in body["entries"]]) == (200, "posted", [5])
+    # A command another service sent is known by its outcome once the ledger has it.
+    status, body = await ledger.get("/v1/programs/default/commands/redeem:ann")
+    assert (status, body["status"]) == (200, "posted")
 
 
 async def test_an_admin_call_that_waits_is_answered_as_soon_as_the_ledger_applies_its_command(
