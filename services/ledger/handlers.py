@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeGuard
+from typing import Any
 
 from services.ledger import domain, repository
 from services.ledger.domain import ADMIN_SOURCE, Entry, HoldState, MemberBook, Resolution
@@ -23,6 +23,7 @@ from shared import keys, waiting
 from shared.consumer import Retryable
 from shared.contracts.base import Contract
 from shared.contracts.ledger_commands import (
+    COMMANDS,
     AdjustPoints,
     CaptureHold,
     ExpireHold,
@@ -98,8 +99,10 @@ class Changes:
             self.results.append((item, digest, None, (refused.reason, refused.detail)))
 
 
-def _is_command(item: Inbound[Contract]) -> TypeGuard[Command]:
-    return isinstance(item.data, LedgerCommand)
+def _commands(batch: Batch) -> list[Command]:
+    """The run's commands, typed, in the run's order (the subscription hands this handler ledger commands only)."""
+    typed = {id(item): item for kind in COMMANDS for item in batch.of(kind)}
+    return [typed[id(item)] for item in batch.items]
 
 
 @dataclass
@@ -112,8 +115,7 @@ class ApplyCommands(Handler[Changes]):
 
     async def load(self, batch: Batch) -> Changes:
         uow = batch.uow
-        # The subscription hands this handler ledger commands only: a typed view of the run, in order.
-        changes = Changes(uow, self.clock(), [item for item in batch.items if _is_command(item)])
+        changes = Changes(uow, self.clock(), _commands(batch))
         members = self._sort_out_replays(changes, await repository.known_commands(
             uow.db, [i.data.idempotency_key for i in changes.commands]))
         if changes.fresh:
