@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local.infra import create_topics
-from shared import db
+from shared import db, keys
 from shared.kafka import Cluster, client_options
 from shared.simulation import Feed, build_feed, publish
 
@@ -110,7 +110,7 @@ def raw_entry_columns(count: int) -> list[list[Any]]:
         details = orjson.dumps({"rules": [rule], "total": f"{amount}.40", "currency": "CNY",
                                 "order_id": f"bench-order-{i}"}).decode()
         rows.append(("default", account, seq + 1, 1, account, amount, balance + amount, "earn",
-                     f"earn:{source}:base", source, "base", 1, "purchase", details,
+                     keys.earn_credit(source, "base"), source, "base", 1, "purchase", details,
                      now - timedelta(milliseconds=count - i), now, prev, digest))
     return [list(column) for column in zip(*rows, strict=True)]
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.ledger import repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
 from shared import db as shared_db
+from shared import keys
 from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, PostDebit
 from shared.envelope import CloudEvent
 from shared.settings import Settings
@@ -49,10 +50,12 @@ def _history(member: str, entries: int, t0: datetime) -> list[LedgerCommand]:
     for n in range(entries // 2):
         cause = Cause(source_event_id=f"bench|{member}|{n}")
         at = t0 + timedelta(seconds=n)
-        commands.append(PostCredit(idempotency_key=f"earn:{member}:{n}", program_id="history", member_id=member,
+        commands.append(PostCredit(idempotency_key=keys.earn_credit(member, str(n)), program_id="history",
+                                   member_id=member,
                                    amount=11 if n % 10 == 0 else 10, occurred_at=at, available_at=at,
                                    expires_at=None if n % 10 == 0 else at + timedelta(days=3650), cause=cause))
-        commands.append(PostDebit(idempotency_key=f"spend:{member}:{n}", program_id="history", member_id=member,
+        spend = keys.bench_command("history", f"spend-{member}", n)
+        commands.append(PostDebit(idempotency_key=spend, program_id="history", member_id=member,
                                   amount=10, occurred_at=at, cause=cause))
     return commands
 
@@ -82,7 +85,7 @@ async def run_history(settings: Settings, entries: int, progress: Callable[[str]
         started = time.monotonic()
         for start in range(0, len(commands), BATCH):
             async with UnitOfWork(engine, "ledger", "jifen.bench") as uow:
-                await handler([_item(c, start + i, t0) for i, c in enumerate(commands[start:start + BATCH])], uow,
+                await handler.apply([_item(c, start + i, t0) for i, c in enumerate(commands[start:start + BATCH])], uow,
                               Rejections())
                 uow.messages.clear()  # outcomes are not needed here
                 await uow.commit()

@@ -42,7 +42,7 @@ from bench.workload import (
     plan_mix,
 )
 from deploy.local.infra import REPO, Kafka, create_topics, kafka_ready, pid_alive
-from shared import db, envelope
+from shared import db, envelope, keys
 from shared.contracts import topics
 from shared.settings import Settings
 
@@ -361,16 +361,16 @@ async def _measure(bench: Bench, args: argparse.Namespace) -> int:
     print(f"\n2. (a) Credits only: {args.credits:,} preloaded, then the ledger started", flush=True)
     credits = plan_credits(maker, args.credits, wallets, rng)
     check_contracts(credits)
-    a = await bench.run("credits", "(a) credits", credits, f"bench:{bench.run_id}:credit:%")
+    a = await bench.run("credits", "(a) credits", credits, keys.bench_commands(bench.run_id, "credit"))
     report_phase(a)
     wrong_a = await bench.balances(wallets)
-    await bench.credits_posted(wallets, f"bench:{bench.run_id}:credit:%")
+    await bench.credits_posted(wallets, keys.bench_commands(bench.run_id, "credit"))
 
     print(f"\n3. (b) Mixed: {args.mixed:,} commands (70% credits, 10% holds placed + 10% captured, 5% debits, "
           "5% reversals of (a)'s credits), preloaded, then the ledger started", flush=True)
     mixed = plan_mix(maker, args.mixed, wallets, rng)
     check_contracts(mixed)
-    b = await bench.run("mixed", "(b) mixed", mixed, f"bench:{bench.run_id}:mix:%")
+    b = await bench.run("mixed", "(b) mixed", mixed, keys.bench_commands(bench.run_id, "mix"))
     report_phase(b)
     wrong_b = await bench.balances(wallets)
 

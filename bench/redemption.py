@@ -33,7 +33,7 @@ from bench.baselines import BenchError, machine
 from bench.ledger import TARGET_MIXED_PER_S
 from deploy.local.infra import REPO
 from services.redemption.programme import RedemptionProgramme, Reward
-from shared import envelope
+from shared import envelope, keys
 from shared.contracts import topics
 from shared.contracts.ledger_commands import Cause, PostCredit
 from shared.programmes import Catalogue
@@ -128,7 +128,8 @@ async def credit(settings: Settings, ledger: httpx.AsyncClient, p: Plan, run_id:
         at = datetime.now(UTC) - timedelta(seconds=5)
         sent = []
         for member in p.members:
-            cmd = PostCredit(idempotency_key=f"bench:{run_id}:credit:{member}", program_id=p.programme.program_id,
+            cmd = PostCredit(idempotency_key=keys.bench_command(run_id, "credit", member),
+                             program_id=p.programme.program_id,
                              member_id=member, amount=p.price * p.per_member, occurred_at=at,
                              cause=Cause(source_event_id=f"bench|{run_id}|{member}", reason="redemption bench"))
             sent.append(await producer.send(settings.topic(topics.LEDGER_COMMANDS), envelope.encode(

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.baselines import BenchError, kafka_baseline, line, machine, ratio, verdict
 from bench.probes import PrivateTiers
 from deploy.local.infra import REPO, create_topics
-from shared import db, envelope
+from shared import db, envelope, keys
 from shared.contracts import topics
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.kafka import Cluster, client_options
@@ -46,10 +46,10 @@ def entries(count: int, members: int, seed: int) -> list[tuple[bytes, bytes]]:
         at = now - timedelta(minutes=rng.randrange(11 * 30 * 24 * 60))
         data = {"entry_id": n + 1, "program_id": "default", "member_id": member, "seq": n + 1,
                 "amount": rng.randint(20, 400), "balance_after": 0, "kind": "earn",
-                "idempotency_key": f"earn:bench|{n}:base", "cause": {"source_event_id": f"bench|{n}"},
+                "idempotency_key": keys.earn_credit(f"bench|{n}", "base"), "cause": {"source_event_id": f"bench|{n}"},
                 "occurred_at": at.isoformat(), "posted_at": now.isoformat(), "hash": "00"}
-        out.append((member.encode(), envelope.encode(f"entry:{n + 1}", "jifen.ledger", PointsEntryPosted.TYPE, now,
-                                                     data)))
+        out.append((member.encode(), envelope.encode(keys.posted_event(n + 1), "jifen.ledger", PointsEntryPosted.TYPE,
+                                                     now, data)))
     return out
 
 

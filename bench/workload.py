@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from bench.baselines import BenchError
-from shared import envelope
+from shared import envelope, keys
 from shared.contracts.base import Contract
 from shared.contracts.ledger_commands import CaptureHold, PlaceHold, PostCredit, PostDebit, ReverseEntry
 
@@ -89,7 +89,7 @@ def plan_credits(maker: CommandMaker, count: int, wallets: dict[str, Wallet], rn
         member = members[rng.randrange(len(members))]
         points = rng.randint(6, 600)
         wallets[member].balance += points
-        commands.append(maker.credit(f"bench:{maker.run_id}:credit:{n}", member, points))
+        commands.append(maker.credit(keys.bench_command(maker.run_id, "credit", n), member, points))
     return commands
 
 
@@ -121,7 +121,7 @@ def plan_mix(maker: CommandMaker, count: int, wallets: dict[str, Wallet], rng: r
 
     for n, slot in enumerate(slots):
         capture_due(len(out))
-        key = f"bench:{maker.run_id}:mix:{n}"
+        key = keys.bench_command(maker.run_id, "mix", n)
         if slot == "credit":
             member = members[rng.randrange(len(members))]
             points = rng.randint(6, 600)

@@ -36,7 +36,7 @@ from shared.contracts.base import Contract, dlq
 from shared.envelope import BadMessage, parse, validation_summary
 from shared.metrics import Metrics
 from shared.outbox import OutboxMessage
-from shared.subscription import Batch, Handler, Inbound, Method, Rejections, Route
+from shared.subscription import Handler, Inbound, Method, Rejections, Route
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Health:
         self.consuming = False
 
 
-Good = tuple[Inbound[Contract], Any, Method | None]  # an event, its handler and the method of its type
+Good = tuple[Inbound[Contract], Handler[Any], Method]  # an event, its handler and the method of its type
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +257,7 @@ class BatchConsumer:
                     else:
                         duplicates += 1
             for handler, run in _runs(fresh):
-                await _handle(handler, run, uow, rejections)
+                await handler.apply([item for item, _, _ in run], uow, rejections, [m for _, _, m in run])
             if self.use_inbox and rejections.event_ids:
                 # Once its cause is fixed, `jifen dlq replay` brings a refused event back and the inbox lets it
                 # through; a plain redelivery (a crash before the offsets moved) stays a duplicate.
@@ -290,9 +290,9 @@ def _replay_mark(record: ConsumerRecord[Any, Any]) -> str:
     return marks[-1] if marks else ""
 
 
-def _runs(items: list[Good]) -> list[tuple[Any, list[Good]]]:
+def _runs(items: list[Good]) -> list[tuple[Handler[Any], list[Good]]]:
     """The batch's events in order, cut where the handler changes: each run goes to its handler in one call."""
-    runs: list[tuple[Any, list[Good]]] = []
+    runs: list[tuple[Handler[Any], list[Good]]] = []
     for found in items:
         if runs and runs[-1][0] is found[1]:
             runs[-1][1].append(found)
@@ -300,18 +300,6 @@ def _runs(items: list[Good]) -> list[tuple[Any, list[Good]]]:
             runs.append((found[1], [found]))
     return runs
 
-
-async def _handle(handler: Any, run: list[Good], uow: UnitOfWork, rejections: Rejections) -> None:
-    """A run through its handler: `load` once, each event's method in order, `store` once."""
-    items = [item for item, _, _ in run]
-    if not isinstance(handler, Handler):
-        await handler(items, uow, rejections)  # the older form: a function of the whole run
-        return
-    changes = await handler.load(Batch(items, uow, rejections))
-    for item, _, method in run:
-        assert method is not None
-        await method(item, changes)
-    await handler.store(changes)
 
 
 def _error_class(bad: BadMessage) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from shared import keys
 from shared.settings import Settings
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
@@ -66,7 +67,7 @@ async def migrate(dsn: str, schema: str, service_migrations: Path, with_shared: 
     An advisory lock makes concurrent starts of the same service apply each migration once.
     """
     conn = await connect(dsn, schema)
-    lock = advisory_key(f"migrate:{schema}")
+    lock = advisory_key(keys.migration_lock(schema))
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", lock)

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import keys
 from shared.db import advisory_key
 from shared.metrics import Metrics
 from shared.uow import UnitOfWork
@@ -62,7 +63,7 @@ class JobRunner:
         self.unit_of_work = unit_of_work
         self.metrics = metrics
         self.clock = clock
-        self.lock_key = advisory_key(f"job:{schema}:{job.name}")
+        self.lock_key = advisory_key(keys.job_lock(schema, job.name))
         self.stopping = asyncio.Event()
         metrics.job_interval.labels(service, job.name).set(job.interval_s)
         self.leader = metrics.job_leader.labels(service, job.name)

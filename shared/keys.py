@@ -231,3 +231,32 @@ def cause_of(source: str, subject: str) -> str:
     """A cause's `source_event_id` for what no inbound event caused (a job, an operator, a redemption): the
     emitting service's source and the subject, as `{source}|{subject}`."""
     return f"{source}|{subject}"
+
+
+# --- the kit's advisory locks ------------------------------------------------------------------------------------
+
+
+def job_lock(schema: str, job: str) -> str:
+    """The advisory lock one process takes to run a round of a periodic job."""
+    return f"job:{schema}:{job}"
+
+
+def outbox_lock(schema: str) -> str:
+    """The advisory lock of a service's outbox relay leader."""
+    return f"outbox:{schema}"
+
+
+def migration_lock(schema: str) -> str:
+    return f"migrate:{schema}"
+
+
+# --- the bench's own commands --------------------------------------------------------------------------------------
+
+
+def bench_command(run_id: str, phase: str, n: int | str) -> str:
+    """A command the bench plans (`bench:{run}:{phase}:{n}`); `bench_commands(run, phase)` is their SQL LIKE pattern."""
+    return f"bench:{run_id}:{phase}:{n}"
+
+
+def bench_commands(run_id: str, phase: str) -> str:
+    return bench_command(run_id, phase, "%")

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from shared import keys
 from shared.db import advisory_key, connect
 from shared.metrics import Metrics
 
@@ -66,7 +67,7 @@ class OutboxRelay:
         self.metrics = metrics
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self.lock_key = advisory_key(f"outbox:{schema}")
+        self.lock_key = advisory_key(keys.outbox_lock(schema))
         self.is_leader = False
         self._connected = True  # connected since the last failure (so the next failure starts a streak)
         self._wake = asyncio.Event()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -100,6 +100,18 @@ class Handler(Generic[C]):
     def methods(self) -> dict[type[Contract], Method]:
         return {contract: getattr(self, name) for contract, name in self.contracts().items()}
 
+    async def apply(self, items: list[Inbound[Contract]], uow: UnitOfWork, rejections: Rejections,
+                    methods: Sequence[Method] | None = None) -> None:
+        """A run of events, as the consumer applies it: `load` once, each event's method in order, `store` once.
+        `methods` are the events' methods when the caller already looked them up (the consumer, per record)."""
+        if methods is None:
+            by_type = self.methods()
+            methods = [by_type[type(item.data)] for item in items]
+        changes = await self.load(Batch(items, uow, rejections))
+        for item, method in zip(items, methods, strict=True):
+            await method(item, changes)
+        await self.store(changes)
+
 
 def _methods_of(cls: type) -> dict[type[Contract], str]:
     found: dict[type[Contract], str] = {}
@@ -127,16 +139,13 @@ def _methods_of(cls: type) -> dict[type[Contract], str]:
     return found
 
 
-# The handler of a run, as the consumer calls it: a `Handler` (one method per type), or a plain function of the
-# run (kept while services move to `Handler`).
-Legacy = Callable[[list[Inbound[Any]], "UnitOfWork", Rejections], Awaitable[None]]
 Others = Literal["dlq", "skip"]
 
 
 @dataclass(frozen=True)
 class Subscription:
     """A handler and the message types it takes here (by default every type it has a method for); the topics are
-    those the types travel on. (`handlers`, a map from type to a plain function, is the older form.)
+    those the types travel on.
 
     `others` says what becomes of a type no handler here takes. `skip`: ignored and counted
     (`jifen_events_ignored_total`), for topics whose writers are Jifen's own services and whose readers each want
@@ -144,35 +153,28 @@ class Subscription:
     as `unknown_type`; a type the topic carries for another service is ignored and counted, as with `skip`.
     """
 
-    handlers: Handler[Any] | Mapping[type[Contract], Legacy]
-    others: Others = "dlq"
+    handler: Handler[Any]
     types: Sequence[type[Contract]] | None = None
-    _by_type: dict[str, tuple[type[Contract], Any, Method | None]] = field(init=False, repr=False, compare=False)
+    others: Others = "dlq"
+    _by_type: dict[str, tuple[type[Contract], Handler[Any], Method]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.handlers, Handler):
-            handler = self.handlers
-            methods = handler.methods()
-            chosen = list(self.types) if self.types is not None else list(methods)
-            missing = [c.__name__ for c in chosen if c not in methods]
-            if missing:
-                raise ValueError(f"{type(handler).__name__} has no method for {', '.join(missing)}")
-            object.__setattr__(self, "handlers", dict.fromkeys(chosen, handler))
-            object.__setattr__(self, "_by_type", {c.TYPE: (c, handler, methods[c]) for c in chosen})
-        else:
-            object.__setattr__(self, "_by_type", {c.TYPE: (c, h, None) for c, h in self.handlers.items()})
-        if not self.handlers:
+        methods = self.handler.methods()
+        chosen = list(self.types) if self.types is not None else list(methods)
+        missing = [c.__name__ for c in chosen if c not in methods]
+        if missing:
+            raise ValueError(f"{type(self.handler).__name__} has no method for {', '.join(missing)}")
+        if not chosen:
             raise ValueError("a subscription handles at least one message type")
-        for contract in self._by_type.values():
-            if not contract[0].TYPE:
-                raise ValueError(f"{contract[0].__name__} is a part of a message, not a message type")
+        object.__setattr__(self, "types", tuple(chosen))
+        object.__setattr__(self, "_by_type", {c.TYPE: (c, self.handler, methods[c]) for c in chosen})
 
     @property
     def channels(self) -> list[Channel]:
-        assert isinstance(self.handlers, Mapping)
-        return list(dict.fromkeys(topics.channel_of(contract) for contract in self.handlers))
+        assert self.types is not None
+        return list(dict.fromkeys(topics.channel_of(contract) for contract in self.types))
 
-    def handler_of(self, message_type: str) -> tuple[type[Contract], Any, Method | None] | None:
+    def handler_of(self, message_type: str) -> tuple[type[Contract], Handler[Any], Method] | None:
         """The contract, handler and method of a type: looked up by the CloudEvents type string, once per record."""
         return self._by_type.get(message_type)
 
@@ -184,7 +186,7 @@ class Route:
     channel: Channel
     subscription: Subscription
 
-    def contract_and_handler(self, message_type: str) -> tuple[type[Contract], Any, Method | None] | None:
+    def contract_and_handler(self, message_type: str) -> tuple[type[Contract], Handler[Any], Method] | None:
         """The handler of a type; None for a type to ignore; BadMessage for a type to refuse."""
         found = self.subscription.handler_of(message_type)
         if found is not None:

@@ -37,7 +37,7 @@ from shared.contracts.ledger_commands import (
     TransferPoints,
 )
 from shared.contracts.ledger_entries import CommandRejected, HoldPlaced, HoldResolved, PointsEntryPosted
-from shared.subscription import Batch, Handler, Inbound, Rejections, Subscription
+from shared.subscription import Batch, Handler, Inbound
 from shared.uow import UnitOfWork
 
 __all__ = ["ApplyCommands", "Changes", "LedgerMetrics", "posted_data"]
@@ -299,16 +299,6 @@ class ApplyCommands(Handler[Changes]):
         assert entry.id is not None  # assigned before the outcomes are built
         return Outgoing(PointsEntryPosted, posted_data(entry), entry.posted_at, keys.posted_event(entry.id),
                         entry.member_id, entry.command_key)
-
-    async def __call__(self, items: list[Command], uow: UnitOfWork, rejections: Rejections) -> None:
-        """A run applied outside a consumer, as the kit applies it (bench/history.py seeds a history with it)."""
-        route = Subscription(self)
-        changes = await self.load(Batch([*items], uow, rejections))
-        for item in items:
-            found = route.handler_of(item.event.type)
-            assert found is not None and found[2] is not None, item.event.type
-            await found[2](item, changes)
-        await self.store(changes)
 
 
 def _outgoing(event_id: str, at: datetime, body: CommandRejected | HoldPlaced | HoldResolved) -> Outgoing:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -46,8 +46,7 @@ async def rebuild(settings: TiersSettings, program_id: str, now: datetime,
                   progress: Callable[[str], None] = lambda _: None, batch_size: int = 2000) -> Rebuilt:
     started = time.monotonic()
     base = app.spec(settings, clock=lambda: now)
-    live = base.subscriptions[0].handlers  # the kit keeps a subscription's handler by type
-    project = next(iter(live.values())) if isinstance(live, Mapping) else live
+    project = base.subscriptions[0].handler
     assert isinstance(project, ProjectTiers)
     if program_id not in project.catalogue.versions:
         raise RebuildError(f"no programme {program_id!r} in {settings.programmes_dir}")

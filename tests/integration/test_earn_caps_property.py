@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -35,7 +35,6 @@ from services.earn.handlers import INBOUND, Changes, EarnFromEvents
 from services.earn.settings import EarnSettings
 from shared import envelope, keys
 from shared.contracts import topics
-from shared.contracts.purchases import PurchaseCompleted
 from shared.outbox import decode_headers
 from shared.simulation import STRUCTURED, purchase_event
 from shared.subscription import Batch, Subscription
@@ -198,9 +197,7 @@ class Earn:
 
     def __init__(self, dsn: str, folder: Path) -> None:
         base = earn_spec(EarnSettings(programmes_dir=folder))
-        handlers = base.subscriptions[0].handlers
-        assert isinstance(handlers, Mapping)
-        earn = handlers[PurchaseCompleted]
+        earn = base.subscriptions[0].handler
         assert isinstance(earn, EarnFromEvents)
         self.handler: CrashingEarn = CrashingEarn(earn.catalogue, earn.metrics)
         wrapped = replace(base, subscriptions=[Subscription(self.handler, types=INBOUND)], jobs=[])
