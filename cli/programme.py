@@ -18,8 +18,8 @@ from cli import points
 from cli.times import shown
 from services.earn.domain import Programme as EarnProgramme
 from services.redemption.programme import RedemptionProgramme
-from services.referral.domain import ReferralProgramme
-from services.tiers.domain import TiersProgramme
+from services.referral.programme import ReferralProgramme
+from services.tiers.programme import TiersProgramme
 from shared.programmes import (
     SECTIONS,
     Fingerprint,

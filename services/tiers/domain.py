@@ -23,7 +23,6 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from services.tiers.programme import Metric, TierRules
-from services.tiers.programme import TiersProgramme as TiersProgramme  # cli/programme.py still imports it from here
 from services.tiers.windows import TICK, Span, next_period, period_end, review_window, window
 
 Reason = Literal["upgrade", "downgrade", "manual", "expired_manual"]
