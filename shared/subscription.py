@@ -63,8 +63,9 @@ class Batch:
     rejections: Rejections
 
     def of(self, contract: type[K]) -> list[Inbound[K]]:
-        """The run's events of one type, in order."""
-        return [item for item in self.items if type(item.data) is contract]  # type: ignore[misc]
+        """The run's events of one type, or of every type under a base contract (`LedgerCommand`), typed, in
+        order."""
+        return [item for item in self.items if isinstance(item.data, contract)]  # type: ignore[misc]
 
     def reject(self, item: Inbound[Contract], reason: str, detail: str) -> None:
         """The event breaks a business rule: it goes to the DLQ with the reason, in this batch's transaction."""

@@ -23,7 +23,6 @@ from shared import keys, waiting
 from shared.consumer import Retryable
 from shared.contracts.base import Contract
 from shared.contracts.ledger_commands import (
-    COMMANDS,
     AdjustPoints,
     CaptureHold,
     ExpireHold,
@@ -99,12 +98,6 @@ class Changes:
             self.results.append((item, digest, None, (refused.reason, refused.detail)))
 
 
-def _commands(batch: Batch) -> list[Command]:
-    """The run's commands, typed, in the run's order (the subscription hands this handler ledger commands only)."""
-    typed = {id(item): item for kind in COMMANDS for item in batch.of(kind)}
-    return [typed[id(item)] for item in batch.items]
-
-
 @dataclass
 class ApplyCommands(Handler[Changes]):
     """Apply a run of ledger commands in one unit of work. Every command's outcome is stored with its key (posted
@@ -115,7 +108,7 @@ class ApplyCommands(Handler[Changes]):
 
     async def load(self, batch: Batch) -> Changes:
         uow = batch.uow
-        changes = Changes(uow, self.clock(), _commands(batch))
+        changes = Changes(uow, self.clock(), batch.of(LedgerCommand))
         members = self._sort_out_replays(changes, await repository.known_commands(
             uow.db, [i.data.idempotency_key for i in changes.commands]))
         if changes.fresh:
