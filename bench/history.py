@@ -15,8 +15,9 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from services.ledger import repository
 from services.ledger.handlers import ApplyCommands, LedgerMetrics
+from services.ledger.repository.books import member_book
+from services.ledger.repository.entries import entries_page
 from shared import db as shared_db
 from shared import keys
 from shared.contracts.ledger_commands import Cause, LedgerCommand, PostCredit, PostDebit
@@ -96,18 +97,18 @@ async def run_history(settings: Settings, entries: int, progress: Callable[[str]
         conn = await shared_db.connect(dsn, "ledger")
         try:
             await conn.execute("ANALYZE")
-            book = await repository.member_book(conn, "history", "long-history")
+            book = await member_book(conn, "history", "long-history")
             assert book is not None and book.account.seq == len(commands), "seeding did not post every entry"
             progress(f"member has {book.account.seq:,} entries, {len(book.lots):,} open lots, "
                      f"balance {book.account.balance:,}")
             middle = book.account.seq // 2
             return [
                 await _timed("balance (open lots, holds, debts)",
-                             lambda: repository.member_book(conn, "history", "long-history")),
+                             lambda: member_book(conn, "history", "long-history")),
                 await _timed("entries, newest page of 50",
-                             lambda: repository.entries_page(conn, "history", "long-history", None, 50)),
+                             lambda: entries_page(conn, "history", "long-history", None, 50)),
                 await _timed("entries, a page of 50 mid-history",
-                             lambda: repository.entries_page(conn, "history", "long-history", middle, 50)),
+                             lambda: entries_page(conn, "history", "long-history", middle, 50)),
             ]
         finally:
             await conn.close()

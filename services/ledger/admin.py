@@ -15,7 +15,6 @@ from typing import Annotated
 import asyncpg
 from fastapi import FastAPI, Path, Response
 
-from services.ledger import repository
 from services.ledger.api import (
     COMMAND_ERRORS,
     MEMBER_EVENT_ERRORS,
@@ -33,6 +32,7 @@ from services.ledger.api import (
     refused_detail,
 )
 from services.ledger.domain import ADMIN_SOURCE
+from services.ledger.repository import commands
 from shared import keys
 from shared.auth import ApiKey
 from shared.contracts.ledger_commands import (
@@ -54,7 +54,7 @@ from shared.uow import UnitOfWork
 async def answer(db: asyncpg.Connection, key: str) -> Done | None:
     """What became of a command: posted with its entries, or rejected with the ledger's reason; None while the
     ledger has not applied it."""
-    found, rows = await repository.command_outcome(db, key)
+    found, rows = await commands.command_outcome(db, key)
     if found is None:
         return None
     return Done(status=found["outcome"], idempotency_key=key, reason=found["reason"],
@@ -68,7 +68,7 @@ async def command_status(db: asyncpg.Connection, key: str) -> Done:
     done = await answer(db, key)
     if done is not None:
         return done
-    if not await repository.admin_command_sent(db, key):
+    if not await commands.admin_command_sent(db, key):
         raise Refusal("unknown_command", f"the ledger has no command {key!r}: no admin call sent it and the ledger "
                                          "never received it")
     return Done(status="pending", idempotency_key=key)
@@ -98,7 +98,7 @@ def routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[ProgrammeVersion
         key = cmd.idempotency_key
 
         async def note_and_emit(uow: UnitOfWork) -> None:
-            if await repository.record_admin_command(uow.db, key, cmd.program_id, cmd.occurred_at):
+            if await commands.record_admin_command(uow.db, key, cmd.program_id, cmd.occurred_at):
                 uow.emit(cmd, at=cmd.occurred_at, subject=cmd.member_id, source=ADMIN_SOURCE)
 
         async def read() -> Done:

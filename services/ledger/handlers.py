@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.ledger import domain, repository
+from services.ledger import domain
 from services.ledger.domain import ADMIN_SOURCE, Entry, HoldState, MemberBook, Resolution
 from services.ledger.metrics import LedgerMetrics
+from services.ledger.repository import books, commands
+from services.ledger.repository.books import Loaded
 from services.ledger.rules import Journal, Outcome, Refused, posted_by
 from shared import keys, waiting
 from shared.consumer import Retryable
@@ -77,7 +79,7 @@ class Changes:
     fresh: dict[int, bytes] = field(default_factory=dict)  # id(item) → payload hash, for first sightings
     outgoing: dict[int, list[Outgoing]] = field(default_factory=dict)  # id(item) → its outcomes, in order
     books: dict[Member, MemberBook] = field(default_factory=dict)
-    loaded: repository.Loaded = field(default_factory=lambda: repository.Loaded({}, set(), {}, {}))
+    loaded: Loaded = field(default_factory=lambda: Loaded({}, set(), {}, {}))
     journal: Journal = field(init=False)
     results: list[tuple[Command, bytes, Outcome | None, Rejection | None]] = field(default_factory=list)
 
@@ -109,7 +111,7 @@ class ApplyCommands(Handler[Changes]):
     async def load(self, batch: Batch) -> Changes:
         uow = batch.uow
         changes = Changes(uow, self.clock(), batch.of(LedgerCommand))
-        members = self._sort_out_replays(changes, await repository.known_commands(
+        members = self._sort_out_replays(changes, await commands.known_commands(
             uow.db, [i.data.idempotency_key for i in changes.commands]))
         if changes.fresh:
             await self._read_books(batch, changes, members)
@@ -155,19 +157,19 @@ class ApplyCommands(Handler[Changes]):
         entry_ids = [i.data.entry_id for i in reversals if i.data.entry_id is not None]
         entry_keys = [(i.data.entry_key, (i.data.program_id, i.data.member_id)) for i in reversals
                       if i.data.entry_id is None and i.data.entry_key is not None]
-        wanted: list[repository.AccountKey] = [(p, "member", m) for p, m in members]
+        wanted: list[books.AccountKey] = [(p, "member", m) for p, m in members]
         wanted += [(p, kind, "") for p in {p for p, _ in members} for kind in domain.SYSTEM_ACCOUNTS]
         db = changes.uow.db
-        rows = await repository.accounts(db, wanted)
-        accounts = {(k[0], k[2]): repository.member_account(r) for k, r in rows.items() if k[1] == "member"}
+        rows = await books.accounts(db, wanted)
+        accounts = {(k[0], k[2]): books.member_account(r) for k, r in rows.items() if k[1] == "member"}
         complete = {a.id for key, a in accounts.items() if key in needs_lots or a.debt > 0}
-        loaded = await repository.load_books(db, list(accounts.values()), complete, hold_ids, entry_ids,
-                                             [(key, accounts[member].id) for key, member in entry_keys])
+        loaded = await books.load_books(db, list(accounts.values()), complete, hold_ids, entry_ids,
+                                        [(key, accounts[member].id) for key, member in entry_keys])
         changes.loaded = loaded
         changes.books = {(b.account.program_id, b.account.member_id): b for b in loaded.books.values()}
         # Two entries at most per command (a capture and the expiry of lots that lapsed while held; a transfer).
         changes.journal = Journal(changes.now, lambda program, kind: rows[(program, kind, "")]["id"],
-                                  entry_ids=await repository.reserve_entry_ids(db, 2 * len(fresh)))
+                                  entry_ids=await books.reserve_entry_ids(db, 2 * len(fresh)))
 
     # --- one method per command: each hands its command to the journal ---------------------------------------
 
@@ -229,17 +231,17 @@ class ApplyCommands(Handler[Changes]):
     async def _store_results(self, changes: Changes) -> None:
         uow, now, results = changes.uow, changes.now, changes.results
         added = changes.journal.added
-        await repository.assign_ids(uow.db, added)
-        claimed = await repository.claim_commands(uow.db, [
+        await books.assign_ids(uow.db, added)
+        claimed = await commands.claim_commands(uow.db, [
             (item.data.idempotency_key, digest, item.event.type, item.data.program_id, item.data.member_id,
              "rejected" if rejection else "posted", rejection[0] if rejection else None)
             for item, digest, _, rejection in results], now)
         if claimed != len(results):
             raise Retryable("another consumer claimed some of these commands first")
-        await repository.store(uow.db, added)
-        await repository.add_totals(uow.db, added.entries)
+        await books.store(uow.db, added)
+        await books.add_totals(uow.db, added.entries)
         touched = [b for b in changes.loaded.books.values() if b.account.id in changes.journal.touched]
-        if not await repository.advance_accounts(uow.db, touched):
+        if not await books.advance_accounts(uow.db, touched):
             raise Retryable("an account moved on since it was read")
         settled: list[str] = []  # the admin calls' commands, whose callers may be waiting (?wait)
         for item, _, outcome, rejection in results:

@@ -11,7 +11,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import FastAPI, Query
 
-from services.ledger import admin, repository, totals
+from services.ledger import admin, totals
 from services.ledger.api import (
     READ_ERRORS,
     Balance,
@@ -25,6 +25,7 @@ from services.ledger.api import (
     Summary,
 )
 from services.ledger.domain import MemberBook
+from services.ledger.repository import books, entries
 from shared.http import BIGINT_MAX, PathId, ProgramPath
 from shared.programmes import Catalogue, ProgrammeVersion, UnknownProgram
 from shared.service import Runtime
@@ -62,7 +63,7 @@ def _member_routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
         now = runtime.spec.clock()
 
         async def book_of(db: asyncpg.Connection) -> MemberBook | None:
-            return await repository.member_book(db, program_id, member_id)
+            return await books.member_book(db, program_id, member_id)
 
         book = await runtime.read(book_of)
         if book is None:  # a member who never earned has nothing, which is not an error; a typo in the programme is
@@ -89,8 +90,8 @@ def _member_routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
         `unknown_program`. Needs the `read` scope."""
 
         async def page(db: asyncpg.Connection) -> EntriesPage:
-            rows, lots = await repository.entries_page(db, program_id, member_id, before_seq, limit)
-            holds = await repository.open_holds_of(db, program_id, member_id)
+            rows, lots = await entries.entries_page(db, program_id, member_id, before_seq, limit)
+            holds = await entries.open_holds_of(db, program_id, member_id)
             if not rows:
                 known(catalogue, program_id, runtime.spec.clock())
             views = [EntryView(

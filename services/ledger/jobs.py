@@ -14,9 +14,10 @@ from datetime import datetime
 
 import asyncpg
 
-from services.ledger import repository, totals
+from services.ledger import totals
 from services.ledger.metrics import SweepMetrics, TotalsMetrics
-from services.ledger.repository import Cursor
+from services.ledger.repository import expiry
+from services.ledger.repository.expiry import Cursor
 from services.ledger.verify import verify
 from shared import keys
 from shared.contracts.ledger_commands import Cause, ExpireHold, ExpireLot, LedgerCommand
@@ -31,7 +32,7 @@ async def due_lots(db: asyncpg.Connection, now: datetime, limit: int, after: Cur
     return [ExpireLot(idempotency_key=keys.lot_expiry(r["id"]), program_id=r["program_id"], member_id=r["member_id"],
                       lot_id=r["id"], occurred_at=r["expires_at"],
                       cause=Cause(source_event_id=keys.lot_expiry_cause(SOURCE, r["id"]), reason="expiry"))
-            for r in await repository.due_lots(db, now, limit, after)]
+            for r in await expiry.due_lots(db, now, limit, after)]
 
 
 async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[LedgerCommand]:
@@ -40,7 +41,7 @@ async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cu
                        member_id=r["member_id"], hold_id=r["hold_id"], occurred_at=r["expires_at"],
                        cause=Cause(source_event_id=keys.hold_expiry_cause(SOURCE, r["hold_id"]),
                                    reason="hold timed out"))
-            for r in await repository.due_holds(db, now, limit, after)]
+            for r in await expiry.due_holds(db, now, limit, after)]
 
 
 def cursor_of(cmd: LedgerCommand) -> Cursor:

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
-from services.ledger import repository
 from services.ledger.app import spec as ledger_spec
 from services.ledger.jobs import due_commands
+from services.ledger.repository import books
 from services.ledger.verify import verify
 from shared import envelope
 from shared.contracts import topics
@@ -268,7 +268,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def balances_match_the_model(self) -> None:
         for name in MEMBERS:
-            book = self.h.run(repository.member_book(self.h.conn, self.program, name))
+            book = self.h.run(books.member_book(self.h.conn, self.program, name))
             mine = self.model.member(name)
             now = self.h.now
             if book is None:
@@ -367,7 +367,7 @@ def test_a_reversal_by_key_in_the_same_batch_as_its_credit_finds_it(harness: Har
     assert posted[3]["corrects_entry_id"] == posted[0]["entry_id"] == posted[4]["corrects_entry_id"]
     assert posted[5]["corrects_entry_id"] == posted[2]["entry_id"]
     assert rejected == ["reversal_exceeds_entry"]
-    book = harness.run(repository.member_book(harness.conn, program, "ann"))
+    book = harness.run(books.member_book(harness.conn, program, "ann"))
     assert book is not None and (book.account.balance, book.available(harness.now), book.pending(harness.now)) == (
         50, 50, 0)
     report = harness.run(verify(harness.conn, program))

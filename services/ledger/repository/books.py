@@ -1,10 +1,10 @@
-"""The ledger's tables and queries. Hot paths are one multi-row statement per batch (unnest arrays)."""
+"""Members' books: the accounts with their open lots, holds and debts, loaded for a batch in a few queries and
+stored (what the batch added, the programme totals, the accounts' tips) with one multi-row statement per table."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 import orjson
@@ -19,38 +19,10 @@ from services.ledger.domain import (
     MemberBook,
     spend_order,
 )
+from services.ledger.repository import LOT_RESERVED, LOT_USED
 from services.ledger.rules import StoredEntry
-from shared import keys
 
 AccountKey = tuple[str, str, str]  # (program_id, kind, member_id)
-
-# A lot's remainder is derived, never stored: what allocations took, and what open holds keep. One definition for
-# the rules' reads and the sweeper (verify counts on its own, so that it checks rather than repeats).
-LOT_USED = "coalesce((SELECT sum(a.amount) FROM allocations a WHERE a.lot_id = l.id), 0)"
-LOT_RESERVED = """coalesce((SELECT sum(r.amount) FROM hold_reservations r WHERE r.lot_id = l.id
-                     AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = r.hold_id)), 0)"""
-
-
-async def known_commands(db: asyncpg.Connection, keys: Sequence[str]) -> dict[str, bytes]:
-    rows = await db.fetch("SELECT idempotency_key, payload_hash FROM commands WHERE idempotency_key = ANY($1::text[])",
-                          list(keys))
-    return {r["idempotency_key"]: bytes(r["payload_hash"]) for r in rows}
-
-
-async def claim_commands(db: asyncpg.Connection, rows: Sequence[tuple[str, bytes, str, str, str, str, str | None]],
-                         received_at: datetime) -> int:
-    """Record commands as seen; returns how many were new (fewer means a concurrent writer claimed some)."""
-    if not rows:
-        return 0
-    cols = list(zip(*rows, strict=True))
-    claimed = await db.fetch(
-        """INSERT INTO commands (idempotency_key, payload_hash, command_type, program_id, member_id, outcome,
-                                 reason, received_at)
-           SELECT k, h, t, p, m, o, r, $8 FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[],
-                                                       $6::text[], $7::text[]) AS u(k, h, t, p, m, o, r)
-           ON CONFLICT DO NOTHING RETURNING 1""",
-        *[list(c) for c in cols], received_at)
-    return len(claimed)
 
 
 async def accounts(db: asyncpg.Connection, keys: Iterable[AccountKey]) -> dict[AccountKey, asyncpg.Record]:
@@ -186,6 +158,17 @@ async def load_books(db: asyncpg.Connection, accounts_: Sequence[Account], compl
     return Loaded(books, taken, targets, posted_by)
 
 
+async def member_book(db: asyncpg.Connection, program_id: str, member_id: str) -> MemberBook | None:
+    """A member's complete book (open lots, open holds, debts), or None for a member who never had an entry."""
+    rows = await _select_accounts(db, [(program_id, "member", member_id)])
+    row = rows.get((program_id, "member", member_id))
+    if row is None:
+        return None
+    account = member_account(row)
+    loaded = await load_books(db, [account], {account.id}, [], [], [])
+    return loaded.books[account.id]
+
+
 async def reserve_entry_ids(db: asyncpg.Connection, count: int) -> list[int]:
     """Entry ids for a batch, taken before its rules run (unused ones are left as gaps; ids are not a sequence
     that must be gapless, each account's `seq` is)."""
@@ -313,111 +296,3 @@ async def advance_accounts(db: asyncpg.Connection, books: Sequence[MemberBook]) 
         [b.account.lifetime_earned for b in books], [b.account.seq for b in books],
         [b.account.last_hash for b in books], [b.account.debt for b in books], [b.read_version for b in books])
     return int(result.split()[-1]) == len(books)
-
-
-# --- the sweeper's queries ------------------------------------------------------------------------------------
-
-Cursor = tuple[datetime, str] | None  # the (expires_at, id) of the last command of the page before
-
-
-async def due_lots(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[asyncpg.Record]:
-    """Lots past their expiry with unreserved points left and no expiry command yet, in expiry order. The key of
-    that command is built as `keys.lot_expiry` builds it, from the same prefix."""
-    return await db.fetch(
-        f"""SELECT l.id, l.expires_at, a.program_id, a.member_id
-           FROM lots l JOIN accounts a ON a.id = l.account_id
-           WHERE l.expires_at <= $1
-             AND ($3::timestamptz IS NULL OR (l.expires_at, l.id) > ($3, $4::bigint))
-             AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
-             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = $5::text || l.id)
-             AND l.amount > {LOT_USED} + {LOT_RESERVED}
-           ORDER BY l.expires_at, l.id LIMIT $2""",
-        now, limit, after[0] if after else None, int(after[1]) if after else 0, keys.LOT_EXPIRY)
-
-
-async def due_holds(db: asyncpg.Connection, now: datetime, limit: int, after: Cursor = None) -> list[asyncpg.Record]:
-    """Open holds past their TTL with no expiry command yet (its key as `keys.hold_expiry` builds it)."""
-    return await db.fetch(
-        """SELECT h.hold_id, h.expires_at, a.program_id, a.member_id
-           FROM holds h JOIN accounts a ON a.id = h.account_id
-           WHERE h.expires_at <= $1
-             AND ($3::timestamptz IS NULL OR (h.expires_at, h.hold_id) > ($3, $4::text))
-             AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
-             AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.idempotency_key = $5::text || h.hold_id)
-           ORDER BY h.expires_at, h.hold_id LIMIT $2""",
-        now, limit, after[0] if after else None, after[1] if after else "", keys.HOLD_EXPIRY)
-
-
-# --- admin commands -------------------------------------------------------------------------------------------
-
-async def record_admin_command(db: asyncpg.Connection, key: str, program_id: str, sent_at: datetime) -> bool:
-    """Note an admin call's command as sent, in the transaction that puts it in the outbox; False when that key
-    was sent before (a retry: the same command, not to be sent again)."""
-    return await db.fetchval(
-        """INSERT INTO admin_commands (idempotency_key, program_id, sent_at) VALUES ($1, $2, $3)
-           ON CONFLICT DO NOTHING RETURNING true""", key, program_id, sent_at) is not None
-
-
-async def command_outcome(db: asyncpg.Connection, key: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
-    """A command's stored outcome (posted or rejected, and why) and the entries it posted; None while the ledger
-    has not applied it."""
-    found = await db.fetchrow("SELECT outcome, reason FROM commands WHERE idempotency_key = $1", key)
-    if found is None:
-        return None, []
-    rows = await db.fetch(
-        """SELECT e.id, a.member_id, e.seq, e.kind, e.balance_after,
-                  CASE WHEN e.to_account_id = e.account_id THEN e.amount ELSE -e.amount END AS amount
-           FROM entries e JOIN accounts a ON a.id = e.account_id
-           WHERE e.command_key = $1 ORDER BY e.id""", key)
-    return found, rows
-
-
-async def admin_command_sent(db: asyncpg.Connection, key: str) -> bool:
-    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM admin_commands WHERE idempotency_key = $1)", key))
-
-
-# --- queries for the HTTP side ---------------------------------------------------------------------------
-
-async def member_book(db: asyncpg.Connection, program_id: str, member_id: str) -> MemberBook | None:
-    """A member's complete book (open lots, open holds, debts), or None for a member who never had an entry."""
-    rows = await _select_accounts(db, [(program_id, "member", member_id)])
-    row = rows.get((program_id, "member", member_id))
-    if row is None:
-        return None
-    account = member_account(row)
-    loaded = await load_books(db, [account], {account.id}, [], [], [])
-    return loaded.books[account.id]
-
-
-async def entries_page(db: asyncpg.Connection, program_id: str, member_id: str, before_seq: int | None,
-                       limit: int) -> tuple[list[asyncpg.Record], dict[int, list[asyncpg.Record]]]:
-    """A page of a member's entries, newest first (by the (account, seq) index), with the lots each one made."""
-    account_id = await db.fetchval(
-        "SELECT id FROM accounts WHERE program_id = $1 AND kind = 'member' AND member_id = $2", program_id, member_id)
-    if account_id is None:
-        return [], {}
-    # One account at a time, so the planner walks the (account_id, seq) index backwards and stops at `limit`.
-    rows = await db.fetch(
-        """SELECT e.id, e.seq, e.kind, e.amount, e.to_account_id = e.account_id AS incoming, e.balance_after,
-                  e.command_key, e.source_event_id, e.rule_id, e.rule_version, e.reason, e.details,
-                  e.occurred_at, e.posted_at, e.hash, e.corrects_entry_id, e.hold_id
-           FROM entries e
-           WHERE e.account_id = $1 AND e.seq < $2
-           ORDER BY e.seq DESC LIMIT $3""",
-        account_id, before_seq if before_seq is not None else 2**62, limit)
-    lots: dict[int, list[asyncpg.Record]] = {}
-    if rows:
-        for r in await db.fetch(
-                f"""SELECT l.id, l.entry_id, l.amount, l.available_at, l.expires_at, l.amount - {LOT_USED} AS unspent
-                   FROM lots l WHERE l.entry_id = ANY($1::bigint[]) ORDER BY l.id""", [r["id"] for r in rows]):
-            lots.setdefault(r["entry_id"], []).append(r)
-    return rows, lots
-
-
-async def open_holds_of(db: asyncpg.Connection, program_id: str, member_id: str) -> list[asyncpg.Record]:
-    return await db.fetch(
-        """SELECT h.hold_id, h.amount, h.placed_at, h.expires_at
-           FROM accounts a JOIN holds h ON h.account_id = a.id
-           WHERE a.program_id = $1 AND a.kind = 'member' AND a.member_id = $2
-             AND NOT EXISTS (SELECT 1 FROM hold_resolutions s WHERE s.hold_id = h.hold_id)
-           ORDER BY h.placed_at""", program_id, member_id)
