@@ -17,7 +17,8 @@ import yaml
 from bench.baselines import machine, ratio, verdict
 from bench.pipeline import Throughput, settle, throughput
 from deploy.local.stack import Stack
-from services.earn.domain import Programme, fired_rules
+from services.earn.domain import fired_rules
+from services.earn.programme import Programme
 from shared import db
 from shared.contracts.purchases import PurchaseCompleted
 from shared.envelope import parse

@@ -17,12 +17,12 @@ from cli.times import shown
 from services.earn.activity import Award, award_refusal, checkin_awards, task_award
 from services.earn.domain import (
     MemberTier,
-    Programme,
     credits_for_purchase,
     expires_at,
     purchase_refusal,
     rule_points,
 )
+from services.earn.programme import Programme
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.purchases import PurchaseCompleted
 from shared.contracts.tasks import PointsAwarded, TaskCompleted

@@ -16,7 +16,7 @@ import yaml
 
 from cli import points
 from cli.times import shown
-from services.earn.domain import Programme as EarnProgramme
+from services.earn.programme import Programme as EarnProgramme
 from services.redemption.programme import RedemptionProgramme
 from services.referral.programme import ReferralProgramme
 from services.tiers.programme import TiersProgramme

@@ -9,11 +9,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.earn.domain import Programme
 from services.earn.handlers import INBOUND, EarnFromEvents
 from services.earn.http import routes
 from services.earn.jobs import birthdays
 from services.earn.metrics import EarnMetrics
+from services.earn.programme import Programme
 from services.earn.settings import EarnSettings
 from shared.contracts.tiers import TierChanged
 from shared.programmes import Catalogue

@@ -8,7 +8,6 @@ from services.earn import repository
 from services.earn.activity import Award, award_refusal, checkin_awards, period_of, streak_length, task_award
 from services.earn.domain import (
     MemberTier,
-    Programme,
     credits_from,
     expires_at,
     fired_rules,
@@ -17,6 +16,7 @@ from services.earn.domain import (
     tier_at,
 )
 from services.earn.metrics import EarnMetrics
+from services.earn.programme import Programme
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from services.earn.repository import BudgetKey, CapKey, NewOrder, TierHistory, Usage
 from shared import keys

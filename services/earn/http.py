@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from services.earn.api import ProgrammeOut
-from services.earn.domain import Programme
+from services.earn.programme import Programme
 from shared.http import error_responses
 from shared.programmes import Catalogue
 from shared.service import Runtime

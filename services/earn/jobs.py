@@ -10,7 +10,8 @@ from datetime import datetime
 
 from services.earn import repository
 from services.earn.activity import birthday_days, birthday_pays
-from services.earn.domain import Programme, expires_at
+from services.earn.domain import expires_at
+from services.earn.programme import Programme
 from shared import keys
 from shared.contracts.ledger_commands import Cause, PostCredit
 from shared.jobs import Job, Page

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Header, Path, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from services.redemption.domain import Coupon, Payment, Status, points_value
+from services.redemption.domain import Coupon, Status
+from services.redemption.paying import Payment, points_value
 from services.redemption.programme import CashbackTerms, CouponTerms, Limit, RewardId
 from services.redemption.redeem import Offer, Shown
 from shared.contracts.base import Currency, Id, Money

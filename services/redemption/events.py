@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.redemption.domain import Coupon, Payment, Redemption
+from services.redemption.domain import Coupon, Redemption
+from services.redemption.paying import Payment
 from shared import keys
 from shared.contracts.ledger_commands import CaptureHold, Cause, PlaceHold, ReleaseHold, ReverseEntry
 from shared.contracts.redemptions import (

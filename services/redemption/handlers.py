@@ -13,9 +13,10 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from services.redemption import codes, domain, events, repository
-from services.redemption.domain import Command, Coupon, Outcome, Payment, Redemption
+from services.redemption import codes, domain, events, paying, repository
+from services.redemption.domain import Command, Coupon, Outcome, Redemption
 from services.redemption.metrics import RedemptionMetrics
+from services.redemption.paying import Payment
 from services.redemption.programme import RedemptionProgramme
 from services.redemption.repository.members import MemberKey
 from shared import keys
@@ -231,7 +232,7 @@ class SettleHolds(Stores):
         if answer.outcome == "placed":
             p.expires_at = answer.expires_at
             changes.changed.add(p.payment_id)
-        status = domain.payment_after(p, answer.outcome, answer.command)
+        status = paying.payment_after(p, answer.outcome, answer.command)
         if status is None:
             return
         uow, now = changes.uow, changes.now
@@ -268,7 +269,7 @@ async def return_refunded(uow: UnitOfWork, captured: list[Payment], now: datetim
         for row in refunds[p.payment_id]:
             points = row["points"]
             if points is None:
-                points = domain.points_to_return(p.captured_points, p.basket_total, refunded, row["total"], returned)
+                points = paying.points_to_return(p.captured_points, p.basket_total, refunded, row["total"], returned)
                 answered.append((p.payment_id, row["refund_id"], points))
                 if points:
                     events.refund_points(uow, p, row["refund_id"], points, now)

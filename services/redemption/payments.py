@@ -13,9 +13,10 @@ from decimal import Decimal
 import asyncpg
 import orjson
 
-from services.redemption import domain, events, repository
-from services.redemption.domain import OPEN_PAYMENT, Payment, Refused
+from services.redemption import events, paying, repository
+from services.redemption.domain import Refused
 from services.redemption.metrics import RedemptionMetrics
+from services.redemption.paying import OPEN_PAYMENT, Payment
 from services.redemption.programme import RedemptionProgramme
 from shared.uow import UnitOfWork
 
@@ -58,7 +59,7 @@ async def authorise(uow: UnitOfWork, programme: RedemptionProgramme, ask: Paymen
         return known[0]
     rules = programme.rules.points_payment
     currency = ask.currency or (rules.currency if rules is not None else "")
-    refused = domain.payment_refusal(ask.points, ask.basket_total, currency, rules)
+    refused = paying.payment_refusal(ask.points, ask.basket_total, currency, rules)
     if refused is None and member.blocked:
         refused = Refused("blocked_member", "the member is blocked from paying with points")
     if refused is not None:

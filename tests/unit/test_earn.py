@@ -16,15 +16,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.earn.domain import (
-    BaseRate,
     MemberTier,
-    Programme,
     credits_for_purchase,
     expires_at,
     purchase_points,
     rule_points,
     tier_at,
 )
+from services.earn.programme import BaseRate, Programme
 from services.ledger.domain import payload_hash
 from shared.contracts.purchases import PurchaseCompleted, PurchaseLine
 from shared.programmes import Catalogue, ProgrammeError, load_file

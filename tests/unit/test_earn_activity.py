@@ -19,7 +19,7 @@ from services.earn.activity import (
     streak_length,
     task_award,
 )
-from services.earn.domain import Programme
+from services.earn.programme import Programme
 from shared.programmes import Catalogue
 from shared.settings import Settings
 

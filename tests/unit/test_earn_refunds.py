@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.earn.domain import MemberTier, Programme, lines_of, rule_points
+from services.earn.domain import MemberTier, lines_of, rule_points
+from services.earn.programme import Programme
 from services.earn.refunds import Earned, Order, RefundRefused, points_to_take_back
 from shared import keys
 from shared.contracts.purchases import PurchaseCompleted, PurchaseLine, PurchaseRefunded

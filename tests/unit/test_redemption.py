@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from services.redemption import codes, domain
-from services.redemption.domain import Coupon, MemberView, Past, Payment, Redemption, Usage
+from services.redemption import codes, domain, paying
+from services.redemption.domain import Coupon, MemberView, Past, Redemption, Usage
 from services.redemption.handlers import Answer
+from services.redemption.paying import Payment
 from services.redemption.payments import PaymentAsk
 from services.redemption.programme import PointsPayment, RedemptionProgramme, RedemptionRules, Reward
 from services.redemption.redeem import Ask
@@ -212,15 +213,15 @@ def payment_rules(**over: Any) -> PointsPayment:
 
 
 def test_points_pay_their_value_rounded_down_within_the_share_of_the_basket() -> None:
-    assert domain.points_value(1999, Decimal(100), 2) == Decimal("19.99")
-    assert domain.points_value(10, Decimal(3), 2) == Decimal("3.33")  # 3.333…: the member never gets more
-    assert domain.points_value(150, Decimal(100), 0) == Decimal("1")
+    assert paying.points_value(1999, Decimal(100), 2) == Decimal("19.99")
+    assert paying.points_value(10, Decimal(3), 2) == Decimal("3.33")  # 3.333…: the member never gets more
+    assert paying.points_value(150, Decimal(100), 0) == Decimal("1")
     cases = [(5000, "100.00", "CNY", None), (5001, "100.00", "CNY", "exceeds_basket_share"),
              (99, "100.00", "CNY", "below_minimum_points"), (100, "100.00", "USD", "currency_not_accepted")]
     for points, basket, currency, reason in cases:
-        refused = domain.payment_refusal(points, Decimal(basket), currency, payment_rules())
+        refused = paying.payment_refusal(points, Decimal(basket), currency, payment_rules())
         assert (refused.reason if refused else None) == reason, (points, basket)
-    refused = domain.payment_refusal(100, Decimal(10), "CNY", None)
+    refused = paying.payment_refusal(100, Decimal(10), "CNY", None)
     assert refused is not None and refused.reason == "points_payment_not_offered"
 
 
@@ -228,12 +229,12 @@ def test_refunds_give_back_the_captured_points_in_proportion_adding_up_to_all_of
     basket, captured = Decimal("99.99"), 1001
     back, refunded, returned = [], Decimal(0), 0
     for part in ("33.33", "33.33", "33.33", "10.00"):
-        n = domain.points_to_return(captured, basket, refunded, Decimal(part), returned)
+        n = paying.points_to_return(captured, basket, refunded, Decimal(part), returned)
         back.append(n)
         refunded += Decimal(part)
         returned += n
     assert back == [333, 334, 334, 0] and returned == captured
-    assert domain.points_to_return(1500, Decimal(100), Decimal(0), Decimal(50), 0) == 750
+    assert paying.points_to_return(1500, Decimal(100), Decimal(0), Decimal(50), 0) == 750
 
 
 def test_the_ledgers_answers_move_a_redemption_once() -> None:
@@ -251,9 +252,9 @@ def test_the_ledgers_answers_move_a_redemption_once() -> None:
 
 
 def test_the_ledgers_answers_move_a_payment() -> None:
-    def after(status: domain.PaymentStatus, outcome: domain.Outcome, command: domain.Command = "hold") -> Any:
+    def after(status: paying.PaymentStatus, outcome: domain.Outcome, command: domain.Command = "hold") -> Any:
         p = Payment("pm_1", "default", "ann", "o-1", 500, Decimal(10), "CNY", Decimal(100), 2, status, T0)
-        return domain.payment_after(p, outcome, command)
+        return paying.payment_after(p, outcome, command)
 
     assert [after("pending", "placed"), after("capturing", "placed"), after("capturing", "captured", "capture"),
             after("voiding", "released", "void"), after("authorised", "expired"), after("pending", "refused"),

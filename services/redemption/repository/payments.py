@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.redemption.domain import Payment
+from services.redemption.paying import Payment
 
 PAYMENT = """payment_id, program_id, member_id, order_id, points, basket_total, currency, points_per_unit, decimals,
     status, created_at, reason, detail, expires_at, capture_points, captured_points, settled_at"""
