@@ -119,7 +119,7 @@ def rule_points(programme: Programme, occurred_at: datetime, purchase: PurchaseC
         result.append(RulePoints(b.rule_id, "bonus", _floor(sum(given.values(), Decimal(0))), given,
                                  f"{b.points} per {b.per}"))
     for c in rules.campaigns:
-        running = c.runs(occurred_at, programme.zone, purchase, tier)
+        running = c.runs(occurred_at, programme.zone, purchase, tier.tier if tier else None)
         extra = {i: base[i] * (c.multiplier - 1) for i, line in eligible.items() if running and c.applies_to(line)}
         result.append(RulePoints(c.rule_id, "campaign", _floor(sum(extra.values(), Decimal(0))), extra,
                                  f"×{c.multiplier} from {c.starts.isoformat()} to {c.ends.isoformat()}"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,9 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.earn.activity import Activity, Budget, PointsCap
 from shared.contracts.purchases import PurchaseCompleted, PurchaseLine
 from shared.programmes import ProgrammeVersion
-
-if TYPE_CHECKING:
-    from services.earn.domain import MemberTier
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -90,13 +87,14 @@ class Campaign(Match):
             raise ValueError("ends must be after starts")
         return self
 
-    def runs(self, at: datetime, tz: ZoneInfo, purchase: PurchaseCompleted, tier: MemberTier | None) -> bool:
+    def runs(self, at: datetime, tz: ZoneInfo, purchase: PurchaseCompleted, tier: str | None) -> bool:
+        """Whether the campaign runs for this purchase, at its time, for a member at `tier` (None: not known)."""
         local = at.astimezone(tz)
         return (self.starts <= at < self.ends
                 and (not self.weekdays or WEEKDAYS[local.weekday()] in self.weekdays)
                 and (not self.channels or purchase.channel in self.channels)
                 and (not self.stores or purchase.store_id in self.stores)
-                and (not self.tiers or (tier is not None and tier.tier in self.tiers)))
+                and (not self.tiers or (tier is not None and tier in self.tiers)))
 
     def applies_to(self, line: PurchaseLine) -> bool:
         if not self.skus and not self.categories:
