@@ -31,7 +31,8 @@ RUN_TIMEOUT_S = 30 * 60
 class BenchError(RuntimeError):
     """The bench could not measure; the message says why and where to look."""
 
-# The ledger's own multi-row insert (services/ledger/repository.py insert_entries), without RETURNING.
+# A multi-row insert of rows shaped as the ledger's entries (the ledger itself writes them with COPY: see
+# services/ledger/repository/books.py `store`): the raw baseline the ledger's rate is quoted against.
 ENTRY_COLUMNS = ("program_id, account_id, seq, from_account_id, to_account_id, amount, balance_after, "
                  "kind, command_key, source_event_id, rule_id, rule_version, reason, details, occurred_at, "
                  "posted_at, prev_hash, hash")
