@@ -140,6 +140,13 @@ async def make_world(infra: Infra, partitions: int = 3) -> World:
     return World(infra, dsn, prefix, token)
 
 
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw or b"null")
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")  # a plain-text answer (a 500 from outside the kit) says so in the test
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,6 +185,13 @@ class ServiceProcess:
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, _, answer = self.exchange(method, path, body, token, headers)
+        return status, answer
+
+    def exchange(self, method: str, path: str, body: Any = None, token: str | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        """The status, the headers and the JSON body of one request (a body that is not JSON, as text), with the
+        world's admin key (or `token`; "" for none)."""
         token = self.world.token if token is None else token
         sent = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
         data = None
@@ -186,9 +200,9 @@ class ServiceProcess:
         request = urllib.request.Request(self.url(path), data=data, headers=sent, method=method)
         try:
             with urllib.request.urlopen(request, timeout=15) as response:
-                return response.status, orjson.loads(response.read() or b"null")
+                return response.status, dict(response.headers), _json(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, orjson.loads(exc.read() or b"null")
+            return exc.code, dict(exc.headers), _json(exc.read())
 
     async def ready(self, timeout: float = 60.0) -> ServiceProcess:
         deadline = time.monotonic() + timeout

@@ -5,12 +5,9 @@ answers again once the database is back."""
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
-import orjson
 import pytest
 
 from tests.support import ServiceProcess, World, wait_for
@@ -22,22 +19,7 @@ MEMBER = "/v1/programs/default/members/outage-1"
 
 def call(svc: ServiceProcess, method: str, path: str, body: Any = None,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """The status, headers and JSON body of one request with the world's admin key."""
-    sent = {"Authorization": f"Bearer {svc.world.token}", **(headers or {})}
-    data = None
-    if body is not None:
-        data, sent["Content-Type"] = orjson.dumps(body), "application/json"
-    request = urllib.request.Request(svc.url(path), data=data, headers=sent, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, dict(response.headers), orjson.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            answer = orjson.loads(raw or b"null")
-        except orjson.JSONDecodeError:
-            answer = raw.decode(errors="replace")  # a plain-text 500 is what this test exists to catch
-        return exc.code, dict(exc.headers), answer
+    return svc.exchange(method, path, body, headers=headers)
 
 
 def calls(services: dict[str, ServiceProcess]) -> list[tuple[str, str, str, Any, dict[str, str]]]:
