@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal, get_args
 
 # What redemption asks the ledger, and about which of its objects (a redemption or a points payment).
@@ -53,6 +53,14 @@ HOLD_EXPIRY = "hold-expire:"  # the sweeper's SQL builds `HOLD_EXPIRY || hold.ho
 
 def lot_expiry(lot_id: int) -> str:
     return f"{LOT_EXPIRY}{lot_id}"
+
+
+def parse_lot_expiry(key: str) -> int | None:
+    """The lot a sweeper's expiry command names (`expire:{lot_id}`), or None for any other key."""
+    if not key.startswith(LOT_EXPIRY):
+        return None
+    rest = key[len(LOT_EXPIRY):]
+    return int(rest) if rest.isdigit() else None
 
 
 def hold_expiry(hold_id: str) -> str:
@@ -231,6 +239,11 @@ def cause_of(source: str, subject: str) -> str:
     """A cause's `source_event_id` for what no inbound event caused (a job, an operator, a redemption): the
     emitting service's source and the subject, as `{source}|{subject}`."""
     return f"{source}|{subject}"
+
+
+def watch_finding(program_id: str, member_id: str, reason: str, day: date) -> str:
+    """The event id of a member's finding on the abuse watch: once per member, reason and day it is first found."""
+    return f"insight:watch:{program_id}:{member_id}:{reason}:{day.isoformat()}"
 
 
 # --- the kit's advisory locks ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from shared.contracts import (
     checkins,
+    insight,
     ledger_commands,
     ledger_entries,
     members,
@@ -22,7 +23,7 @@ __all__ = ["Channel", "dlq"]  # re-exported: `topics.dlq(name)` reads well where
 
 CHANNELS: tuple[Channel, ...] = (purchases.CHANNEL, tasks.CHANNEL, checkins.CHANNEL, referrals.CHANNEL,
                                  members.CHANNEL, ledger_commands.CHANNEL, ledger_entries.CHANNEL, tiers.CHANNEL,
-                                 redemptions.CHANNEL, referral_outcomes.CHANNEL)
+                                 redemptions.CHANNEL, referral_outcomes.CHANNEL, insight.CHANNEL)
 
 PURCHASES = purchases.CHANNEL.topic
 TASKS = tasks.CHANNEL.topic
@@ -34,6 +35,7 @@ LEDGER_ENTRIES = ledger_entries.CHANNEL.topic
 TIERS = tiers.CHANNEL.topic
 REDEMPTIONS = redemptions.CHANNEL.topic
 REFERRAL_OUTCOMES = referral_outcomes.CHANNEL.topic
+INSIGHT = insight.CHANNEL.topic
 
 INBOUND = tuple(c.topic for c in CHANNELS if c.external)
 

@@ -1,0 +1,232 @@
+"""Insight's answers: KPIs with verdicts, the liability roll-forward, cohorts, leaderboards, segments, the watch."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.http import error_responses, missing_scope
+
+UNKNOWN_PROGRAM = {"unknown_program": "no programme 'defualt' (the programmes are default, retail, staff, starbucks)"}
+READ_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM, 422: {
+    "invalid_period": "`from` 2026-12-01 is after `to` 2026-11-01"}}) | {403: missing_scope("read")}
+SEGMENT_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM | {
+    "no_rewards": "programme 'staff' has no rewards: balance bands are measured from the cheapest reward",
+    "unknown_band": "no band 'middle' (the bands are below, 1-2x, 2-3x, above)"}}) | {403: missing_scope("read")}
+ADMIN_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}) | {403: missing_scope("admin")}
+
+
+class KpiOut(BaseModel):
+    kpi: str
+    label: str
+    value: Decimal | None = Field(description="none when the period has nothing to measure it by")
+    unit: Literal["ratio", "points", "members", "money", "share", "count"]
+    verdict: Literal["ok", "watch", "act"] | None = Field(description="against the source documents' healthy range; "
+                                                                      "none for figures without one")
+    healthy: str | None
+    advice: str | None = Field(description="what the source documents advise when the verdict is not ok")
+
+
+class SeriesPoint(BaseModel):
+    period: date = Field(description="the first day of the day, week (Monday) or month")
+    issued: int
+    redeemed: int
+    expired: int
+    adjusted: int
+    active_members: int
+    revenue: Decimal
+
+
+class RulePoints(BaseModel):
+    rule_id: str
+    points: int
+
+
+class RewardPoints(BaseModel):
+    reward_id: str
+    points: int = Field(description="points redeemed on it, less what cancellations gave back")
+    count: int = Field(description="units redeemed")
+
+
+class TierMix(BaseModel):
+    tier: str = Field(description="'' for members with no tier announced")
+    members: int
+    spend: Decimal
+    spend_per_member: Decimal | None
+
+
+class Rebate(BaseModel):
+    rule_id: str
+    points: int
+    cost: Decimal | None = Field(description="points × point_value; none without a point value")
+    revenue: Decimal = Field(description="the baskets the rule paid on, less their refunds")
+    cost_share: Decimal | None = Field(description="cost ÷ revenue")
+
+
+class Referrals(BaseModel):
+    rewarded: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    revoked: int
+    conversion: Decimal | None
+    referee_spend_90d: Decimal
+
+
+class KpisOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "from": "2026-11-01", "to": "2026-11-30", "granularity": "week",
+        "timezone": "Asia/Shanghai", "currency": "CNY", "point_value": "0.01",
+        "kpis": [{"kpi": "issue_redeem_ratio", "label": "Points issued per point redeemed", "value": "3.4000",
+                  "unit": "ratio", "verdict": "act", "healthy": "≤ 3:1 (watch above 2.5)",
+                  "advice": "Members earn far more than they redeem: award fewer points per unit, or add cheaper "
+                            "rewards so points get used (above 3:1 the rules need adjusting)."}],
+        "series": [{"period": "2026-11-02", "issued": 41200, "redeemed": 9800, "expired": 0, "adjusted": 50,
+                    "active_members": 312, "revenue": "48210.50"}],
+        "issued_by_rule": [{"rule_id": "base", "points": 38000}],
+        "redeemed_by_reward": [{"reward_id": "coupon-5", "points": 6000, "count": 60}],
+        "tiers": [{"tier": "gold", "members": 40, "spend": "21000.00", "spend_per_member": "525.00"}],
+        "rebates": [{"rule_id": "base", "points": 38000, "cost": "380.00", "revenue": "48210.50",
+                     "cost_share": "0.0079"}],
+        "referrals": {"rewarded": 12, "rejected": 3, "rejected_by_reason": {"self_referral": 2, "expired": 1},
+                      "revoked": 1, "conversion": "0.8000", "referee_spend_90d": "3120.00"},
+        "tasks_by_type": {"survey": 40}}]})
+
+    program_id: str
+    from_: date = Field(alias="from")
+    to: date
+    granularity: Literal["day", "week", "month"]
+    timezone: str
+    currency: str | None
+    point_value: Decimal | None
+    kpis: list[KpiOut]
+    series: list[SeriesPoint]
+    issued_by_rule: list[RulePoints]
+    redeemed_by_reward: list[RewardPoints]
+    tiers: list[TierMix]
+    rebates: list[Rebate]
+    referrals: Referrals
+    tasks_by_type: dict[str, int]
+
+
+class MonthOut(BaseModel):
+    month: str = Field(description="YYYY-MM, in the programme's time zone")
+    opening: int
+    issued: int
+    redeemed: int
+    expired: int
+    adjusted: int
+    transferred: int = Field(description="in less out; zero across a programme")
+    closing: int
+    closing_money: Decimal | None = Field(description="closing × point_value, half up to the cent")
+
+
+class LiabilityOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "currency": "CNY", "point_value": "0.01",
+        "months": [{"month": "2026-11", "opening": 0, "issued": 41200, "redeemed": 9800, "expired": 0,
+                    "adjusted": 50, "transferred": 0, "closing": 31450, "closing_money": "314.50"}],
+        "closing": 31450, "closing_money": "314.50"}]})
+
+    program_id: str
+    currency: str | None
+    point_value: Decimal | None
+    months: list[MonthOut]
+    closing: int = Field(description="what members hold now: equals the ledger's summary `outstanding`")
+    closing_money: Decimal | None
+
+
+class CurvePoint(BaseModel):
+    age: int = Field(description="months after the issue month (0: the month itself)")
+    redeemed: int
+    expired: int
+    other: int = Field(description="reversed, transferred or adjusted away")
+    outstanding: int
+
+
+class CohortOut(BaseModel):
+    month: str
+    issued: int
+    curve: list[CurvePoint]
+
+
+class CohortsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "cohorts": [{"month": "2026-10", "issued": 1200, "curve": [
+            {"age": 0, "redeemed": 100, "expired": 0, "other": 0, "outstanding": 1100},
+            {"age": 1, "redeemed": 400, "expired": 0, "other": 0, "outstanding": 800}]}],
+        "ultimate_breakage": "0.1800", "method": "expired so far plus …"}]})
+
+    program_id: str
+    cohorts: list[CohortOut]
+    ultimate_breakage: Decimal | None
+    method: str
+
+
+class Leader(BaseModel):
+    rank: int
+    member_id: str
+    points: int = Field(description="points earned in the period (not the balance)")
+
+
+class LeaderboardOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "staff", "from": "2026-11-01", "to": "2026-11-30",
+        "members": [{"rank": 1, "member_id": "emp-0042", "points": 1200}]}]})
+
+    program_id: str
+    from_: date = Field(alias="from")
+    to: date
+    members: list[Leader]
+
+
+class Band(BaseModel):
+    band: Literal["below", "1-2x", "2-3x", "above"]
+    low: int = Field(description="lowest balance in the band")
+    high: int | None = Field(description="first balance above the band; none for the top band")
+    members: int
+
+
+class SegmentsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "cheapest_reward": 100, "bands": [
+            {"band": "below", "low": 1, "high": 100, "members": 210},
+            {"band": "1-2x", "low": 100, "high": 200, "members": 60},
+            {"band": "2-3x", "low": 200, "high": 300, "members": 25},
+            {"band": "above", "low": 300, "high": None, "members": 13}]}]})
+
+    program_id: str
+    cheapest_reward: int
+    bands: list[Band]
+
+
+class Preference(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"opt_out": True}]})
+
+    opt_out: bool = Field(description="true: the member is left out of leaderboards")
+
+
+class PreferenceOut(BaseModel):
+    program_id: str
+    member_id: str
+    opt_out: bool
+
+
+class Finding(BaseModel):
+    member_id: str
+    reason: Literal["earning_outlier", "redemption_outlier", "redeemed_soon_after_earning", "shared_fingerprint",
+                    "points_received"]
+    detail: str
+    found_at: datetime
+
+
+class WatchOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "members": [{"member_id": "m-77", "reason": "shared_fingerprint",
+                                             "detail": "device fingerprint shared by 6 members",
+                                             "found_at": "2026-12-01T03:00:00Z"}]}]})
+
+    program_id: str
+    members: list[Finding]

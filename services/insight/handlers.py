@@ -1,0 +1,289 @@
+"""Insight: the public topics in, per-programme per-day sums and a little per-member state out. One method per
+contract type; every change of a batch is summed in memory and stored with a few multi-row statements."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+
+from services.insight import repository
+from services.insight.cohorts import Buckets, outcome_of
+from services.insight.metrics import InsightMetrics
+from services.insight.programme import InsightProgramme
+from services.insight.repository import Fact, Member, MemberDay, MemberState
+from shared import keys
+from shared.contracts.base import Contract
+from shared.contracts.checkins import CheckinRecorded
+from shared.contracts.ledger_entries import PointsEntryPosted
+from shared.contracts.members import MemberEnrolled
+from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
+from shared.contracts.redemptions import (
+    CouponUsed,
+    PaymentCaptured,
+    RedemptionCancelled,
+    RedemptionCompleted,
+    RedemptionRejected,
+)
+from shared.contracts.referral_outcomes import ReferralRejected, ReferralRevoked, ReferralRewarded
+from shared.contracts.tasks import TaskCompleted
+from shared.contracts.tiers import TierChanged
+from shared.programmes import Catalogue
+from shared.subscription import Batch, Handler, Inbound
+
+# A redemption this soon after the member's last earn is counted for the abuse watch ("earn and cash out").
+SOON = timedelta(hours=1)
+
+INBOUND: list[type[Contract]] = [PurchaseCompleted, PurchaseRefunded, TaskCompleted, CheckinRecorded, MemberEnrolled]
+ANNOUNCED: list[type[Contract]] = [
+    PointsEntryPosted, RedemptionCompleted, RedemptionRejected, RedemptionCancelled, PaymentCaptured, CouponUsed,
+    ReferralRewarded, ReferralRejected, ReferralRevoked, TierChanged]
+
+
+def month_of(day: date) -> date:
+    return day.replace(day=1)
+
+
+@dataclass
+class Changes:
+    """What one batch adds: sums by (programme, day, metric, dim), by member and day, and the members' state."""
+
+    batch: Batch
+    members: dict[Member, MemberState]
+    buckets: dict[Member, Buckets]
+    lot_cohorts: dict[int, date]
+    facts: dict[Fact, list[Decimal | int]] = field(default_factory=lambda: defaultdict(lambda: [0, Decimal(0), 0]))
+    days: dict[MemberDay, dict[str, Decimal | int]] = field(default_factory=lambda: defaultdict(dict))
+    touched: set[Member] = field(default_factory=set)
+    cohort_facts: dict[tuple[str, date, date, str], int] = field(default_factory=lambda: defaultdict(int))
+    new_lots: dict[int, date] = field(default_factory=dict)
+    fingerprints: set[tuple[str, str, str, str]] = field(default_factory=set)
+    orders: list[tuple[str, str, str, date, Decimal]] = field(default_factory=list)
+    refunds: dict[tuple[str, str], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    related: set[tuple[str, str]] = field(default_factory=set)
+    baskets: dict[tuple[str, str, str], tuple[date, int]] = field(default_factory=dict)
+    referees: dict[Member, date] = field(default_factory=dict)
+    entries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, program_id: str, day: date, metric: str, dim: str = "", *, points: int = 0,
+            money: Decimal = Decimal(0), n: int = 1) -> None:
+        fact = self.facts[(program_id, day, metric, dim)]
+        fact[0] += points
+        fact[1] += money
+        fact[2] += n
+
+    def member_day(self, program_id: str, day: date, member_id: str, column: str, value: Decimal | int = 1) -> None:
+        sums = self.days[(program_id, day, member_id)]
+        sums[column] = sums.get(column, 0) + value
+
+    def member(self, program_id: str, member_id: str) -> MemberState:
+        key = (program_id, member_id)
+        self.touched.add(key)
+        state = self.members.get(key)
+        if state is None:
+            state = self.members[key] = MemberState()
+        return state
+
+
+@dataclass
+class ProjectInsight(Handler[Changes]):
+    catalogue: Catalogue[InsightProgramme]
+    metrics: InsightMetrics
+
+    async def load(self, batch: Batch) -> Changes:
+        members = {(i.data.program_id, i.data.member_id) for i in batch.items  # type: ignore[attr-defined]
+                   if hasattr(i.data, "member_id")}
+        entries = batch.of(PointsEntryPosted)
+        spenders = {(i.data.program_id, i.data.member_id) for i in entries}
+        expiring = [lot for i in entries if i.data.kind == "expire" and (lot := _expired_lot(i.data)) is not None]
+        db = batch.uow.db
+        return Changes(batch, await repository.members(db, members), await repository.buckets(db, spenders),
+                       await repository.lot_cohorts(db, expiring))
+
+    def _day(self, program_id: str, at: datetime) -> date | None:
+        programme = self.catalogue.at(program_id, at)
+        if programme is None:
+            return None  # a programme this service has no file for: counted, never guessed at
+        return at.astimezone(programme.zone).date()
+
+    def _ignored(self, program_id: str) -> None:
+        self.metrics.ignored.labels(program_id, "unknown_program").inc()
+
+    # --- the ledger ------------------------------------------------------------------------------------------
+
+    async def entry(self, item: Inbound[PointsEntryPosted], changes: Changes) -> None:
+        e = item.data
+        day = self._day(e.program_id, e.occurred_at)
+        if day is None:
+            return self._ignored(e.program_id)
+        p, m = e.program_id, e.member_id
+        points = abs(e.amount)
+        changes.add(p, day, f"{'in' if e.amount > 0 else 'out'}:{e.kind}", points=points)
+        changes.entries[p] += 1
+        state = changes.member(p, m)
+        if e.seq > state.seq:
+            state.seq, state.balance = e.seq, e.balance_after
+        if e.kind == "earn" and e.amount > 0:
+            changes.add(p, day, "issued_rule", e.cause.rule_id or "", points=points)
+            changes.member_day(p, day, m, "earned", points)
+            state.last_earned_at = max(filter(None, (state.last_earned_at, e.occurred_at)))
+            if e.cause.rule_id:
+                basket = (p, e.cause.rule_id, e.cause.source_event_id)
+                changes.baskets[basket] = (day, changes.baskets.get(basket, (day, 0))[1] + points)
+            for lot in e.lots:
+                if lot.lot_id is not None and lot.expires_at is not None:
+                    changes.new_lots[lot.lot_id] = month_of(day)
+            if any(lot.available_at > e.occurred_at for lot in e.lots):
+                for lot in e.lots:
+                    pending_day = self._day(p, lot.available_at)
+                    if pending_day is not None and lot.amount and lot.available_at > e.occurred_at:
+                        # Pending until `pending_day`: summed on the day it was issued, by the day it matures.
+                        changes.add(p, day, "pending", pending_day.isoformat(), points=lot.amount)
+        elif e.kind == "redeem":
+            changes.member_day(p, day, m, "redeemed", points)
+            if state.last_earned_at is not None and e.occurred_at - state.last_earned_at <= SOON:
+                changes.member_day(p, day, m, "redeemed_soon", 1)
+        elif e.kind == "transfer_in":
+            changes.member_day(p, day, m, "received", points)
+        if e.kind in ("earn", "redeem"):
+            state.last_active_at = max(filter(None, (state.last_active_at, e.occurred_at)))
+        self._cohorts(e, day, changes)
+
+    def _cohorts(self, e: PointsEntryPosted, day: date, changes: Changes) -> None:
+        key = (e.program_id, e.member_id)
+        buckets = changes.buckets.setdefault(key, Buckets())
+        month = month_of(day)
+        if e.amount > 0:
+            outcome = "issued" if e.kind == "earn" else "credited"
+            buckets.add(month, e.amount)
+            changes.cohort_facts[(e.program_id, month, month, outcome)] += e.amount
+            return
+        first = None
+        if e.kind == "expire":
+            lot = _expired_lot(e)
+            first = changes.new_lots.get(lot) or changes.lot_cohorts.get(lot) if lot is not None else None
+        for cohort, taken in buckets.take(-e.amount, month, first):
+            changes.cohort_facts[(e.program_id, cohort, month, outcome_of(e.kind))] += taken
+
+    # --- purchases, tasks, check-ins, members ------------------------------------------------------------------
+
+    async def purchase(self, item: Inbound[PurchaseCompleted], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        state = changes.member(d.program_id, d.member_id)
+        changes.add(d.program_id, day, "purchase", d.channel, money=d.total)
+        changes.add(d.program_id, day, "purchase_tier", state.tier or "", money=d.total)
+        changes.member_day(d.program_id, day, d.member_id, "spend", d.total)
+        changes.member_day(d.program_id, day, d.member_id, "purchases", 1)
+        changes.orders.append((d.program_id, d.order_id, item.event.event_id, day, d.total))
+        state.last_active_at = max(filter(None, (state.last_active_at, item.event.time)))
+
+    async def refund(self, item: Inbound[PurchaseRefunded], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "refund", money=d.total)
+        changes.member_day(d.program_id, day, d.member_id, "spend", -d.total)
+        changes.refunds[(d.program_id, d.order_id)] += d.total
+
+    async def task(self, item: Inbound[TaskCompleted], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "task", d.task_type)
+        changes.member_day(d.program_id, day, d.member_id, "tasks", 1)
+        state = changes.member(d.program_id, d.member_id)
+        state.last_active_at = max(filter(None, (state.last_active_at, item.event.time)))
+
+    async def checkin(self, item: Inbound[CheckinRecorded], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "checkin", d.channel or "")
+        changes.member_day(d.program_id, day, d.member_id, "checkins", 1)
+        changes.member(d.program_id, d.member_id)
+
+    async def enrolled(self, item: Inbound[MemberEnrolled], changes: Changes) -> None:
+        d = item.data
+        at = d.enrolled_at or item.event.time
+        day = self._day(d.program_id, at)
+        if day is None:
+            return self._ignored(d.program_id)
+        state = changes.member(d.program_id, d.member_id)
+        if state.enrolled_at is None:
+            state.enrolled_at = at
+            changes.add(d.program_id, day, "enrolled")
+        if d.fingerprints is not None:
+            for kind, value in d.fingerprints.model_dump(exclude_none=True).items():
+                changes.fingerprints.add((d.program_id, kind, str(value), d.member_id))
+
+    # --- what the other services announced ---------------------------------------------------------------------
+
+    async def tier(self, item: Inbound[TierChanged], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.member(d.program_id, d.member_id).tier = d.tier
+        changes.add(d.program_id, day, "tier_change", d.reason or "")
+
+    async def redeemed(self, item: Inbound[RedemptionCompleted], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "redeemed_reward", d.reward_id, points=d.points, n=d.quantity)
+
+    async def cancelled(self, item: Inbound[RedemptionCancelled], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "cancelled_reward", d.reward_id, points=d.points_returned)
+
+    async def refused(self, item: Inbound[RedemptionRejected], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        changes.add(d.program_id, day, "redemption_rejected", d.reason)
+
+    async def paid(self, item: Inbound[PaymentCaptured | CouponUsed], changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        kind = "points_payment" if isinstance(d, PaymentCaptured) else "coupon_used"
+        changes.add(d.program_id, day, kind, money=d.value, points=getattr(d, "points", 0))
+        changes.related.add((d.program_id, d.order_id))
+
+    async def referral(self, item: Inbound[ReferralRewarded | ReferralRejected | ReferralRevoked],
+                       changes: Changes) -> None:
+        d = item.data
+        day = self._day(d.program_id, item.event.time)
+        if day is None:
+            return self._ignored(d.program_id)
+        if isinstance(d, ReferralRewarded):
+            changes.add(d.program_id, day, "referral_rewarded")
+            changes.referees.setdefault((d.program_id, d.referee_member_id), day)
+        elif isinstance(d, ReferralRejected):
+            changes.add(d.program_id, day, "referral_rejected", d.reason)
+        else:
+            changes.add(d.program_id, day, "referral_revoked")
+
+    async def store(self, changes: Changes) -> None:
+        db = changes.batch.uow.db
+        await repository.store(db, changes)
+        for program_id, n in changes.entries.items():
+            changes.batch.uow.after_commit.append(partial(self.metrics.entries.labels(program_id).inc, n))
+
+
+def _expired_lot(entry: PointsEntryPosted) -> int | None:
+    return keys.parse_lot_expiry(entry.idempotency_key)

@@ -1,0 +1,167 @@
+"""Insight's projection tables: a few reads per batch, one multi-row statement per table to store it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from services.insight.cohorts import Buckets
+
+if TYPE_CHECKING:
+    from services.insight.handlers import Changes
+
+Member = tuple[str, str]  # (program_id, member_id)
+Fact = tuple[str, date, str, str]  # (program_id, day, metric, dim)
+MemberDay = tuple[str, date, str]  # (program_id, day, member_id)
+
+DAY_COLUMNS = ("earned", "redeemed", "received", "spend", "purchases", "tasks", "checkins", "redeemed_soon")
+TABLES = ("day_facts", "member_days", "members", "fingerprints", "orders", "rule_baskets", "referees",
+          "cohort_facts", "member_cohorts", "lot_cohorts", "watch")
+
+
+@dataclass
+class MemberState:
+    balance: int = 0
+    seq: int = 0
+    tier: str | None = None
+    enrolled_at: datetime | None = None
+    last_active_at: datetime | None = None
+    last_earned_at: datetime | None = None
+
+
+def _split(members: Iterable[Member]) -> tuple[list[str], list[str]]:
+    found = list(members)
+    return [p for p, _ in found], [m for _, m in found]
+
+
+async def members(db: asyncpg.Connection, keys: set[Member]) -> dict[Member, MemberState]:
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        "SELECT program_id, member_id, balance, seq, tier, enrolled_at, last_active_at, last_earned_at FROM members "
+        "WHERE (program_id, member_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))", *_split(keys))
+    return {(r["program_id"], r["member_id"]): MemberState(r["balance"], r["seq"], r["tier"], r["enrolled_at"],
+                                                           r["last_active_at"], r["last_earned_at"]) for r in rows}
+
+
+async def buckets(db: asyncpg.Connection, keys: set[Member]) -> dict[Member, Buckets]:
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        "SELECT program_id, member_id, cohort, open FROM member_cohorts "
+        "WHERE (program_id, member_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))", *_split(keys))
+    found: dict[Member, Buckets] = {}
+    for r in rows:
+        found.setdefault((r["program_id"], r["member_id"]), Buckets()).open[r["cohort"]] = r["open"]
+    return found
+
+
+async def lot_cohorts(db: asyncpg.Connection, lots: list[int]) -> dict[int, date]:
+    if not lots:
+        return {}
+    rows = await db.fetch("SELECT lot_id, cohort FROM lot_cohorts WHERE lot_id = ANY($1::bigint[])", lots)
+    return {r["lot_id"]: r["cohort"] for r in rows}
+
+
+async def store(db: asyncpg.Connection, changes: Changes) -> None:
+    if changes.facts:
+        facts = list(changes.facts.items())
+        await db.execute(
+            "INSERT INTO day_facts AS f SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::text[], "
+            "$5::bigint[], $6::numeric[], $7::bigint[]) ON CONFLICT (program_id, day, metric, dim) DO UPDATE SET "
+            "points = f.points + excluded.points, money = f.money + excluded.money, n = f.n + excluded.n",
+            [k[0] for k, _ in facts], [k[1] for k, _ in facts], [k[2] for k, _ in facts], [k[3] for k, _ in facts],
+            [v[0] for _, v in facts], [v[1] for _, v in facts], [v[2] for _, v in facts])
+    if changes.days:
+        days = list(changes.days.items())
+        columns = [[sums.get(c, 0) for _, sums in days] for c in DAY_COLUMNS]
+        await db.execute(
+            "INSERT INTO member_days AS d (program_id, day, member_id, earned, redeemed, received, spend, purchases, "
+            "tasks, checkins, redeemed_soon) SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], "
+            "$5::bigint[], $6::bigint[], $7::numeric[], $8::int[], $9::int[], $10::int[], $11::int[]) "
+            "ON CONFLICT (program_id, day, member_id) DO UPDATE SET earned = d.earned + excluded.earned, "
+            "redeemed = d.redeemed + excluded.redeemed, received = d.received + excluded.received, "
+            "spend = d.spend + excluded.spend, purchases = d.purchases + excluded.purchases, "
+            "tasks = d.tasks + excluded.tasks, checkins = d.checkins + excluded.checkins, "
+            "redeemed_soon = d.redeemed_soon + excluded.redeemed_soon",
+            [k[0] for k, _ in days], [k[1] for k, _ in days], [k[2] for k, _ in days], *columns)
+    if changes.touched:
+        keys = sorted(changes.touched)
+        states = [changes.members[k] for k in keys]
+        await db.execute(
+            "INSERT INTO members AS m (program_id, member_id, balance, seq, tier, enrolled_at, last_active_at, "
+            "last_earned_at) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], "
+            "$6::timestamptz[], $7::timestamptz[], $8::timestamptz[]) ON CONFLICT (program_id, member_id) DO UPDATE "
+            "SET balance = excluded.balance, seq = excluded.seq, tier = excluded.tier, "
+            "enrolled_at = excluded.enrolled_at, last_active_at = excluded.last_active_at, "
+            "last_earned_at = excluded.last_earned_at",
+            *_split(keys), [s.balance for s in states], [s.seq for s in states], [s.tier for s in states],
+            [s.enrolled_at for s in states], [s.last_active_at for s in states], [s.last_earned_at for s in states])
+    if changes.cohort_facts:
+        rows = list(changes.cohort_facts.items())
+        await db.execute(
+            "INSERT INTO cohort_facts AS c SELECT * FROM unnest($1::text[], $2::date[], $3::date[], $4::text[], "
+            "$5::bigint[]) ON CONFLICT (program_id, cohort, month, outcome) DO UPDATE SET points = c.points + "
+            "excluded.points", [k[0] for k, _ in rows], [k[1] for k, _ in rows], [k[2] for k, _ in rows],
+            [k[3] for k, _ in rows], [v for _, v in rows])
+    changed = [(k, b) for k, b in changes.buckets.items() if b.changed]
+    if changed:
+        await db.execute("DELETE FROM member_cohorts WHERE (program_id, member_id) IN "
+                         "(SELECT * FROM unnest($1::text[], $2::text[]))", *_split(k for k, _ in changed))
+        rows3 = [(k, month, v) for k, b in changed for month, v in b.open.items()]
+        if rows3:
+            await db.execute("INSERT INTO member_cohorts SELECT * FROM unnest($1::text[], $2::text[], $3::date[], "
+                             "$4::bigint[])", [k[0] for k, _, _ in rows3], [k[1] for k, _, _ in rows3],
+                             [m for _, m, _ in rows3], [v for _, _, v in rows3])
+    if changes.new_lots:
+        await db.execute("INSERT INTO lot_cohorts SELECT * FROM unnest($1::bigint[], $2::date[]) "
+                         "ON CONFLICT DO NOTHING", list(changes.new_lots), list(changes.new_lots.values()))
+    if changes.fingerprints:
+        fps = sorted(changes.fingerprints)
+        await db.execute("INSERT INTO fingerprints SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+                         "$4::text[]) ON CONFLICT DO NOTHING", *([f[i] for f in fps] for i in range(4)))
+    if changes.orders:
+        await db.execute(
+            "INSERT INTO orders (program_id, order_id, event_id, day, total) SELECT * FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::date[], $5::numeric[]) ON CONFLICT (program_id, order_id) DO UPDATE SET "
+            "event_id = excluded.event_id, day = excluded.day, total = excluded.total",
+            *([o[i] for o in changes.orders] for i in range(5)))
+    if changes.refunds:
+        refunds = list(changes.refunds.items())
+        await db.execute(
+            "INSERT INTO orders AS o (program_id, order_id, refunded) SELECT * FROM unnest($1::text[], $2::text[], "
+            "$3::numeric[]) ON CONFLICT (program_id, order_id) DO UPDATE SET refunded = o.refunded + excluded.refunded",
+            [k[0] for k, _ in refunds], [k[1] for k, _ in refunds], [v for _, v in refunds])
+    if changes.related:
+        related = sorted(changes.related)
+        await db.execute(
+            "INSERT INTO orders (program_id, order_id, related) SELECT p, o, true FROM unnest($1::text[], $2::text[]) "
+            "AS r(p, o) ON CONFLICT (program_id, order_id) DO UPDATE SET related = true", *_split(related))
+    if changes.baskets:
+        baskets = list(changes.baskets.items())
+        await db.execute(
+            "INSERT INTO rule_baskets AS b SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], "
+            "$5::bigint[]) ON CONFLICT (program_id, rule_id, source_event_id) DO UPDATE SET "
+            "points = b.points + excluded.points", *([k[i] for k, _ in baskets] for i in range(3)),
+            [v[0] for _, v in baskets], [v[1] for _, v in baskets])
+    if changes.referees:
+        referees = list(changes.referees.items())
+        await db.execute("INSERT INTO referees SELECT * FROM unnest($1::text[], $2::text[], $3::date[]) "
+                         "ON CONFLICT DO NOTHING", *_split(k for k, _ in referees), [v for _, v in referees])
+
+
+async def clear(db: asyncpg.Connection, program_id: str) -> None:
+    """Forget everything projected for one programme (a rebuild replays it)."""
+    for table in TABLES:
+        if table == "lot_cohorts":
+            continue  # keyed by the ledger's lot ids, which are unique across programmes: replay overwrites nothing
+        await db.execute(f"DELETE FROM {table} WHERE program_id = $1", program_id)
+
+
+def money(value: Decimal | None) -> Decimal:
+    return value if value is not None else Decimal(0)
