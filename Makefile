@@ -3,16 +3,36 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.synced
+REPORT_STAMP := report/node_modules/.installed
 
-.PHONY: up down status test bench lint deps clean
+.PHONY: up down status test bench lint deps clean chromium
 
-deps: $(STAMP)
+deps: $(STAMP) $(REPORT_STAMP) chromium
 
 # Installs uv if missing, then the locked dependencies into .venv.
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	$(PYTHON) -m uv sync --frozen --python $(PYTHON)
 	@touch $(STAMP)
+
+# The chart library `jifen report --html` inlines, pinned by report/package-lock.json, into report/node_modules.
+$(REPORT_STAMP): report/package.json report/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed for the report's chart library: apt-get install -y npm" >&2; exit 1; }
+	cd report && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(REPORT_STAMP)
+
+# Debian's chromium (and its driver), for the test that opens the HTML report in a headless browser: installed when
+# missing, like PostgreSQL and Prometheus (deploy/local/infra.py), with apt-get as root.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "chromium is not installed and we are not root: run \`sudo apt-get install -y chromium chromium-driver\`" >&2; \
+			exit 1; \
+		fi; \
+		echo "installing chromium from Debian's packages (first run only)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; \
+	fi
 
 ## up: Kafka, PostgreSQL and the services running locally, a simulated store feed, a summary.
 up: deps

@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from bench import main as bench
-from cli import asyncapi, dlq, earn, keys, ledger, member, points, programme, publish, simulate, tiers, topics
+from cli import asyncapi, dlq, earn, keys, ledger, member, points, programme, publish, report, simulate, tiers, topics
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "(the data stays)\n"
                                   "  status  each process and whether it runs; exits 1 when one does not")
     stack.add_argument("action", choices=["up", "down", "status"], help="up, down or status (see below)")
-    for module in (simulate, publish, keys, programme, points, member, ledger, earn, tiers, dlq, asyncapi, topics,
-                   bench):
+    for module in (simulate, publish, keys, programme, points, member, report, ledger, earn, tiers, dlq, asyncapi,
+                   topics, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 return points.run(args)
             case "member":
                 return member.run(args)
+            case "report":
+                return report.run(args)
             case "ledger":
                 return asyncio.run(ledger.run(args))
             case "earn":
