@@ -39,7 +39,8 @@ class ServiceProcess:
 
 SERVICES = (ServiceProcess("ledger", "services.ledger", 8102), ServiceProcess("earn", "services.earn", 8101),
             ServiceProcess("tiers", "services.tiers", 8104), ServiceProcess("referral", "services.referral", 8105),
-            ServiceProcess("redemption", "services.redemption", 8103))
+            ServiceProcess("redemption", "services.redemption", 8103),
+            ServiceProcess("insight", "services.insight", 8106))
 
 
 class Stack:
