@@ -9,6 +9,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -18,7 +19,7 @@ from tests.support import REPO
 
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec,
                                                   "redemption": redemption_spec, "referral": referral_spec,
-                                                  "tiers": tiers_spec}
+                                                  "tiers": tiers_spec, "insight": insight_spec}
 ROW = re.compile(r"^\| `(jifen_[a-z_]+)` \| (\w+) \| ([a-z_, ]+) \| ([a-z, ]+) \| .+ \|$")
 Row = tuple[str, tuple[str, ...], frozenset[str]]
 
