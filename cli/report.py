@@ -10,7 +10,9 @@ import argparse
 import html as markup
 import json
 import os
+import re
 import sys
+import textwrap
 import urllib.parse
 from collections.abc import Callable
 from datetime import date
@@ -26,6 +28,9 @@ CHART_JS = Path(__file__).resolve().parents[1] / "report" / "node_modules" / "ch
 # A section without data answers 404 with one of these (a programme without rewards has no balance bands); any other
 # refusal, an unknown programme above all, ends the report.
 NO_DATA_ERRORS = frozenset({"no_rewards", "no_data", "not_found", "no_tiers", "no_cohorts"})
+# Control characters (escape sequences could rewrite the terminal) and bidirectional overrides, from ids that are
+# anyone's input: shown as "?" in the terminal.
+UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 VERDICT_MARK = {"ok": "✔ ok", "watch": "! watch", "act": "✘ act"}
 
 
@@ -207,7 +212,8 @@ def terminal(doc: dict[str, Any]) -> str:
                        f"{value_text(k.get('value'), k.get('unit', ''), currency):>{widths[1]}}  "
                        f"{k.get('healthy') or '':<{widths[2]}}  {mark}".rstrip())
             if verdict in ("watch", "act") and k.get("advice"):
-                out.append(f"      → {k['advice']}")
+                out.extend(textwrap.wrap(str(k["advice"]), 110, initial_indent="      → ",
+                                         subsequent_indent="        "))
 
     out.append("\nLiability roll-forward" + (f" ({currency})" if currency else ""))
     liability = doc.get("liability") or {}
@@ -259,7 +265,7 @@ def terminal(doc: dict[str, Any]) -> str:
                           [[str(b.get("band")), f"{_int(b.get('low'))}–{_int(b.get('high'))}"
                             if b.get("high") is not None else f"≥ {_int(b.get('low'))}", _int(b.get("members"))]
                            for b in bands]))
-    return "\n".join(out)
+    return UNPRINTABLE.sub("?", "\n".join(out))
 
 
 # --- the offline HTML -----------------------------------------------------------------------------------------------
