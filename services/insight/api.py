@@ -16,7 +16,7 @@ READ_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM,
 SEGMENT_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM | {
     "no_rewards": "programme 'staff' has no rewards: balance bands are measured from the cheapest reward",
     "unknown_band": "no band 'middle' (the bands are below, 1-2x, 2-3x, above)"}}) | {403: missing_scope("read")}
-ADMIN_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}) | {403: missing_scope("admin")}
+ADMIN_ERRORS = error_responses(400, 401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}) | {403: missing_scope("admin")}
 
 
 class KpiOut(BaseModel):
@@ -76,7 +76,7 @@ class Referrals(BaseModel):
 
 
 class KpisOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, json_schema_extra={"examples": [{
         "program_id": "retail", "from": "2026-11-01", "to": "2026-11-30", "granularity": "week",
         "timezone": "Asia/Shanghai", "currency": "CNY", "point_value": "0.01",
         "kpis": [{"kpi": "issue_redeem_ratio", "label": "Points issued per point redeemed", "value": "3.4000",
@@ -172,7 +172,7 @@ class Leader(BaseModel):
 
 
 class LeaderboardOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, json_schema_extra={"examples": [{
         "program_id": "staff", "from": "2026-11-01", "to": "2026-11-30",
         "members": [{"rank": 1, "member_id": "emp-0042", "points": 1200}]}]})
 
@@ -209,9 +209,31 @@ class Preference(BaseModel):
 
 
 class PreferenceOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"program_id": "staff", "member_id": "emp-0042", "opt_out": True}]})
+
     program_id: str
     member_id: str
     opt_out: bool
+
+
+class BandMember(BaseModel):
+    member_id: str
+    balance: int
+
+
+class BandMembersOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "retail", "band": "2-3x", "low": 200, "high": 300,
+        "members": [{"member_id": "m-00017", "balance": 240}, {"member_id": "m-00230", "balance": 275}],
+        "next_after": None}]})
+
+    program_id: str
+    band: str
+    low: int
+    high: int | None
+    members: list[BandMember]
+    next_after: str | None = Field(description="pass as `after` for the next page; none on the last page")
 
 
 class Finding(BaseModel):

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Path, Query, Response
 
 from services.insight import domain, queries
 from services.insight.api import (
@@ -20,6 +20,8 @@ from services.insight.api import (
     READ_ERRORS,
     SEGMENT_ERRORS,
     Band,
+    BandMember,
+    BandMembersOut,
     CohortOut,
     CohortsOut,
     CurvePoint,
@@ -197,14 +199,17 @@ def routes(catalogue: Catalogue[InsightProgramme]) -> Callable[[FastAPI, Runtime
             return SegmentsOut(program_id=program_id, cheapest_reward=cheapest, bands=[
                 Band(band=name, low=low, high=high, members=n) for name, low, high, n in counted])
 
-        @app.get("/v1/programs/{program_id}/segments/{band}/members", tags=["insight"], dependencies=read,
+        @app.get("/v1/programs/{program_id}/segments/{band}/members", response_model=BandMembersOut,
+                 tags=["insight"], dependencies=read,
                  responses=SEGMENT_ERRORS | {200: {"content": {"text/csv": {}}}},
-                 summary="The member ids of one balance band, as CSV, for a CRM push")
-        async def get_band_members(program_id: ProgramPath, band: str,
+                 summary="The members of one balance band, for a CRM push (CSV with ?format=csv)")
+        async def get_band_members(program_id: ProgramPath, band: Annotated[str, Path(max_length=20)],
                                    after: Annotated[str, Query(max_length=200)] = "",
-                                   limit: Annotated[int, Query(ge=1, le=100000)] = 100000) -> Response:
-            """CSV `member_id,balance` of the band's members, by member id; `after` (the last id of a page) and
-            `limit` page through a large band. 404 `unknown_band`. Needs the `read` scope."""
+                                   limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+                                   format: Literal["json", "csv"] = "json") -> BandMembersOut | Response:
+            """The band's members and balances, by member id; `after` (the last id of a page, `next_after`) and
+            `limit` page through a large band; `?format=csv` answers `member_id,balance` rows. 404 `unknown_band`.
+            Needs the `read` scope."""
             found, _ = programme(program_id)
             cheapest = bands_of(found, program_id)
             bounds = {name: (low, high) for name, low, high in domain.band_bounds(cheapest)}
@@ -212,7 +217,11 @@ def routes(catalogue: Catalogue[InsightProgramme]) -> Callable[[FastAPI, Runtime
                 raise ApiError(404, "unknown_band", f"no band {band!r} (the bands are {', '.join(bounds)})")
             low, high = bounds[band]
             rows = await runtime.read(lambda db: queries.band_members(db, program_id, low, high, after, limit))
-            return csv_answer(["member_id", "balance"], [[m, b] for m, b in rows], f"{program_id}-{band}.csv")
+            if format == "csv":
+                return csv_answer(["member_id", "balance"], [[m, b] for m, b in rows], f"{program_id}-{band}.csv")
+            return BandMembersOut(program_id=program_id, band=band, low=low, high=high,
+                                  members=[BandMember(member_id=m, balance=b) for m, b in rows],
+                                  next_after=rows[-1][0] if len(rows) == limit else None)
 
         @app.get("/v1/programs/{program_id}/watch", response_model=WatchOut, tags=["insight"], dependencies=read,
                  responses=READ_ERRORS, summary="The abuse watch (防羊毛): members far outside the norm, with reasons")

@@ -278,9 +278,11 @@ async def test_opted_out_members_leave_the_leaderboard_and_bands_list_their_memb
 
     _, segments = await insight.get(f"/v1/programs/{P}/segments")
     assert {b["band"]: b["members"] for b in segments["bands"]} == {"below": 1, "1-2x": 1, "2-3x": 1, "above": 1}
-    band = await insight.request("GET", f"/v1/programs/{P}/segments/2-3x/members")
+    band = await insight.request("GET", f"/v1/programs/{P}/segments/2-3x/members?format=csv")
     assert band.status_code == 200 and band.headers["content-type"].startswith("text/csv")
     assert list(csv.reader(io.StringIO(band.text))) == [["member_id", "balance"], ["bob", "1700"]]
+    _, listed = await insight.get(f"/v1/programs/{P}/segments/above/members")
+    assert listed["members"] == [{"member_id": "ann", "balance": 5000}] and listed["next_after"] is None
     status, unknown = await insight.get(f"/v1/programs/{P}/segments/middle/members")
     assert status == 404 and unknown["error"] == "unknown_band"
 

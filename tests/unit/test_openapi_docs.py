@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
 
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -29,14 +30,14 @@ from shared.auth import ApiKey
 from shared.http import ErrorBody
 from shared.service import ServiceSpec, build_app
 
-SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
+SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "insight": insight_spec, "ledger": ledger_spec, "tiers": tiers_spec,
                                                      "redemption": redemption_spec, "referral": referral_spec}
 OPEN = {"/health/live", "/health/ready", "/metrics"}
 # A real value for each path parameter, so a request reaches the route's own checks; `defualt` is no programme.
 PATH_VALUES = {"program_id": "defualt", "member_id": "m-00001", "entry_id": "48213", "reward_id": "coupon-5",
                "idempotency_key": "admin:3f9c2a7b1e04:adj-2026-0001", "redemption_id": "rd_4be0c2a9d17f36e85a10",
                "payment_id": "pm_1f0e2d3c4b5a69788796", "code": "7M3QK-2ZC9D-XW4HB-R8TNE",
-               "referral_id": "ref-5deb0177e2ec317a1d00"}
+               "referral_id": "ref-5deb0177e2ec317a1d00", "band": "2-3x"}
 WELL_FORMED_KEY = "jifen_3f9c2a7b1e04_" + "s" * 43
 
 
