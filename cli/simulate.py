@@ -1,6 +1,7 @@
 """`jifen simulate`: publish a simulated store feed to the running stack and summarise what it became: points
-credited, members per tier, redemptions and a points payment made over HTTP, referrals judged, and the ledger's
-invariants."""
+credited, members per tier, redemptions and a points payment made over HTTP, referrals judged, the ledger's
+invariants, and the insight service's health indicators with their verdicts once it has caught up, with the HTML
+report (`jifen report`) written to the run folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import asyncio
 import json
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -15,10 +17,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from cli import report as reports
 from cli.dlq import Refused, refused_in
 from cli.points import request_json
 from deploy.local.stack import SERVICES, Stack
@@ -32,6 +36,12 @@ from shared.settings import Settings
 from shared.simulation import Feed, build_feed, publish
 
 VIPS = 8  # regulars with big baskets: they reach gold
+# The programmes the simulated feed reaches: its purchases name none (so the default programme's), and its referrals,
+# redemptions and points payment are the default programme's.
+PROGRAMMES = ("default",)
+# What the ledger's summary and insight's liability roll-forward both count, all time: equal once insight caught up.
+CAUGHT_UP = ("issued", "redeemed", "expired", "adjusted")
+VERDICT_MARK = {"ok": "✔ ok", "watch": "! watch", "act": "✘ act"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def port(name: str) -> int:
-    return next(s.port for s in SERVICES if s.name == name)
+    return next((s.port for s in SERVICES if s.name == name), {"insight": 8106}.get(name, 0))
 
 
 @dataclass
@@ -122,6 +132,8 @@ async def simulate(args: argparse.Namespace) -> int:
 
     # Counted as `jifen dlq list` counts: records, not the copies each service that reads the topic makes.
     refused = await _dead_lettered(settings, started, int(sum(dlq.values())), deadline)
+    insight = [line for p in PROGRAMMES
+               for line in await _insight(api, p, stack.run_dir, max(deadline, time.monotonic() + 60))]
     by_reason = Counter(record.reason for record in refused)
     by = sorted({service for record in refused for service in record.services})
     reasons = "".join(f"\n    {reason:<20}{n:,}" for reason, n in sorted(by_reason.items()))
@@ -145,6 +157,7 @@ Summary {'✔' if ok else '✘'}
   points payment       {redeemed.payment}{''.join(f"{chr(10)}    ✘ {p}" for p in redeemed.problems)}
   referrals            {judged[0]}
   ledger verify        {verified}
+{chr(10).join(insight)}
 
 Where to look (every endpoint but health and metrics needs an API key: make up wrote an admin key to .run/api-key)
   balance    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
@@ -159,10 +172,13 @@ Where to look (every endpoint but health and metrics needs an API key: make up w
   referrals  curl -H "Authorization: Bearer $(cat .run/api-key)" \\
                http://127.0.0.1:8105/v1/programs/default/referrals/stats
   levels     curl -H "Authorization: Bearer $(cat .run/api-key)" http://127.0.0.1:8104/v1/programs/default/tiers
+  KPIs       curl -H "Authorization: Bearer $(cat .run/api-key)" http://127.0.0.1:8106/v1/programs/default/kpis
+  report     jifen report default --html .run/report-default.html   (docs/insight.md: every KPI)
   entries    curl -H "Authorization: Bearer $(cat .run/api-key)" \\
                http://127.0.0.1:8102/v1/programs/default/members/<member>/entries
   keys       jifen keys create --name till-01 --scope read   (list, revoke KEY_ID)
-  API docs   http://127.0.0.1:8102/docs (ledger), :8101 (earn), :8103 (redemption), :8104 (tiers), :8105 (referral)
+  API docs   http://127.0.0.1:8102/docs (ledger), :8101 (earn), :8103 (redemption), :8104 (tiers), :8105 (referral),
+             :8106 (insight)
   metrics    http://127.0.0.1:8102/metrics (and each service's port); Prometheus http://127.0.0.1:9090
   logs       .run/logs/ (JSON lines: one per service, kafka.log, postgres.log)
   health     jifen stack status      stop everything: make down
@@ -222,6 +238,88 @@ async def _dead_lettered(settings: Settings, since: datetime, earn_refused: int,
         if len(found) >= earn_refused or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.5)
+
+
+async def _insight(api: Api | None, program_id: str, run_dir: Path, deadline: float) -> list[str]:
+    """The summary's lines for one programme: its KPIs with a verdict once insight has caught up with the ledger, and
+    the HTML report written to the run folder (or the command that writes it, when it could not be)."""
+    if api is None:
+        return [f"  insight {program_id:<12} (no API key in .run/api-key: run `jifen stack up` first)"]
+    caught_up, note = await _insight_caught_up(api, program_id, deadline)
+    if not caught_up:
+        return [f"  insight {program_id:<12} ✘ {note}"]
+    status, kpis = api.call("GET", f"/v1/programs/{program_id}/kpis", None, None, service="insight")
+    if status != 200 or not isinstance(kpis, dict):
+        return [f"  insight {program_id:<12} ✘ {_refusal(status, kpis)}"]
+    path = run_dir / f"report-{program_id}.html"
+    try:
+        doc = reports.fetch(f"http://127.0.0.1:{port('insight')}", api.token, program_id, None, None)
+        path.write_text(reports.html(doc), encoding="utf-8")
+        written = f"{_shown(path)}   (`jifen report {program_id}` prints it)"
+    except (reports.ReportError, OSError) as exc:
+        written = f"✘ not written ({exc}): jifen report {program_id} --html {_shown(path)}"
+    return [*kpi_lines(program_id, kpis, note), f"  report {program_id:<13}{written}"]
+
+
+async def _insight_caught_up(api: Api, program_id: str, deadline: float) -> tuple[bool, str]:
+    """Whether insight's projection reflects the feed, and the line that says so: its liability roll-forward adds up
+    to the ledger's summary (issued, redeemed, expired, adjusted, and the closing is the outstanding) and its
+    consumers have no lag; polled until both hold or `deadline`."""
+    while True:
+        try:
+            status, summary = api.call("GET", f"/v1/programs/{program_id}/summary", None, None, service="ledger")
+            got, liability = api.call("GET", f"/v1/programs/{program_id}/liability", None, None, service="insight")
+            lag = sum(v for k, v in scrape(port("insight")).items() if k.startswith("jifen_consumer_lag_records{"))
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            return False, f"the insight service did not answer: {exc}"
+        if status != 200 or got != 200:
+            return False, _refusal(status, summary) if status != 200 else _refusal(got, liability)
+        ledger = {k: summary[k] for k in CAUGHT_UP} | {"outstanding": summary["outstanding"]}
+        projected = {k: sum(m[k] for m in liability["months"]) for k in CAUGHT_UP}
+        projected["outstanding"] = liability["closing"]
+        if projected == ledger and lag == 0:
+            return True, f"as the ledger: {ledger['issued']:,} points issued, {ledger['outstanding']:,} held"
+        if time.monotonic() > deadline:
+            behind = ", ".join(f"{k} {projected[k]:,} of {v:,}" for k, v in ledger.items() if projected[k] != v)
+            return False, f"still catching up with the ledger ({behind or f'{lag:.0f} records of lag'}); see " \
+                          ".run/logs/insight.log"
+        await asyncio.sleep(0.5)
+
+
+def kpi_lines(program_id: str, kpis: dict[str, Any], note: str = "") -> list[str]:
+    """The KPIs of an insight `GET …/kpis` answer that have a verdict, one line each (value, verdict, healthy range)
+    with the advice under each that is not ok, after a heading line; those the period gives nothing to measure by
+    are named on one line."""
+    items = kpis.get("kpis") or []
+    judged = [k for k in items if k.get("verdict")]
+    unknown = [str(k.get("kpi")) for k in items if k.get("healthy") and not k.get("verdict")]
+    period = f"{kpis.get('from')} to {kpis.get('to')} ({kpis.get('timezone')})"
+    lines = [f"  insight {program_id:<12} {period}" + (f", {note}" if note else "")]
+    width = max((len(str(k.get("kpi"))) for k in judged), default=0)
+    values = [reports.value_text(k.get("value"), str(k.get("unit")), kpis.get("currency")) for k in judged]
+    value_width = max((len(v) for v in values), default=0)
+    for k, value in zip(judged, values, strict=True):
+        verdict = str(k["verdict"])
+        lines.append(f"    {k.get('kpi')!s:<{width}}  {value:>{value_width}}  {VERDICT_MARK.get(verdict, verdict):<7}  "
+                     f"healthy: {k.get('healthy')}")
+        if verdict != "ok" and k.get("advice"):
+            lines += textwrap.wrap(str(k["advice"]), 112, initial_indent="      → ", subsequent_indent="        ")
+    if unknown:
+        lines.append(f"    no data yet for {', '.join(unknown)}")
+    return lines
+
+
+def _refusal(status: int, body: Any) -> str:
+    body = body if isinstance(body, dict) else {}
+    return f"{body.get('error', f'HTTP {status}')}: {body.get('detail', '')}".rstrip(": ")
+
+
+def _shown(path: Path) -> str:
+    """A path as the reader can use it from here: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _redemptions(api: Api | None, run_id: str) -> RedemptionRun:
