@@ -12,6 +12,7 @@ import pytest
 
 from deploy.local.infra import REPO, install_prometheus
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -22,7 +23,8 @@ from tests.support import Infra
 
 RULES = REPO / "deploy" / "prometheus"
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "referral": referral_spec, "redemption": redemption_spec}
+                                                     "referral": referral_spec, "redemption": redemption_spec,
+                                                     "insight": insight_spec}
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +69,7 @@ async def test_each_services_metrics_are_clean_prometheus_text(infra: Infra, pro
     ours = {f for f in families if f.startswith("jifen_")}
     units = {"seconds", "records", "messages", "points", "members", "events", "entries", "commands", "items", "runs",
              "changes", "warnings", "skipped", "repeats", "failures", "replays", "rejected", "ok", "problems", "ready",
-             "referrals", "redemptions", "coupons", "refusals", "verdicts", "leader"}
+             "referrals", "redemptions", "coupons", "refusals", "verdicts", "leader",
+             # insight's indicators, each in its own unit (a ratio, a share, members: docs/insight.md), and verdicts
+             "kpi"}
     assert sorted(f for f in ours if not units & set(f.split("_"))) == [], "a metric without its unit in its name"
