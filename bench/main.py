@@ -7,7 +7,7 @@ import os
 
 from shared.settings import Settings
 
-MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "all"]
+MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "insight", "insight-report", "all"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "rule (restarts the stack's earn); tiers: the tiers service on preloaded ledger entries; "
                             "referral: referral and purchase events through the stack's referral service; "
                             "redemption: concurrent clients redeeming through the stack's redemption service; "
-                            "all: every mode")
+                            "insight: the insight service's consume rate and its cost to the pipeline (see "
+                            "bench/insight.py); insight-report: the report's reads on a programme with 1,000,000 "
+                            "entries; all: every mode")
     bench.add_argument("--tier-entries", type=int, default=200_000,
                        help="tiers: earn credits to preload (default %(default)s)")
     bench.add_argument("--tier-members", type=int, default=20_000,
@@ -52,9 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="ledger: record the ledger with py-spy during each phase, write the stacks to DIR and "
                             "print its hot spots (slows the ledger a little)")
     bench.add_argument("--keep", action="store_true", help="ledger, tiers: keep the bench's schema and topics")
+    from bench.insight import add_arguments as insight_arguments
     from bench.redemption import add_arguments
 
     add_arguments(bench)
+    insight_arguments(bench)
 
 
 async def run_bench(args: argparse.Namespace) -> int:
@@ -95,6 +99,10 @@ async def run_bench(args: argparse.Namespace) -> int:
             codes.append(await run_ledger_bench(short))
             args.ledger_mixed_rate = short.ledger_mixed_rate
         codes.append(await run_redemption_bench(args))
+    if args.mode in ("insight", "insight-report", "all"):
+        from bench.insight import run_insight_bench
+
+        codes.append(await run_insight_bench(args))
     return max(codes)
 
 
