@@ -179,6 +179,14 @@ def _top_rewards(kpis: dict[str, Any] | None, limit: int = 10) -> list[dict[str,
     return sorted(rewards, key=lambda r: (-(_num(r.get("points")) or 0), str(r.get("reward_id"))))[:limit]
 
 
+def _balance(band: dict[str, Any]) -> str:
+    """A band's balances: `high` is the first balance above the band (none for the top one)."""
+    low, high = _num(band.get("low")), _num(band.get("high"))
+    if high is None:
+        return f"≥ {_int(low)}"
+    return f"{_int(low)}–{_int(high - 1)}"
+
+
 # --- the terminal ---------------------------------------------------------------------------------------------------
 
 
@@ -262,9 +270,7 @@ def terminal(doc: dict[str, Any]) -> str:
         out.append(_no_data(doc, "segments"))
     else:
         out.extend(_table(["band", "balance", "members"],
-                          [[str(b.get("band")), f"{_int(b.get('low'))}–{_int(b.get('high'))}"
-                            if b.get("high") is not None else f"≥ {_int(b.get('low'))}", _int(b.get("members"))]
-                           for b in bands]))
+                          [[str(b.get("band")), _balance(b), _int(b.get("members"))] for b in bands]))
     return UNPRINTABLE.sub("?", "\n".join(out))
 
 
@@ -318,7 +324,7 @@ def _chart_data(doc: dict[str, Any]) -> dict[str, Any]:
                 for c in cohorts for by_age in [{int(p.get("age", 0)): p.get("outstanding") for p in c["curve"]}]]}
     tiers = [t for t in kpis.get("tiers") or [] if (_num(t.get("members")) or 0) > 0]
     if tiers:
-        charts["tiers"] = {"labels": [str(t.get("tier")) for t in tiers],
+        charts["tiers"] = {"labels": [str(t.get("tier")) or "(no tier)" for t in tiers],
                            "datasets": [{"label": "members", "data": [float(_num(t.get("members")) or 0)
                                                                       for t in tiers]}]}
     rewards = _top_rewards(kpis)
@@ -492,9 +498,9 @@ def html(doc: dict[str, Any]) -> str:
             [str(m.get("rank")), str(m.get("member_id")), _int(m.get("points"))]
             for m in ((doc.get("leaderboard") or {}).get("members") or [])[:10]], {0, 2}, "leaderboard")
             if (doc.get("leaderboard") or {}).get("members") else None),
-        ("Members by balance", "segments", lambda: table(["band", "low", "high", "members"], [
-            [str(b.get("band")), _int(b.get("low")), _int(b.get("high")) if b.get("high") is not None else "",
-             _int(b.get("members"))] for b in (doc.get("segments") or {}).get("bands") or []], {1, 2, 3}, "segments")
+        ("Members by balance", "segments", lambda: table(["band", "balance", "members"], [
+            [str(b.get("band")), _balance(b), _int(b.get("members"))]
+            for b in (doc.get("segments") or {}).get("bands") or []], {1, 2}, "segments")
             if (doc.get("segments") or {}).get("bands") else None),
     ]
     for title, source, render in sections:

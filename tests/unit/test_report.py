@@ -66,7 +66,8 @@ def document() -> dict[str, Any]:
                 {"reward_id": "tote-bag", "points": 2500, "count": 5},
                 {"reward_id": "voucher-50", "points": 1000, "count": 2},
             ],
-            "tiers": [{"tier": "base", "members": 900, "spend": "30000.00", "spend_per_member": "33.33"},
+            "tiers": [{"tier": "", "members": 17, "spend": "120.00", "spend_per_member": "7.06"},
+                      {"tier": "base", "members": 900, "spend": "30000.00", "spend_per_member": "33.33"},
                       {"tier": "silver", "members": 250, "spend": "18000.00", "spend_per_member": "72.00"},
                       {"tier": "gold", "members": 84, "spend": "10765.25", "spend_per_member": "128.16"}],
             "referrals": {"rewarded": 12, "rejected": 3, "revoked": 1, "conversion": "0.8000",
@@ -92,9 +93,9 @@ def document() -> dict[str, Any]:
             {"rank": 1, "member_id": HOSTILE, "points": 5400},
             *({"rank": i, "member_id": f"m-{i:04d}", "points": 5400 - 300 * i} for i in range(2, 13))]},
         "segments": {"program_id": "default", "cheapest_reward": 100, "bands": [
-            {"band": "below", "low": 1, "high": 99, "members": 400},
-            {"band": "1-2x", "low": 100, "high": 199, "members": 300},
-            {"band": "2-3x", "low": 200, "high": 299, "members": 200},
+            {"band": "below", "low": 1, "high": 100, "members": 400},
+            {"band": "1-2x", "low": 100, "high": 200, "members": 300},
+            {"band": "2-3x", "low": 200, "high": 300, "members": 200},
             {"band": "above", "low": 300, "high": None, "members": 150}]},
         "missing": {},
     }
@@ -146,6 +147,7 @@ def test_the_terminal_has_the_roll_forward_top_rewards_leaderboard_and_bands() -
     board = text.split("Leaderboard")[1].split("Members by balance")[0]
     assert "m-0010" in board and "m-0011" not in board  # the top 10
     assert "≥ 300" in text and "cheapest reward 100 points" in text
+    assert re.search(r"below\s+1–99\s+400", text) and re.search(r"1-2x\s+100–199\s+300", text)  # high: above the band
     assert "Ultimate breakage (estimated): 18.3%" in text
 
 
@@ -187,6 +189,7 @@ def test_the_html_has_each_chart_with_its_data_and_the_verdicts() -> None:
     assert data["cohorts"]["datasets"][0]["data"][:2] == [round(47000 / 52000, 4), round(37000 / 52000, 4)]
     assert data["cohorts"]["datasets"][2]["data"][2:] == [None, None]  # a younger cohort stops at its age
     assert data["referrals"]["datasets"][0]["data"] == [12, 3, 1]
+    assert data["tiers"]["labels"] == ["(no tier)", "base", "silver", "gold"]
     assert '<span class="verdict verdict-act">act</span>' in page
     assert '<span class="verdict verdict-watch">watch</span>' in page
     assert '<span class="verdict verdict-ok">ok</span>' in page
