@@ -10,7 +10,22 @@ import sys
 import uvloop
 
 from bench import main as bench
-from cli import asyncapi, dlq, earn, keys, ledger, member, points, programme, publish, report, simulate, tiers, topics
+from cli import (
+    asyncapi,
+    dlq,
+    earn,
+    insight,
+    keys,
+    ledger,
+    member,
+    points,
+    programme,
+    publish,
+    report,
+    simulate,
+    tiers,
+    topics,
+)
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
 
@@ -32,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "(the data stays)\n"
                                   "  status  each process and whether it runs; exits 1 when one does not")
     stack.add_argument("action", choices=["up", "down", "status"], help="up, down or status (see below)")
-    for module in (simulate, publish, keys, programme, points, member, report, ledger, earn, tiers, dlq, asyncapi,
-                   topics, bench):
+    for module in (simulate, publish, keys, programme, points, member, report, ledger, earn, tiers, insight, dlq,
+                   asyncapi, topics, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -60,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 return earn.explain(args)
             case "tiers":
                 return asyncio.run(tiers.run(args))
+            case "insight":
+                return asyncio.run(insight.run(args))
             case "dlq":
                 return asyncio.run(dlq.run(args))
             case "asyncapi":

@@ -246,6 +246,17 @@ def watch_finding(program_id: str, member_id: str, reason: str, day: date) -> st
     return f"insight:watch:{program_id}:{member_id}:{reason}:{day.isoformat()}"
 
 
+def insight_projection_lock(schema: str) -> str:
+    """The advisory lock of a schema's insight projection: held exclusively by `jifen insight rebuild`, shared by
+    the live service's batches and abuse-watch rounds."""
+    return f"insight-projection:{schema}"
+
+
+def insight_rebuild_lock(schema: str) -> str:
+    """The advisory lock one `jifen insight rebuild` holds, so a second one is told at once rather than waiting."""
+    return f"insight-rebuild:{schema}"
+
+
 # --- the kit's advisory locks ------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from services.insight.metrics import InsightMetrics
 from services.insight.programme import InsightProgramme
 from services.insight.repository import Fact, Member, MemberDay, MemberState
 from shared import keys
+from shared.consumer import Retryable
 from shared.contracts.base import Contract
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.ledger_entries import PointsEntryPosted
@@ -91,8 +92,11 @@ class Changes:
 class ProjectInsight(Handler[Changes]):
     catalogue: Catalogue[InsightProgramme]
     metrics: InsightMetrics
+    rebuilding: bool = False  # `jifen insight rebuild`: it holds the projection's lock the live batches share
 
     async def load(self, batch: Batch) -> Changes:
+        if not self.rebuilding and not await repository.share_projection(batch.uow.db, batch.uow.schema):
+            raise Retryable("`jifen insight rebuild` is rebuilding the projection; the batch waits for it")
         members = {(i.data.program_id, i.data.member_id) for i in batch.items  # type: ignore[attr-defined]
                    if hasattr(i.data, "member_id")}
         entries = batch.of(PointsEntryPosted)

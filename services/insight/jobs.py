@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from services.insight import domain, queries, watch
+from services.insight import domain, queries, repository, watch
 from services.insight.metrics import InsightMetrics
 from services.insight.programme import InsightProgramme
 from shared import keys
@@ -46,6 +46,8 @@ def abuse_watch(catalogue: Catalogue[InsightProgramme], metrics: InsightMetrics,
     finding is announced once (`jifen.insight.member.flagged.v1`) for the risk desk."""
 
     async def page(uow: UnitOfWork, now: datetime, cursor: object) -> Page:
+        if not await repository.share_projection(uow.db, uow.schema):
+            return Page(0)  # a rebuild is running: judged on half a replay, findings would drop and be announced again
         programmes = in_force(catalogue, now)
         total = 0
         for programme in programmes:

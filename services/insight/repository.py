@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from services.insight.cohorts import Buckets
+from shared.db import advisory_key
+from shared.keys import insight_projection_lock
 
 if TYPE_CHECKING:
     from services.insight.handlers import Changes
@@ -155,11 +157,28 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
                          "ON CONFLICT DO NOTHING", *_split(k for k, _ in referees), [v for _, v in referees])
 
 
+def lock_key(schema: str) -> int:
+    """Held exclusively by `jifen insight rebuild`, shared by every batch and abuse-watch round of the live service."""
+    return advisory_key(insight_projection_lock(schema))
+
+
+async def share_projection(db: asyncpg.Connection, schema: str) -> bool:
+    """Take the projection's lock shared for this transaction; False while a rebuild holds it."""
+    return bool(await db.fetchval("SELECT pg_try_advisory_xact_lock_shared($1)", lock_key(schema)))
+
+
 async def clear(db: asyncpg.Connection, program_id: str) -> None:
-    """Forget everything projected for one programme (a rebuild replays it)."""
+    """Forget everything projected for one programme (a rebuild replays it). What no topic holds stays: members'
+    leaderboard opt-outs (as bare rows, like an opt-out sent before any event) and the abuse watch's findings (its
+    next round replaces them, announcing only what is new, not every finding again)."""
     for table in TABLES:
-        if table == "lot_cohorts":
-            continue  # keyed by the ledger's lot ids, which are unique across programmes: replay overwrites nothing
+        if table in ("lot_cohorts", "watch"):
+            continue  # lot ids are the ledger's, unique across programmes: a replay stores the same cohort again
+        if table == "members":
+            await db.execute("DELETE FROM members WHERE program_id = $1 AND NOT opted_out", program_id)
+            await db.execute("UPDATE members SET balance = 0, seq = 0, tier = NULL, enrolled_at = NULL, "
+                             "last_active_at = NULL, last_earned_at = NULL WHERE program_id = $1", program_id)
+            continue
         await db.execute(f"DELETE FROM {table} WHERE program_id = $1", program_id)
 
 
