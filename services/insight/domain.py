@@ -261,10 +261,12 @@ class Cohort:
             moved = self.by_age.get(age, {})
             redeemed += moved.get("redeemed", 0)
             expired += moved.get("expired", 0)
+            # A debt charged to the cohort (taken beyond what it held) is paid back by later credits ("credited"
+            # after month 0), which net it off.
             other += sum(v for k, v in moved.items() if k not in ("redeemed", "expired", "issued", "credited"))
-            credited = sum(self.by_age.get(a, {}).get("credited", 0) for a in range(age + 1))
+            other -= moved.get("credited", 0)
             rows.append({"age": age, "redeemed": redeemed, "expired": expired, "other": other,
-                         "outstanding": self.issued + credited - redeemed - expired - other})
+                         "outstanding": self.issued + self.credited - redeemed - expired - other})
         return rows
 
 

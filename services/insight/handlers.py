@@ -161,8 +161,13 @@ class ProjectInsight(Handler[Changes]):
         month = month_of(day)
         if e.amount > 0:
             outcome = "issued" if e.kind == "earn" else "credited"
-            buckets.add(month, e.amount)
-            changes.cohort_facts[(e.program_id, month, month, outcome)] += e.amount
+            repaid = buckets.add(month, e.amount)
+            # Points that pay a debt go back to the debt's cohort, as the ledger's repayment does: not issued anew.
+            for debt_month, part in repaid:
+                changes.cohort_facts[(e.program_id, debt_month, month, "credited")] += part
+            rest = e.amount - sum(part for _, part in repaid)
+            if rest:
+                changes.cohort_facts[(e.program_id, month, month, outcome)] += rest
             return
         first = None
         if e.kind == "expire":
