@@ -25,7 +25,12 @@ class Buckets:
     """A member's open points by issue month (first of the month). Negative: debt charged to that month."""
 
     open: dict[date, int] = field(default_factory=dict)
-    changed: bool = False
+    # The months whose open points this batch moved: only their rows are written back (a zeroed one is deleted).
+    moved: set[date] = field(default_factory=set)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.moved)
 
     def add(self, month: date, amount: int) -> list[tuple[date, int]]:
         """New points of `month`: they repay debts first (oldest first), as the ledger does; returns the repaid
@@ -63,7 +68,7 @@ class Buckets:
         return taken
 
     def _move(self, month: date, amount: int) -> None:
-        self.changed = True
+        self.moved.add(month)
         value = self.open.get(month, 0) + amount
         if value:
             self.open[month] = value

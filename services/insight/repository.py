@@ -111,15 +111,20 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
             "$5::bigint[]) ON CONFLICT (program_id, cohort, month, outcome) DO UPDATE SET points = c.points + "
             "excluded.points", [k[0] for k, _ in rows], [k[1] for k, _ in rows], [k[2] for k, _ in rows],
             [k[3] for k, _ in rows], [v for _, v in rows])
-    changed = [(k, b) for k, b in changes.buckets.items() if b.changed]
-    if changed:
-        await db.execute("DELETE FROM member_cohorts WHERE (program_id, member_id) IN "
-                         "(SELECT * FROM unnest($1::text[], $2::text[]))", *_split(k for k, _ in changed))
-        rows3 = [(k, month, v) for k, b in changed for month, v in b.open.items()]
-        if rows3:
-            await db.execute("INSERT INTO member_cohorts SELECT * FROM unnest($1::text[], $2::text[], $3::date[], "
-                             "$4::bigint[])", [k[0] for k, _, _ in rows3], [k[1] for k, _, _ in rows3],
-                             [m for _, m, _ in rows3], [v for _, _, v in rows3])
+    # Only the (member, month) rows a batch moved: a member keeps a row per open issue month, so rewriting all of
+    # them for each debit or credit cost about a year's worth of rows per member and batch.
+    moved = [(k, month, b.open.get(month)) for k, b in changes.buckets.items() for month in b.moved]
+    gone = [(k, month) for k, month, v in moved if v is None]
+    kept = [(k, month, v) for k, month, v in moved if v is not None]
+    if gone:
+        await db.execute("DELETE FROM member_cohorts c USING unnest($1::text[], $2::text[], $3::date[]) "
+                         "AS g(p, m, cohort) WHERE c.program_id = g.p AND c.member_id = g.m AND c.cohort = g.cohort",
+                         [k[0] for k, _ in gone], [k[1] for k, _ in gone], [m for _, m in gone])
+    if kept:
+        await db.execute("INSERT INTO member_cohorts SELECT * FROM unnest($1::text[], $2::text[], $3::date[], "
+                         "$4::bigint[]) ON CONFLICT (program_id, member_id, cohort) DO UPDATE SET open = excluded.open",
+                         [k[0] for k, _, _ in kept], [k[1] for k, _, _ in kept], [m for _, m, _ in kept],
+                         [v for _, _, v in kept])
     if changes.new_lots:
         await db.execute("INSERT INTO lot_cohorts SELECT * FROM unnest($1::bigint[], $2::date[]) "
                          "ON CONFLICT DO NOTHING", list(changes.new_lots), list(changes.new_lots.values()))
