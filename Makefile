@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml uv.lock
 
 # The chart library `jifen report --html` inlines, pinned by report/package-lock.json, into report/node_modules.
 $(REPORT_STAMP): report/package.json report/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "npm is needed for the report's chart library: apt-get install -y npm" >&2; exit 1; }
+	@if ! command -v npm >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then echo "npm is needed for the report's chart library: sudo apt-get install -y npm" >&2; exit 1; fi; \
+		echo "installing npm from Debian's packages (first run only)"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null; \
+	fi
 	cd report && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(REPORT_STAMP)
 
