@@ -24,6 +24,7 @@ import yaml
 
 from deploy.local.infra import REPO, install_prometheus
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -34,12 +35,13 @@ GRAFANA = REPO / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = REPO / "deploy" / "prometheus" / "rules" / "jifen.yml"
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "referral": referral_spec, "redemption": redemption_spec}
-PORTS = {"earn": 8101, "ledger": 8102, "redemption": 8103, "tiers": 8104, "referral": 8105}
+                                                     "referral": referral_spec, "redemption": redemption_spec,
+                                                     "insight": insight_spec}
+PORTS = {"earn": 8101, "ledger": 8102, "redemption": 8103, "tiers": 8104, "referral": 8105, "insight": 8106}
 # What the stack's scrape config puts on every series (deploy/local/infra.py: job `jifen`, honor_labels).
 SCRAPE_LABELS = frozenset({"job", "instance", "instance_name"})
 # What Grafana writes in place of its variables: every service, one programme, and the rate window it would pick.
-CHOSEN = {"service": "(earn|ledger|redemption|referral|tiers)", "program_id": "default",
+CHOSEN = {"service": "(earn|ledger|redemption|referral|tiers|insight)", "program_id": "default",
           "__rate_interval": "1m", "__range": "1h", "__interval": "15s"}
 BUILT_IN = frozenset(v for v in CHOSEN if v.startswith("__"))
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
@@ -170,7 +172,8 @@ class Series:
 
     @property
     def all_labels(self) -> dict[str, str]:
-        return {**self.labels, "job": "jifen", "instance": f"127.0.0.1:{PORTS[self.scraped]}",
+        # honor_labels: a periodic job's own `job` label (jifen_job_*) wins over the scrape's, as in the stack.
+        return {"job": "jifen", **self.labels, "instance": f"127.0.0.1:{PORTS[self.scraped]}",
                 "instance_name": self.scraped}
 
     def __str__(self) -> str:
@@ -195,9 +198,10 @@ def realistic() -> list[Series]:
                 "ledger": ("jifen.ledger.commands", "jifen.ledger.credit.v1"),
                 "redemption": ("jifen.ledger.entries", "jifen.ledger.entry.posted.v1"),
                 "tiers": ("jifen.ledger.entries", "jifen.ledger.entry.posted.v1"),
-                "referral": ("jifen.referrals", "jifen.referral.accepted.v1")}
+                "referral": ("jifen.referrals", "jifen.referral.accepted.v1"),
+                "insight": ("jifen.ledger.entries", "jifen.ledger.entry.posted.v1")}
     jobs = {"earn": "birthdays", "ledger": "sweeper", "redemption": "redemption-watch", "tiers": "tier-review",
-            "referral": "referral-expiry"}
+            "referral": "referral-expiry", "insight": "kpi-gauges"}
     out: list[Series] = []
     for s, (topic, kind) in consumed.items():
         job = jobs[s]
@@ -284,6 +288,22 @@ def realistic() -> list[Series]:
                     status="rejected", reason="self_referral")]
     out += [counter("referral", f"jifen_referral_points{kind}_total", n, service="referral", program_id=p, role=role)
             for kind, n in (("", 50), ("_reversed", 5)) for role in ("referrer", "referee")]
+    # Insight's gauges, set by its kpi-gauges and abuse-watch rounds (the recording rules read the latest round's).
+    out += [Series("insight", "jifen_job_last_success_timestamp_seconds", f"-20+15x{STEPS}",
+                   {"service": "insight", "job": "abuse-watch"})]
+    kpis = {"issue_redeem_ratio": (3.4, 2), "holding_vs_cheapest_reward": (2.5, 0), "task_completion": (0.2, 1),
+            "top3_reward_share": (0.45, 0), "points_cost_share": (0.02, 0), "points_gmv_share": (0.1, 0),
+            "breakage": (0.12, None), "redemption_rate": (0.3, None), "active_members": (640, None),
+            "referral_conversion": (0.6, None)}
+    out += [gauge("insight", "jifen_insight_kpi", value, service="insight", program_id=p, kpi=kpi)
+            for kpi, (value, _) in kpis.items()]
+    out += [gauge("insight", "jifen_insight_kpi_verdict", verdict, service="insight", program_id=p, kpi=kpi)
+            for kpi, (_, verdict) in kpis.items() if verdict is not None]
+    out += [gauge("insight", "jifen_insight_abuse_members", n, service="insight", program_id=p, reason=reason)
+            for reason, n in (("earning_outlier", 2), ("shared_fingerprint", 0))]
+    out += [counter("insight", "jifen_insight_entries_total", 40, service="insight", program_id=p),
+            counter("insight", "jifen_insight_events_ignored_total", 0.1, service="insight", program_id=p,
+                    reason="unknown_program")]
     return out
 
 
