@@ -92,7 +92,7 @@ class KpisOut(BaseModel):
                      "cost_share": "0.0079"}],
         "referrals": {"rewarded": 12, "rejected": 3, "rejected_by_reason": {"self_referral": 2, "expired": 1},
                       "revoked": 1, "conversion": "0.8000", "referee_spend_90d": "3120.00"},
-        "tasks_by_type": {"survey": 40}}]})
+        "tasks_by_type": {"survey": 40}, "tasks_per_member_by_type": {"survey": "0.1282"}}]})
 
     program_id: str
     from_: date = Field(alias="from")
@@ -109,6 +109,7 @@ class KpisOut(BaseModel):
     rebates: list[Rebate]
     referrals: Referrals
     tasks_by_type: dict[str, int]
+    tasks_per_member_by_type: dict[str, Decimal] = Field(description="tasks of each type ÷ members")
 
 
 class MonthOut(BaseModel):

@@ -116,6 +116,7 @@ class Period:
     related_revenue: Decimal
     referee_spend_90d: Decimal
     pending: int  # issued by the period's end, maturing after it
+    participants: int = 0  # members who did anything counted: earned, redeemed, bought, a task, a check-in
 
     def points(self, metric: str, dim: str | None = None) -> int:
         return sum(v[0] for (m, d), v in self.facts.items() if m == metric and (dim is None or d == dim))
@@ -203,6 +204,10 @@ def kpis(period: Period) -> list[Kpi]:
         Kpi("referee_spend_90d", "Spend of referees rewarded in the period, in their 90 days after qualifying",
             period.referee_spend_90d, "money"),
         Kpi("tasks_per_member", "Tasks completed ÷ members", ratio(period.count("task"), period.members), "ratio"),
+        Kpi("participation", "Members who took part (earned, redeemed, bought, did a task or checked in) ÷ members",
+            ratio(period.participants, period.members), "share"),
+        Kpi("upgrades", "Tier upgrades announced", D(period.count("tier_change", "upgrade")), "count"),
+        Kpi("downgrades", "Tier downgrades announced", D(period.count("tier_change", "downgrade")), "count"),
     ]
     return found
 

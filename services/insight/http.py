@@ -271,4 +271,6 @@ def kpis_out(found: InsightProgramme, program_id: str, first: date, last: date, 
                                conversion=domain.ratio(rewarded, rewarded + rejected),
                                referee_spend_90d=sums.referee_spend_90d),
         "tasks_by_type": {t: v[2] for t, v in sorted(sums.by_dim("task").items())},
+        "tasks_per_member_by_type": {t: per for t, v in sorted(sums.by_dim("task").items())
+                                     if (per := domain.ratio(v[2], sums.members)) is not None},
     })

@@ -24,7 +24,7 @@ async def period(db: asyncpg.Connection, program_id: str, start: date, end: date
     sums = await facts(db, program_id, start, end)
     activity = await db.fetchrow(
         "SELECT count(DISTINCT member_id) FILTER (WHERE earned > 0 OR redeemed > 0) AS active, "
-        "count(DISTINCT member_id) FILTER (WHERE tasks > 0) AS task_members "
+        "count(DISTINCT member_id) FILTER (WHERE tasks > 0) AS task_members, count(DISTINCT member_id) AS took_part "
         "FROM member_days WHERE program_id = $1 AND day BETWEEN $2 AND $3", program_id, start, end)
     held = await db.fetchrow("SELECT count(*) AS members, count(*) FILTER (WHERE balance > 0) AS holders, "
                              "coalesce(sum(balance) FILTER (WHERE balance > 0), 0) AS held "
@@ -40,7 +40,7 @@ async def period(db: asyncpg.Connection, program_id: str, start: date, end: date
                                 end.isoformat())
     return Period(sums, int(activity["active"]), int(held["members"]), int(activity["task_members"]),
                   int(held["holders"]), int(held["held"]), cheapest_reward, point_value, related, referee_spend,
-                  int(pending))
+                  int(pending), int(activity["took_part"]))
 
 
 async def series(db: asyncpg.Connection, program_id: str, start: date, end: date, granularity: str
