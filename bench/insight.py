@@ -39,6 +39,7 @@ from bench.tiers import _drop_topics, preload
 from deploy.local.infra import REPO, create_topics
 from shared import auth, db, envelope, keys
 from shared.contracts import topics
+from shared.contracts.base import Contract
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.envelope import CloudEvent
 from shared.settings import Settings
@@ -98,7 +99,8 @@ def entries(count: int, members: int, seed: int, days: int = 365, now: datetime 
         assert s.lots is not None
         at = start + step * n
         roll = rng.random()
-        kind, key, lots, rule = "earn", keys.earn_credit(f"bench|{n}", "base"), [], "base"
+        rule: str | None = "base"
+        kind, key, lots = "earn", keys.earn_credit(f"bench|{n}", "base"), []
         if roll < 0.08 and s.lots:
             lid, amount = s.lots.pop(0)
             kind, key, amount, rule = "expire", keys.lot_expiry(lid), -amount, None
@@ -253,8 +255,12 @@ async def pipeline(settings: Settings, count: int, keep: bool) -> tuple[float, f
     try:
         await ledger.start()
         await earn.start()
-        warm = await through("warm-up, without insight", max(count // 4, 2000))
+        warm_n = max(count // 4, 2000)
+        warm = await through("warm-up, without insight", warm_n)
         await insight.start()
+        # It reads the topics from the start: the warm-up's purchases and entries first, not timed.
+        await _until(conn, f"SELECT count(*) FROM {schemas['insight']}.inbox", 2 * warm_n,
+                     "warm-up events claimed by insight", insight)
         with_rate = await through("with insight", count, insight)
         await insight.stop()
         without_rate = await through("without insight", count)
@@ -312,7 +318,8 @@ async def seed(settings: Settings, schema: str, count: int, members: int, seed_:
     done = 0
     try:
         while done < count:
-            items = [_inbound(e, done + i, now) for i, e in zip(range(SEED_BATCH), feed, strict=False)]
+            items: list[Inbound[Contract]] = [_inbound(e, done + i, now)
+                                              for i, e in zip(range(SEED_BATCH), feed, strict=False)]
             if not items:
                 break
             async with UnitOfWork(engine, schema, "jifen.bench") as uow:

@@ -7,7 +7,8 @@ import os
 
 from shared.settings import Settings
 
-MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "insight", "insight-report", "all"]
+MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "insight", "insight-report",
+         "all"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
