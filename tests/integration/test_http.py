@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -49,8 +50,8 @@ def guarded(app: FastAPI) -> list[tuple[str, str]]:
     return [(m, re.sub(r"\{[a-z_]+(:path)?\}", "x", p.replace("{program_id}", "default"))) for m, p in routes]
 
 
-@pytest.mark.parametrize("make", [earn_spec, ledger_spec, tiers_spec, referral_spec, redemption_spec],
-                         ids=["earn", "ledger", "tiers", "referral", "redemption"])
+@pytest.mark.parametrize("make", [earn_spec, ledger_spec, tiers_spec, referral_spec, redemption_spec, insight_spec],
+                         ids=["earn", "ledger", "tiers", "referral", "redemption", "insight"])
 async def test_every_endpoint_but_health_and_metrics_answers_401_without_a_valid_key(infra: Infra,
                                                                                      make: object) -> None:
     async with ServiceHarness(make(), await infra.new_database("http_")) as service:  # type: ignore[operator]

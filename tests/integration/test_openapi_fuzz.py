@@ -26,6 +26,7 @@ from schemathesis.checks import (
 )
 
 from services.earn.app import spec as earn_spec
+from services.insight.app import spec as insight_spec
 from services.ledger.app import spec as ledger_spec
 from services.redemption.app import spec as redemption_spec
 from services.referral.app import spec as referral_spec
@@ -38,7 +39,8 @@ from tests.support import Infra
 
 EXAMPLES = int(os.environ.get("JIFEN_FUZZ_EXAMPLES", "25"))
 SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "referral": referral_spec, "redemption": redemption_spec}
+                                                     "referral": referral_spec, "redemption": redemption_spec,
+                                                     "insight": insight_spec}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
