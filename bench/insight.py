@@ -343,18 +343,23 @@ def _timed_get(url: str, key: str) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, status
 
 
-async def report(settings: Settings, count: int, members: int, seed_: int, keep: bool
-                 ) -> tuple[float, list[Read], list[float]]:
+async def report(settings: Settings, count: int, members: int, seed_: int, keep: bool, reuse: str | None = None
+                 ) -> tuple[float | None, list[Read], list[float]]:
     run = uuid.uuid4().hex[:8]
-    schema = f"bench_insight_report_{run}"
+    schema = reuse or f"bench_insight_report_{run}"
+    keep = keep or reuse is not None
     conn = await db.connect(settings.asyncpg_dsn)
     insight = PrivateInsight(settings, f"bench.{run}.", schema, REPO / ".run" / "logs" / f"bench-insight-{run}.log",
                              JIFEN_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
     try:
-        print(f"  seeding {count:,} entries of {members:,} members over 12 months through insight's handler "
-              f"(schema {schema})", flush=True)
-        seed_rate = await seed(settings, schema, count, members, seed_)
-        print(f"    {seed_rate:,.0f} entries/s through the handler", flush=True)
+        seed_rate = None
+        if reuse is None:
+            print(f"  seeding {count:,} entries of {members:,} members over 12 months through insight's handler "
+                  f"(schema {schema})", flush=True)
+            seed_rate = await seed(settings, schema, count, members, seed_)
+            print(f"    {seed_rate:,.0f} entries/s through the handler", flush=True)
+        else:
+            print(f"  reading the projection kept in schema {schema} (its newest migrations applied on start)")
         await conn.execute(f"ANALYZE {schema}.day_facts, {schema}.member_days, {schema}.members, "
                            f"{schema}.cohort_facts, {schema}.orders, {schema}.rule_baskets, {schema}.referees")
         rows = await conn.fetchrow(f"SELECT (SELECT count(*) FROM {schema}.member_days) AS days, "
@@ -410,6 +415,9 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--insight-purchases", type=int, default=30_000,
                        help="insight: purchases of each pipeline run, with and without insight (default "
                             "%(default)s; 0 skips the pipeline part)")
+    bench.add_argument("--report-schema", metavar="SCHEMA",
+                       help="insight-report: time the reads on a projection an earlier run kept (--keep) instead of "
+                            "seeding one; it is kept")
     bench.add_argument("--report-entries", type=int, default=None,
                        help="insight: also seed a programme with this many entries and time the report's reads "
                             "(insight-report: default 1,000,000)")
@@ -439,7 +447,8 @@ async def run_insight_bench(args: argparse.Namespace) -> int:
     big = None
     if report_entries:
         print(f"\n4. Report: a programme with {report_entries:,} entries", flush=True)
-        big = await report(settings, report_entries, args.insight_members * 2, args.seed, args.keep)
+        big = await report(settings, report_entries, args.insight_members * 2, args.seed, args.keep,
+                           args.report_schema)
 
     print("\nResults")
     checks = []
@@ -457,8 +466,10 @@ async def run_insight_bench(args: argparse.Namespace) -> int:
                        f"pipeline with insight >= {1 - TARGET_PIPELINE_COST:.0%} of without"))
     if big is not None:
         seed_rate, reads, totals = big
-        line("seeding through the handler", f"{seed_rate:,.0f} entries/s")
-        print(f"\n  {'read, ' + format(report_entries, ',') + ' entries':<44} {'first ms':>9} "
+        if seed_rate is not None:
+            line("seeding through the handler", f"{seed_rate:,.0f} entries/s")
+        size = f"schema {args.report_schema}" if args.report_schema else f"{report_entries:,} entries"
+        print(f"\n  {'read, ' + size:<44} {'first ms':>9} "
               f"{'median ms':>10} {'status':>7}")
         for r in reads:
             print(f"  {r.what:<44} {r.first_ms:>9.1f} {r.median_ms:>10.1f} {r.status:>7}")
