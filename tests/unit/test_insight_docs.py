@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
 from services.insight import domain
+from services.insight.api import KpisOut
 from services.insight.app import create_app
 from services.insight.metrics import InsightMetrics
 from services.insight.settings import InsightSettings
@@ -30,6 +31,12 @@ def _period() -> domain.Period:
 def test_every_indicator_is_defined() -> None:
     missing = [k.kpi for k in domain.kpis(_period()) if f"| `{k.kpi}` |" not in DOC]
     assert missing == [], f"indicators docs/insight.md does not define: {missing}"
+
+
+def test_every_part_of_the_kpis_answer_is_described() -> None:
+    fields = list(KpisOut.model_fields)
+    parts = fields[fields.index("series"):]
+    assert parts and [f for f in parts if f"`{f}`" not in DOC] == []
 
 
 def test_every_healthy_range_and_advice_is_quoted_as_the_service_gives_it() -> None:
