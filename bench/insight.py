@@ -475,7 +475,9 @@ async def run_insight_bench(args: argparse.Namespace) -> int:
             print(f"  {r.what:<44} {r.first_ms:>9.1f} {r.median_ms:>10.1f} {r.status:>7}")
         print(f"  {'jifen report: the five reads (30 days)':<44} {totals[0] * 1000:>9.1f}")
         print(f"  {'jifen report: the five reads (a full year)':<44} {totals[1] * 1000:>9.1f}")
-        checks.append((max(totals) < TARGET_REPORT_S, f"the report's reads < {TARGET_REPORT_S:.0f} s"))
+        checks.append((totals[0] < TARGET_REPORT_S, f"jifen report's reads (its default 30 days) < "
+                                                    f"{TARGET_REPORT_S:.0f} s"))
+        checks.append((totals[1] < TARGET_REPORT_S, f"a full year's report < {TARGET_REPORT_S:.0f} s"))
     print("\nTargets")
     for ok, what in checks:
         print(f"  {verdict(ok)}  {what}")
