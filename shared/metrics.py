@@ -93,6 +93,10 @@ class Family:
     def labels(self, *values: str) -> Any:
         return self.metric.labels(self.service, *values)
 
+    def remove(self, *values: str) -> None:
+        """One child gone (a gauge whose measure no longer exists): absent, not stuck at its last value."""
+        self.metric.remove(self.service, *values)
+
     def clear(self) -> None:
         """Every child gone (a recount starts over); the registry is this service's alone."""
         self.metric.clear()

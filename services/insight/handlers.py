@@ -13,7 +13,7 @@ from services.insight import repository
 from services.insight.cohorts import Buckets, outcome_of
 from services.insight.metrics import InsightMetrics
 from services.insight.programme import InsightProgramme
-from services.insight.repository import Fact, Member, MemberDay, MemberState
+from services.insight.repository import Decision, Fact, Member, MemberDay, MemberState
 from shared import keys
 from shared.consumer import Retryable
 from shared.contracts.base import Contract
@@ -55,6 +55,8 @@ class Changes:
     members: dict[Member, MemberState]
     buckets: dict[Member, Buckets]
     lot_cohorts: dict[int, date]
+    referrals: dict[tuple[str, str], Decision]
+    decided: set[tuple[str, str]] = field(default_factory=set)
     facts: dict[Fact, list[Decimal | int]] = field(default_factory=lambda: defaultdict(lambda: [0, Decimal(0), 0]))
     days: dict[MemberDay, dict[str, Decimal | int]] = field(default_factory=lambda: defaultdict(dict))
     touched: set[Member] = field(default_factory=set)
@@ -103,8 +105,10 @@ class ProjectInsight(Handler[Changes]):
         spenders = {(i.data.program_id, i.data.member_id) for i in entries}
         expiring = [lot for i in entries if i.data.kind == "expire" and (lot := _expired_lot(i.data)) is not None]
         db = batch.uow.db
+        referrals = {(i.data.program_id, i.data.referral_id)
+                     for i in batch.of(ReferralRewarded) + batch.of(ReferralRejected) + batch.of(ReferralRevoked)}
         return Changes(batch, await repository.members(db, members), await repository.buckets(db, spenders),
-                       await repository.lot_cohorts(db, expiring))
+                       await repository.lot_cohorts(db, expiring), await repository.referrals(db, referrals))
 
     def _day(self, program_id: str, at: datetime) -> date | None:
         programme = self.catalogue.at(program_id, at)
@@ -147,7 +151,7 @@ class ProjectInsight(Handler[Changes]):
                         changes.add(p, day, "pending", pending_day.isoformat(), points=lot.amount)
         elif e.kind == "redeem":
             changes.member_day(p, day, m, "redeemed", points)
-            if state.last_earned_at is not None and e.occurred_at - state.last_earned_at <= SOON:
+            if state.last_earned_at is not None and timedelta(0) <= e.occurred_at - state.last_earned_at <= SOON:
                 changes.member_day(p, day, m, "redeemed_soon", 1)
         elif e.kind == "transfer_in":
             changes.member_day(p, day, m, "received", points)
@@ -279,13 +283,26 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        key = (d.program_id, d.referral_id)
+        before = changes.referrals.get(key)
+        if isinstance(d, ReferralRevoked):
+            if before is None or not before.revoked:
+                changes.add(d.program_id, day, "referral_revoked")
+                changes.referrals[key] = Decision(before.outcome if before else "rewarded",
+                                                  before.reason if before else "", before.decided_on if before
+                                                  else day, True)
+                changes.decided.add(key)
+            return
+        outcome, reason = ("rewarded", "") if isinstance(d, ReferralRewarded) else ("rejected", d.reason)
         if isinstance(d, ReferralRewarded):
-            changes.add(d.program_id, day, "referral_rewarded")
             changes.referees.setdefault((d.program_id, d.referee_member_id), day)
-        elif isinstance(d, ReferralRejected):
-            changes.add(d.program_id, day, "referral_rejected", d.reason)
-        else:
-            changes.add(d.program_id, day, "referral_revoked")
+        if before is not None and (before.outcome, before.reason) == (outcome, reason):
+            return  # announced again (its points changed): the referral counts once
+        if before is not None:  # decided otherwise now: it counts as what it became, on the day it became it
+            changes.add(d.program_id, before.decided_on, f"referral_{before.outcome}", before.reason, n=-1)
+        changes.add(d.program_id, day, f"referral_{outcome}", reason)
+        changes.referrals[key] = Decision(outcome, reason, day, before.revoked if before else False)
+        changes.decided.add(key)
 
     async def store(self, changes: Changes) -> None:
         db = changes.batch.uow.db

@@ -31,10 +31,19 @@ def gauges(catalogue: Catalogue[InsightProgramme], metrics: InsightMetrics, inte
             sums = await queries.period(uow.db, programme.program_id, queries.days_back(end, days), end,
                                         programme.cheapest_reward, programme.point_value)
             for kpi in domain.kpis(sums):
-                if kpi.value is not None and kpi.unit in ("ratio", "share", "members"):
-                    metrics.kpi.labels(programme.program_id, kpi.kpi).set(float(kpi.value))
-                if kpi.verdict is not None:
-                    metrics.verdict.labels(programme.program_id, kpi.kpi).set(VERDICT_VALUE[kpi.verdict])
+                labels = (programme.program_id, kpi.kpi)
+                if kpi.unit not in ("ratio", "share", "members"):
+                    continue
+                # A KPI with nothing to measure it by now has no value and no verdict: its old ones would keep an
+                # alert firing on a verdict that no longer holds.
+                if kpi.value is None:
+                    metrics.kpi.remove(*labels)
+                else:
+                    metrics.kpi.labels(*labels).set(float(kpi.value))
+                if kpi.verdict is None:
+                    metrics.verdict.remove(*labels)
+                else:
+                    metrics.verdict.labels(*labels).set(VERDICT_VALUE[kpi.verdict])
         return Page(len(programmes))
 
     return Job("kpi-gauges", page, interval_s)

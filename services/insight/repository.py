@@ -23,7 +23,27 @@ MemberDay = tuple[str, date, str]  # (program_id, day, member_id)
 
 DAY_COLUMNS = ("earned", "redeemed", "received", "spend", "purchases", "tasks", "checkins", "redeemed_soon")
 TABLES = ("day_facts", "member_days", "members", "fingerprints", "orders", "rule_baskets", "referees",
-          "cohort_facts", "member_cohorts", "lot_cohorts", "watch")
+          "referrals", "cohort_facts", "member_cohorts", "lot_cohorts", "watch")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A referral's outcome as last announced, and whether it was revoked since."""
+
+    outcome: str
+    reason: str
+    decided_on: date
+    revoked: bool
+
+
+async def referrals(db: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Decision]:
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        "SELECT program_id, referral_id, outcome, reason, decided_on, revoked FROM referrals "
+        "WHERE (program_id, referral_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))", *_split(keys))
+    return {(r["program_id"], r["referral_id"]): Decision(r["outcome"], r["reason"], r["decided_on"], r["revoked"])
+            for r in rows}
 
 
 @dataclass
@@ -156,6 +176,15 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
             "$5::bigint[]) ON CONFLICT (program_id, rule_id, source_event_id) DO UPDATE SET "
             "points = b.points + excluded.points", *([k[i] for k, _ in baskets] for i in range(3)),
             [v[0] for _, v in baskets], [v[1] for _, v in baskets])
+    if changes.decided:
+        decided = sorted(changes.decided)
+        rows4 = [changes.referrals[k] for k in decided]
+        await db.execute(
+            "INSERT INTO referrals SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], "
+            "$6::bool[]) ON CONFLICT (program_id, referral_id) DO UPDATE SET outcome = excluded.outcome, "
+            "reason = excluded.reason, decided_on = excluded.decided_on, revoked = excluded.revoked",
+            *_split(decided), [r.outcome for r in rows4], [r.reason for r in rows4], [r.decided_on for r in rows4],
+            [r.revoked for r in rows4])
     if changes.referees:
         referees = list(changes.referees.items())
         await db.execute("INSERT INTO referees SELECT * FROM unnest($1::text[], $2::text[], $3::date[]) "

@@ -296,3 +296,30 @@ async def test_bad_periods_and_unknown_programmes_are_answered(insight: ServiceH
     assert status == 422 and body["error"] == "invalid_request"
     response = await insight.request("GET", f"/v1/programs/{P}/kpis", token="")
     assert response.status_code == 401
+
+
+async def test_a_referral_announced_again_counts_once_as_what_it_became(insight: ServiceHarness) -> None:
+    at = START + timedelta(hours=2)
+    base = {"program_id": P, "referral_id": "ref-1", "referrer_member_id": "ann", "referee_member_id": "bob"}
+    rejected = {**base, "reason": "velocity", "detail": "sent to review"}
+    rewarded = {**base, "qualifying_order_id": "o1", "referrer_points": 100, "referee_points": 50}
+    for event_id, contract, data in (("x1", ReferralRejected, rejected), ("x2", ReferralRewarded, rewarded),
+                                     ("x3", ReferralRewarded, {**rewarded, "bonus_points": 200})):
+        await insight.send(topics.REFERRAL_OUTCOMES, cloud_event(contract, event_id, at, data), key="bob")
+    _, body = await insight.get(f"/v1/programs/{P}/kpis?from=2026-10-28&to=2026-10-28")
+    assert body["referrals"] == {"rewarded": 1, "rejected": 0, "rejected_by_reason": {"velocity": 0}, "revoked": 0,
+                                 "conversion": "1.0000", "referee_spend_90d": "0"}
+
+
+async def test_a_kpi_with_nothing_to_measure_leaves_no_gauge_behind(insight: ServiceHarness) -> None:
+    now = datetime.now(UTC)
+    generated = Feed()
+    generated.entry("ann", now - timedelta(days=1), 900, "earn", "base")
+    generated.entry("ann", now - timedelta(hours=20), -300, "redeem")
+    await feed(insight, generated)
+    await insight.run_job("kpi-gauges", now)
+    metrics = (await insight.request("GET", "/metrics", token="")).text
+    assert f'jifen_insight_kpi{{kpi="issue_redeem_ratio",program_id="{P}",service="insight"}} 3.0' in metrics
+    await insight.run_job("kpi-gauges", now + timedelta(days=40))  # nothing in the last 30 days: no ratio
+    metrics = (await insight.request("GET", "/metrics", token="")).text
+    assert 'kpi="issue_redeem_ratio"' not in metrics
