@@ -201,7 +201,7 @@ async def consume(settings: Settings, count: int, members: int, seed: int, keep:
     prefix, schema = f"bench.{run}.", f"bench_insight_{run}"
     await create_topics(settings.kafka, topics.all_topics(prefix), PARTITIONS)
     insight = PrivateInsight(settings, prefix, schema, REPO / ".run" / "logs" / f"bench-insight-{run}.log",
-                             JIFEN_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
+                             JIFEN_ABUSE_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
     conn = await db.connect(settings.asyncpg_dsn)
     try:
         print(f"  preloading {count:,} entries of {members:,} members onto {prefix}{topics.LEDGER_ENTRIES}",
@@ -234,7 +234,7 @@ async def pipeline(settings: Settings, count: int, keep: bool) -> tuple[float, f
     earn = PrivateEarn(settings, prefix, schemas["earn"], logs / f"bench-insight-earn-{run}.log")
     ledger = PrivateLedgerService(settings, prefix, schemas["ledger"], logs / f"bench-insight-ledger-{run}.log")
     insight = PrivateInsight(settings, prefix, schemas["insight"], logs / f"bench-insight-{run}.log",
-                             JIFEN_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
+                             JIFEN_ABUSE_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
     conn = await db.connect(settings.asyncpg_dsn)
     entries_sql = f"SELECT count(*) FROM {schemas['ledger']}.entries WHERE source_event_id LIKE '{{}}'"
 
@@ -350,7 +350,7 @@ async def report(settings: Settings, count: int, members: int, seed_: int, keep:
     keep = keep or reuse is not None
     conn = await db.connect(settings.asyncpg_dsn)
     insight = PrivateInsight(settings, f"bench.{run}.", schema, REPO / ".run" / "logs" / f"bench-insight-{run}.log",
-                             JIFEN_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
+                             JIFEN_ABUSE_WATCH_INTERVAL_S="86400", JIFEN_GAUGE_INTERVAL_S="86400")
     try:
         seed_rate = None
         if reuse is None:

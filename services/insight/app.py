@@ -37,7 +37,7 @@ def spec(settings: InsightSettings | None = None, clock: Callable[[], datetime] 
             Subscription(project, types=INBOUND, others="skip"),
         ],
         jobs=[gauges(catalogue, metrics, settings.gauge_interval_s, settings.gauge_days),
-              abuse_watch(catalogue, metrics, settings.watch_interval_s)],
+              abuse_watch(catalogue, metrics, settings.abuse_watch_interval_s)],
         routes=http.routes(catalogue), refusal_status={"no_rewards": 404}, clock=clock)
 
 

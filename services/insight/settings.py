@@ -10,4 +10,4 @@ class InsightSettings(Settings):
     gauge_interval_s: float = 300.0
     gauge_days: int = 30
     # The abuse watch's round: members far outside the programme's norm, announced for the risk desk.
-    watch_interval_s: float = 3600.0
+    abuse_watch_interval_s: float = 3600.0
