@@ -118,7 +118,10 @@ def summary(args: argparse.Namespace) -> int:
   pending       {s['pending']:>14,}   (return windows still open)
   liability     {money}""")
     for month in s["expiring"]:
-        print(f"  expiring {month['month']}  {month['points']:>10,}")
+        worth = f"   {month['value']} {month['currency'] or ''}".rstrip() if month.get("value") is not None else ""
+        print(f"  expiring {month['month']}  {month['points']:>10,}{worth}")
+    if s.get("without_expiry"):
+        print(f"  never expiring {s['without_expiry']:>10,}")
     if reload:
         print(f"  last reload   {shown(reload['at'], programme_zone(args.program))}  "
               f"{'✔' if reload['ok'] else '✘ refused: ' + reload['detail']}")

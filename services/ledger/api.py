@@ -182,8 +182,10 @@ class Sent(BaseModel):
 # --- the programme as a whole -----------------------------------------------------------------------------------
 
 class Expiring(BaseModel):
-    month: str = Field(examples=["2027-01"])
+    month: str = Field(examples=["2027-01"], description="in the programme's time zone")
     points: int
+    value: Decimal | None = Field(default=None, description="points × point_value, half up to the cent")
+    currency: str | None = None
 
 
 class Reloaded(BaseModel):
@@ -197,7 +199,9 @@ class Summary(BaseModel):
         {"program_id": "default", "version": 1, "currency": None, "point_value": "0.01", "issued": 412000,
          "redeemed": 21500, "expired": 4200, "adjusted": 300, "outstanding": 386600, "pending": 0,
          "liability": "3866.00", "entries": 43716, "members": 308,
-         "expiring": [{"month": "2027-01", "points": 1250}, {"month": "2027-02", "points": 2310}],
+         "expiring": [{"month": "2027-01", "points": 1250, "value": "12.50", "currency": None},
+                      {"month": "2027-02", "points": 2310, "value": "23.10", "currency": None}],
+         "without_expiry": 0,
          "last_reload": {"at": "2026-11-24T08:00:02.113000Z", "ok": True, "detail": "loaded at start"}}]})
 
     program_id: str
@@ -214,7 +218,9 @@ class Summary(BaseModel):
                                                   "when the programme gives its points no value")
     entries: int
     members: int
-    expiring: list[Expiring] = Field(description="points of open lots expiring per month, the next 12 months")
+    expiring: list[Expiring] = Field(description="points of open lots expiring per month, every month from now on "
+                                               "(only `?month=` when given), with their value")
+    without_expiry: int = Field(description="points of open lots that never expire")
     last_reload: Reloaded | None = Field(description="the last time the ledger read the programme folder")
 
 

@@ -116,22 +116,26 @@ def _summary_route(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
              dependencies=[runtime.requires("read")], responses=READ_ERRORS,
              summary="A programme's points as a whole: issued, redeemed, expired, adjusted, outstanding (exact), "
                      "pending, the liability, what expires month by month")
-    async def summary(program_id: ProgramPath) -> Summary:
+    async def summary(program_id: ProgramPath, month: Annotated[str | None, Query(
+            pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="only this month's expiring points (YYYY-MM)")] = None
+                      ) -> Summary:
         """A programme's points as a whole, from the ledger's own tables: issued, redeemed, expired and adjusted,
         what members hold (`outstanding`, exact) and how much of it is still pending, the liability (outstanding ×
-        the programme's `point_value`, none without one), and the points expiring in each of the next 12 months.
+        the programme's `point_value`, none without one), the points expiring in every month from now on (months of the
+        programme's time zone; `?month=YYYY-MM` for one), each with its value and currency, and those never expiring.
         `last_reload` says when the ledger last read the programme folder and whether that worked. A programme not
         in force is 404 `unknown_program`. Needs the `read` scope."""
         now = runtime.spec.clock()
         programme = catalogue.in_force(program_id, now)
 
-        async def figures(db: asyncpg.Connection) -> tuple[totals.Figures, int, list[tuple[str, int]], int]:
+        async def figures(db: asyncpg.Connection) -> tuple[totals.Figures, int, list[tuple[str, int]], int, int]:
             found = [f for f in await totals.programme_figures(db) if f.program_id == program_id]
-            pending, expiring = await totals.pending_and_expiring(db, program_id, now)
-            return (found[0] if found else totals.figures(program_id, []), pending, expiring,
+            pending, expiring, never = await totals.pending_and_expiring(db, program_id, now, programme.timezone,
+                                                                          month)
+            return (found[0] if found else totals.figures(program_id, []), pending, expiring, never,
                     await totals.members_of(db, program_id))
 
-        counted, pending, expiring, members = await runtime.read(figures)
+        counted, pending, expiring, never, members = await runtime.read(figures)
         value = programme.point_value
         reload = catalogue.last_reload
         return Summary(
@@ -139,5 +143,7 @@ def _summary_route(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
             issued=counted.issued, redeemed=counted.redeemed, expired=counted.expired, adjusted=counted.adjusted,
             outstanding=counted.outstanding, pending=pending, entries=counted.entries, members=members,
             liability=(counted.outstanding * value).quantize(CENT, ROUND_HALF_UP) if value is not None else None,
-            expiring=[Expiring(month=m, points=p) for m, p in expiring],
+            expiring=[Expiring(month=m, points=p, currency=programme.currency,
+                               value=(p * value).quantize(CENT, ROUND_HALF_UP) if value is not None else None)
+                      for m, p in expiring], without_expiry=never,
             last_reload=Reloaded(at=reload.at, ok=reload.ok, detail=reload.detail) if reload else None)

@@ -65,19 +65,27 @@ async def members_of(db: asyncpg.Connection, program_id: str) -> int:
                                  program_id))
 
 
-async def pending_and_expiring(db: asyncpg.Connection, program_id: str, now: datetime,
-                               months: int = 12) -> tuple[int, list[tuple[str, int]]]:
-    """Points not yet available (the return window open), and what the open lots will expire month by month."""
+async def pending_and_expiring(db: asyncpg.Connection, program_id: str, now: datetime, zone: str = "UTC",
+                               month: str | None = None) -> tuple[int, list[tuple[str, int]], int]:
+    """Points not yet available (the return window open); what the open lots will expire, every month from now on
+    (months of the programme's time zone; only `month`, YYYY-MM, when given); and the points of open lots that never
+    expire."""
     pending = await db.fetchval(
         f"""SELECT coalesce(sum(l.amount - {LOT_USED} - {LOT_RESERVED}), 0)
             FROM lots l JOIN accounts a ON a.id = l.account_id
             WHERE a.program_id = $1 AND l.available_at > $2
               AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)""", program_id, now)
     rows = await db.fetch(
-        f"""SELECT to_char(date_trunc('month', l.expires_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
+        f"""SELECT to_char(date_trunc('month', l.expires_at AT TIME ZONE $3), 'YYYY-MM') AS month,
                    sum(l.amount - {LOT_USED}) AS points
             FROM lots l JOIN accounts a ON a.id = l.account_id
-            WHERE a.program_id = $1 AND l.expires_at > $2 AND l.expires_at <= $2 + make_interval(months => $3)
+            WHERE a.program_id = $1 AND l.expires_at > $2
+              AND ($4::text IS NULL OR to_char(l.expires_at AT TIME ZONE $3, 'YYYY-MM') = $4)
               AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)
-            GROUP BY 1 ORDER BY 1""", program_id, now, months)
-    return int(pending), [(r["month"], int(r["points"])) for r in rows if r["points"]]
+            GROUP BY 1 ORDER BY 1""", program_id, now, zone, month)
+    never = await db.fetchval(
+        f"""SELECT coalesce(sum(l.amount - {LOT_USED}), 0)
+            FROM lots l JOIN accounts a ON a.id = l.account_id
+            WHERE a.program_id = $1 AND l.expires_at IS NULL
+              AND NOT EXISTS (SELECT 1 FROM lot_closures c WHERE c.lot_id = l.id)""", program_id)
+    return int(pending), [(r["month"], int(r["points"])) for r in rows if r["points"]], int(never)

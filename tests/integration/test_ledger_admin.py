@@ -66,7 +66,30 @@ async def test_the_summary_counts_exactly_and_outstanding_is_the_sum_of_the_bala
     # 890 points at the default programme's 0.01 a point.
     assert Decimal(summary["point_value"]) == Decimal("0.01") and Decimal(summary["liability"]) == Decimal("8.90")
     month = (NOW + timedelta(days=40)).strftime("%Y-%m")
-    assert summary["expiring"] == [{"month": month, "points": 890}]
+    assert summary["expiring"] == [{"month": month, "points": 890, "value": "8.90", "currency": None}]
+    assert summary["without_expiry"] == 0
+    status, one = await ledger.get(f"/v1/programs/default/summary?month={month}")
+    assert status == 200 and one["expiring"] == summary["expiring"]
+    _, other = await ledger.get("/v1/programs/default/summary?month=2001-01")
+    assert other["expiring"] == [] and other["outstanding"] == summary["outstanding"]
+    status, bad = await ledger.get("/v1/programs/default/summary?month=2027-13")
+    assert status == 422 and bad["error"] == "invalid_request"
+
+
+async def test_the_expiry_months_run_past_a_year_and_points_without_expiry_are_counted(
+        ledger: ServiceHarness) -> None:
+    """The liability by expiry month is complete: a lot expiring in three years is listed, one that never expires
+    is counted apart, and every month's points with what they are worth."""
+    for key, expires in (("far", NOW + timedelta(days=3 * 365)), ("never", None)):
+        cmd = PostCredit(idempotency_key=f"earn:{key}", program_id="default", member_id="dan", amount=100,
+                         occurred_at=NOW, expires_at=expires, cause=Cause(source_event_id=f"test|{key}"))
+        await ledger.send(topics.LEDGER_COMMANDS, cloud_event(PostCredit, cmd.idempotency_key, NOW,
+                                                              cmd.model_dump(mode="json")), key="dan")
+    _, summary = await ledger.get("/v1/programs/default/summary")
+    far = (NOW + timedelta(days=3 * 365)).strftime("%Y-%m")
+    assert {"month": far, "points": 100, "value": "1.00", "currency": None} in summary["expiring"]
+    assert summary["without_expiry"] == 100
+    assert sum(m["points"] for m in summary["expiring"]) + summary["without_expiry"] == summary["outstanding"]
     assert summary["last_reload"]["ok"] is True
 
 
