@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.insight import repository
 from services.insight.handlers import ANNOUNCED, INBOUND
 from shared.contracts import topics
 from shared.contracts.ledger_commands import Cause, PostDebit
@@ -95,6 +96,14 @@ async def test_insight_survives_kill_9_and_rebuilds_to_the_same_answers(world: W
     feed = build_feed(4000, run_id="ins", now=PAST, members=400, duplicate_every=50, malformed_every=100)
     ledger, _earn = await world.start_ledger_and_earn()
     insight = await world.service("insight").start().ready()
+    conn = await world.db()
+    try:
+        tables = {r[0] for r in await conn.fetch("SELECT table_name FROM information_schema.tables "
+                                                 "WHERE table_schema = 'insight'")}
+    finally:
+        await conn.close()
+    # A table `repository.clear` does not know would keep the old rows under a rebuild's replay.
+    assert tables - {"inbox", "outbox", "schema_migrations"} == set(repository.TABLES)
 
     # --- kill -9 mid-feed: nothing lost, nothing doubled ---------------------------------------------------------
     sending = asyncio.create_task(publish(feed, world.infra.bootstrap, world.topic(topics.PURCHASES), rate=2000))
