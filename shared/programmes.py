@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.experiments import Experiment
 from shared.refusal import Refusal
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class ProgrammeVersion(BaseModel):
     # What one point is worth in `currency` (0.01: 100 points to the yuan), for the liability the points held are;
     # None: the programme puts no money value on its points (an employee scheme, say).
     point_value: Decimal | None = Field(default=None, gt=0)
+    # A/B arms every service applies to its members' events (shared/experiments.py); read by all, so in the header.
+    experiments: list[Experiment] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
