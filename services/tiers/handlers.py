@@ -23,6 +23,7 @@ from shared.contracts.members import MemberEnrolled, TierAssigned
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.contracts.tiers import TierChanged, TierExpiring
 from shared.programmes import Catalogue
+from shared.refusal import Refusal
 from shared.subscription import Batch, Handler, Inbound
 from shared.uow import UnitOfWork
 
@@ -138,14 +139,11 @@ class ProjectTiers(Handler[Changes]):
         program_id = item.data.program_id
         if self.program is not None and program_id != self.program:
             return None
-        programme = self.catalogue.at(program_id, at)
-        rules = programme.tiers if programme is not None else None
-        if programme is None or rules is None:
-            self.metrics.ignored.labels(program_id, "no_tiers").inc()
+        found = terms(self.catalogue, program_id, at, moves)
+        if isinstance(found, str):
+            self.metrics.ignored.labels(program_id, found).inc()
             return None
-        if moves is not None and rules.metric not in moves:
-            self.metrics.ignored.labels(program_id, "other_metric").inc()
-            return None
+        programme, rules = found
         return Step(item, (program_id, item.data.member_id), at, programme, rules)
 
     def _entry(self, item: Inbound[PointsEntryPosted]) -> Step | None:
@@ -153,15 +151,11 @@ class ProjectTiers(Handler[Changes]):
         step = self._step(item, entry.occurred_at, ("points_earned",))
         if step is None:
             return None
-        key, at = keys.contribution("entry", entry.entry_id), step.at
-        if entry.kind == "earn" and entry.amount > 0:
-            step.added = NewContribution(step.key[0], entry.member_id, key, None, Contribution(at, entry.amount))
-        elif entry.kind in REVERSALS and entry.amount < 0 and entry.corrects_entry_id is not None:
-            step.corrects = keys.contribution("entry", entry.corrects_entry_id)
-            step.added = NewContribution(step.key[0], entry.member_id, key, step.corrects,
-                                         Contribution(at, entry.amount))
-        else:
-            return None  # spending, expiry, transfers, adjustments: not earning (docs/tiers.md says why)
+        step.added = earned(step.key[0], entry.member_id, entry.kind, entry.amount, entry.entry_id,
+                            entry.corrects_entry_id, step.at)
+        if step.added is None:
+            return None
+        step.corrects = step.added.ref
         return step
 
     def _purchase(self, item: Inbound[PurchaseCompleted]) -> Step | None:
@@ -169,11 +163,11 @@ class ProjectTiers(Handler[Changes]):
         step = self._step(item, item.event.time, ("spend", "purchases"))
         if step is None:
             return None
-        if step.programme.currency is not None and purchase.currency != step.programme.currency:
+        step.added = bought(step.programme, purchase.member_id, purchase.order_id, purchase.currency, purchase.total,
+                            step.at)
+        if step.added is None:
             self.metrics.ignored.labels(step.key[0], "currency").inc()
             return None
-        step.added = NewContribution(step.key[0], purchase.member_id, keys.contribution("order", purchase.order_id),
-                                     None, Contribution(step.at, spend=purchase.total, purchases=1))
         return step
 
     def _refund(self, item: Inbound[PurchaseRefunded]) -> Step | None:
@@ -181,24 +175,21 @@ class ProjectTiers(Handler[Changes]):
         step = self._step(item, item.event.time, ("spend", "purchases"))
         if step is None:
             return None
-        step.corrects = keys.contribution("order", refund.order_id)
-        step.added = NewContribution(step.key[0], refund.member_id, keys.contribution("refund", refund.refund_id),
-                                     step.corrects, Contribution(step.at, spend=-refund.total))
+        step.added = refunded(step.key[0], refund.member_id, refund.order_id, refund.refund_id, refund.total,
+                              step.at)
+        step.corrects = step.added.ref
         return step
 
     def _assigned(self, item: Inbound[TierAssigned], batch: Batch) -> Step | None:
         assigned, at = item.data, item.event.time
         if self.program is not None and assigned.program_id != self.program:
             return None
-        programme = self.catalogue.at(assigned.program_id, at)
-        if programme is None or programme.tiers is None:
-            batch.reject(item, "no_rule", f"programme {assigned.program_id!r} has no tiers at {at.isoformat()}")
+        found = assignable(self.catalogue, item.event.source, assigned, at)
+        if not isinstance(found, tuple):
+            batch.reject(item, found.reason, found.detail)
             return None
-        refused = _assignment_refusal(programme.tiers, item.event.source, assigned)
-        if refused is not None:
-            batch.reject(item, *refused)
-            return None
-        step = Step(item, (assigned.program_id, assigned.member_id), at, programme, programme.tiers)
+        programme, rules = found
+        step = Step(item, (assigned.program_id, assigned.member_id), at, programme, rules)
         step.assignment = assigned
         return step
 
@@ -219,7 +210,7 @@ class ProjectTiers(Handler[Changes]):
         in_batch = {(s.key[0], s.added.key): s.added.contribution for s in steps if s.added is not None}
         stored = await repository.referenced(uow.db, list({(s.key[0], s.corrects) for s in steps
                                                            if s.corrects and (s.key[0], s.corrects) not in in_batch}))
-        refunded: dict[tuple[str, str], Decimal] = {}
+        refunds: dict[tuple[str, str], Decimal] = {}  # what each order has had refunded so far
         for step in steps:
             if step.corrects is None or step.added is None:
                 continue
@@ -231,15 +222,8 @@ class ProjectTiers(Handler[Changes]):
                 self.metrics.ignored.labels(step.key[0], "correction_of_uncounted").inc()
                 step.added = None  # it corrects something that never counted here: nothing to take back
                 continue
-            taken = step.added.contribution
-            purchases = 0
-            if keys.contribution_kind(step.corrects) == "order":
-                before = refunded.get(ref, Decimal(row["refunded"]) if row is not None else Decimal(0))
-                refunded[ref] = before - taken.spend
-                purchases = -1 if before < original.spend <= refunded[ref] else 0
-            step.added = NewContribution(step.added.program_id, step.added.member_id, step.added.key,
-                                         step.corrects, Contribution(original.occurred_at, taken.points, taken.spend,
-                                                                     purchases))
+            before = refunds.get(ref, Decimal(row["refunded"]) if row is not None else Decimal(0))
+            step.added, refunds[ref] = corrected(step.added, original, before)
         return states
 
     # --- applying it -------------------------------------------------------------------------------------------
@@ -258,12 +242,78 @@ class ProjectTiers(Handler[Changes]):
         changes.changed += [(step.key, change, step.rules) for change in made]
 
 
-def _assignment_refusal(rules: TierRules, source: str, assigned: TierAssigned) -> tuple[str, str] | None:
-    if rules.manual is None or source not in rules.manual.sources:
-        return "untrusted_source", f"source {source!r} may not set tiers (the programme's tiers.manual.sources)"
-    if assigned.tier not in {level.tier for level in rules.levels}:
-        return "unknown_tier", f"{assigned.tier!r} is not a tier of this programme"
+# --- what an event is to the tiers, pure (the what-if's simulation, cli/whatif/tiers.py, shares these) ---------
+
+def terms(catalogue: Catalogue[TiersProgramme], program_id: str, at: datetime,
+          moves: tuple[Metric, ...] | None = None) -> tuple[TiersProgramme, TierRules] | str:
+    """The version in effect at `at` and its tier rules, or why the event moves no tier: `no_tiers`, or
+    `other_metric` (none of the metrics it `moves` is the programme's)."""
+    programme = catalogue.at(program_id, at)
+    rules = programme.tiers if programme is not None else None
+    if programme is None or rules is None:
+        return "no_tiers"
+    if moves is not None and rules.metric not in moves:
+        return "other_metric"
+    return programme, rules
+
+
+def earned(program_id: str, member_id: str, kind: str, amount: int, entry: str | int, corrects: str | int | None,
+           at: datetime) -> NewContribution | None:
+    """A ledger entry's part in `points_earned`: an earn credit, or a reversal of one (to be resolved to the time of
+    what it corrects, `corrected`); None for spending, expiry, transfers, adjustments: not earning (docs/tiers.md
+    says why)."""
+    key = keys.contribution("entry", entry)
+    if kind == "earn" and amount > 0:
+        return NewContribution(program_id, member_id, key, None, Contribution(at, amount))
+    if kind in REVERSALS and amount < 0 and corrects is not None:
+        return NewContribution(program_id, member_id, key, keys.contribution("entry", corrects),
+                               Contribution(at, amount))
     return None
+
+
+def bought(programme: TiersProgramme, member_id: str, order_id: str, currency: str, total: Decimal,
+           at: datetime) -> NewContribution | None:
+    """A purchase's spend and count; None in a currency other than the programme's."""
+    if programme.currency is not None and currency != programme.currency:
+        return None
+    return NewContribution(programme.program_id, member_id, keys.contribution("order", order_id), None,
+                           Contribution(at, spend=total, purchases=1))
+
+
+def refunded(program_id: str, member_id: str, order_id: str, refund_id: str, total: Decimal,
+             at: datetime) -> NewContribution:
+    """A refund: spend taken back from its order (resolved to the order's time by `corrected`)."""
+    return NewContribution(program_id, member_id, keys.contribution("refund", refund_id),
+                           keys.contribution("order", order_id), Contribution(at, spend=-total))
+
+
+def corrected(added: NewContribution, original: Contribution, refunded_before: Decimal
+              ) -> tuple[NewContribution, Decimal]:
+    """A reversal or refund as it counts: at the time of what it corrects (so it leaves the window that counted
+    it); a refund that takes back all of an order also takes back its purchase count. Returns it and what the order
+    has had refunded with it."""
+    taken, purchases, refunded_after = added.contribution, 0, refunded_before
+    if added.ref is not None and keys.contribution_kind(added.ref) == "order":
+        refunded_after = refunded_before - taken.spend
+        purchases = -1 if refunded_before < original.spend <= refunded_after else 0
+    return NewContribution(added.program_id, added.member_id, added.key, added.ref,
+                           Contribution(original.occurred_at, taken.points, taken.spend, purchases)), refunded_after
+
+
+def assignable(catalogue: Catalogue[TiersProgramme], source: str, assigned: TierAssigned,
+               at: datetime) -> tuple[TiersProgramme, TierRules] | Refusal:
+    """The version in effect at `at` and its tier rules for a tier set by hand, or why it is refused: `no_rule`,
+    `untrusted_source` (not one of the programme's `tiers.manual.sources`), `unknown_tier`."""
+    programme = catalogue.at(assigned.program_id, at)
+    if programme is None or programme.tiers is None:
+        return Refusal("no_rule", f"programme {assigned.program_id!r} has no tiers at {at.isoformat()}")
+    rules = programme.tiers
+    if rules.manual is None or source not in rules.manual.sources:
+        return Refusal("untrusted_source", f"source {source!r} may not set tiers (the programme's "
+                       "tiers.manual.sources)")
+    if assigned.tier not in {level.tier for level in rules.levels}:
+        return Refusal("unknown_tier", f"{assigned.tier!r} is not a tier of this programme")
+    return programme, rules
 
 
 async def record(changes: Changes, metrics: TiersMetrics, announce: bool = True) -> None:
