@@ -1,4 +1,5 @@
-"""Insight's answers: KPIs with verdicts, the liability roll-forward, cohorts, leaderboards, segments, the watch."""
+"""Insight's answers: KPIs with verdicts, the liability roll-forward, cohorts, leaderboards, segments, the watch,
+experiments' arms compared."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ READ_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM,
 SEGMENT_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM | {
     "no_rewards": "programme 'staff' has no rewards: balance bands are measured from the cheapest reward",
     "unknown_band": "no band 'middle' (the bands are below, 1-2x, 2-3x, above)"}}) | {403: missing_scope("read")}
+EXPERIMENT_ERRORS = error_responses(401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM | {
+    "unknown_experiment": "programme 'default' declares no experiment 'referral-51' (it declares referral-50)"}}) | {
+    403: missing_scope("read")}
 ADMIN_ERRORS = error_responses(400, 401, 404, 422, 503, reasons={404: UNKNOWN_PROGRAM}) | {403: missing_scope("admin")}
 
 
@@ -253,3 +257,78 @@ class WatchOut(BaseModel):
 
     program_id: str
     members: list[Finding]
+
+
+class ExperimentArm(BaseModel):
+    arm: str
+    share: Decimal = Field(description="the share of members the programme file declares for the arm")
+    members: int = Field(description="members seen with an event in the experiment's window, in this arm")
+    overrides: list[str] = Field(description="the programme sections the arm's overrides change")
+
+
+class VersusControl(BaseModel):
+    difference: Decimal = Field(description="the arm's figure less the control's")
+    ci_low: Decimal | None = Field(description="the 95% interval of the difference; none when the data cannot give "
+                                               "one (fewer than 2 members in an arm, or no variation at all)")
+    ci_high: Decimal | None
+    lift: Decimal | None = Field(description="the difference ÷ the control's figure; none when that is 0")
+    significant: bool | None = Field(description="the interval excludes 0")
+
+
+class ArmFigure(BaseModel):
+    arm: str
+    n: int = Field(description="members; for referral_conversion, the referrals judged")
+    value: Decimal | None = Field(description="the mean per member, or the proportion; none with n = 0")
+    standard_error: Decimal | None = Field(description="of the value; none with fewer than 2 members")
+    successes: int | None = Field(description="proportions only: members who redeemed, or referrals rewarded")
+    touched: bool = Field(description="the arm's overrides change a section that moves this metric")
+    versus_control: VersusControl | None = Field(description="none for the control (the first arm)")
+
+
+class ExperimentMetric(BaseModel):
+    metric: Literal["points_per_member", "spend_per_member", "orders_per_member", "referral_points_per_member",
+                    "referral_conversion", "redeemer_share", "points_redeemed_per_member"]
+    label: str
+    kind: Literal["mean", "proportion"]
+    unit: Literal["points", "money", "count", "share"]
+    arms: list[ArmFigure]
+
+
+class SampleRatioOut(BaseModel):
+    observed: dict[str, int] = Field(description="members per arm")
+    expected: dict[str, Decimal] = Field(description="members per arm under the declared shares")
+    chi_square: Decimal
+    df: int
+    p_value: float | None = Field(description="P(chi-square ≥ the observed one); none before any member")
+    flagged: bool = Field(description="p < 0.001: the arms were not exposed alike, so no metric is to be trusted")
+
+
+class ExperimentOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "program_id": "default", "experiment_id": "referral-50", "name": "Invite a friend: 20 or 50 points",
+        "starts": "2026-12-01T00:00:00Z", "ends": "2027-01-01T00:00:00Z", "status": "running", "control": "a",
+        "arms": [{"arm": "a", "share": "0.5", "members": 5012, "overrides": []},
+                 {"arm": "b", "share": "0.5", "members": 4988, "overrides": ["referral"]}],
+        "metrics": [{"metric": "referral_conversion", "label": "Referrals rewarded ÷ referrals judged (the member "
+                     "as referrer)", "kind": "proportion", "unit": "share", "arms": [
+                         {"arm": "a", "n": 410, "value": "0.4512", "standard_error": "0.0246", "successes": 185,
+                          "touched": False, "versus_control": None},
+                         {"arm": "b", "n": 702, "value": "0.5442", "standard_error": "0.0188", "successes": 382,
+                          "touched": True, "versus_control": {"difference": "0.0930", "ci_low": "0.0317",
+                                                              "ci_high": "0.1530", "lift": "0.2061",
+                                                              "significant": True}}]}],
+        "sample_ratio": {"observed": {"a": 5012, "b": 4988}, "expected": {"a": "5000.0000", "b": "5000.0000"},
+                         "chi_square": "0.0576", "df": 1, "p_value": 0.810328, "flagged": False},
+        "method": "means: Welch's t interval …"}]})
+
+    program_id: str
+    experiment_id: str
+    name: str | None
+    starts: datetime
+    ends: datetime
+    status: Literal["scheduled", "running", "ended"] = Field(description="at the time of the answer")
+    control: str = Field(description="the first arm, which every other arm is compared with")
+    arms: list[ExperimentArm]
+    metrics: list[ExperimentMetric]
+    sample_ratio: SampleRatioOut
+    method: str

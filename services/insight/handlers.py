@@ -13,7 +13,7 @@ from services.insight import repository
 from services.insight.cohorts import Buckets, outcome_of
 from services.insight.metrics import InsightMetrics
 from services.insight.programme import InsightProgramme
-from services.insight.repository import Decision, Fact, Member, MemberDay, MemberState
+from services.insight.repository import Decision, Exposed, Exposure, Fact, Member, MemberDay, MemberState
 from shared import keys
 from shared.consumer import Retryable
 from shared.contracts.base import Contract
@@ -31,6 +31,7 @@ from shared.contracts.redemptions import (
 from shared.contracts.referral_outcomes import ReferralRejected, ReferralRevoked, ReferralRewarded
 from shared.contracts.tasks import TaskCompleted
 from shared.contracts.tiers import TierChanged
+from shared.experiments import arm_of
 from shared.programmes import Catalogue
 from shared.subscription import Batch, Handler, Inbound
 
@@ -69,6 +70,7 @@ class Changes:
     baskets: dict[tuple[str, str, str], tuple[date, int]] = field(default_factory=dict)
     referees: dict[Member, date] = field(default_factory=dict)
     entries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    exposures: dict[Exposed, Exposure] = field(default_factory=dict)
 
     def add(self, program_id: str, day: date, metric: str, dim: str = "", *, points: int = 0,
             money: Decimal = Decimal(0), n: int = 1) -> None:
@@ -116,6 +118,22 @@ class ProjectInsight(Handler[Changes]):
             return None  # a programme this service has no file for: counted, never guessed at
         return at.astimezone(programme.zone).date()
 
+    def _exposed(self, changes: Changes, program_id: str, member_id: str, at: datetime) -> list[Exposure]:
+        """The member's row in each experiment of the version in force at `at` that runs then: the member is seen
+        in it, in the arm every service gives them."""
+        programme = self.catalogue.at(program_id, at)
+        rows = []
+        for experiment in programme.experiments if programme is not None else ():
+            if not experiment.running(at):
+                continue
+            key = (program_id, experiment.experiment_id, member_id)
+            row = changes.exposures.get(key)
+            if row is None:
+                row = changes.exposures[key] = Exposure(arm_of(program_id, experiment, member_id).name, at)
+            row.first_seen = min(row.first_seen, at)
+            rows.append(row)
+        return rows
+
     def _ignored(self, program_id: str) -> None:
         self.metrics.ignored.labels(program_id, "unknown_program").inc()
 
@@ -130,6 +148,10 @@ class ProjectInsight(Handler[Changes]):
         points = abs(e.amount)
         changes.add(p, day, f"{'in' if e.amount > 0 else 'out'}:{e.kind}", points=points)
         changes.entries[p] += 1
+        for row in self._exposed(changes, p, m, e.occurred_at):
+            if e.kind == "earn" and e.amount > 0:
+                row.earned += points
+                row.referral_points += points if (e.cause.rule_id or "").startswith("referral-") else 0
         state = changes.member(p, m)
         if e.seq > state.seq:
             state.seq, state.balance = e.seq, e.balance_after
@@ -187,6 +209,9 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        for row in self._exposed(changes, d.program_id, d.member_id, item.event.time):
+            row.spend += d.total
+            row.orders += 1
         state = changes.member(d.program_id, d.member_id)
         changes.add(d.program_id, day, "purchase", d.channel, money=d.total)
         changes.add(d.program_id, day, "purchase_tier", state.tier or "", money=d.total)
@@ -200,6 +225,8 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        for row in self._exposed(changes, d.program_id, d.member_id, item.event.time):
+            row.spend -= d.total
         changes.add(d.program_id, day, "refund", money=d.total)
         changes.member_day(d.program_id, day, d.member_id, "spend", -d.total)
         changes.refunds[(d.program_id, d.order_id)] += d.total
@@ -209,6 +236,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, item.event.time)
         changes.add(d.program_id, day, "task", d.task_type)
         changes.member_day(d.program_id, day, d.member_id, "tasks", 1)
         state = changes.member(d.program_id, d.member_id)
@@ -219,6 +247,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, item.event.time)
         changes.add(d.program_id, day, "checkin", d.channel or "")
         changes.member_day(d.program_id, day, d.member_id, "checkins", 1)
         changes.member(d.program_id, d.member_id)
@@ -229,6 +258,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, at)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, at)
         state = changes.member(d.program_id, d.member_id)
         if state.enrolled_at is None:
             state.enrolled_at = at
@@ -244,6 +274,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, item.event.time)
         changes.member(d.program_id, d.member_id).tier = d.tier
         changes.add(d.program_id, day, "tier_change", d.reason or "")
 
@@ -252,6 +283,9 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        for row in self._exposed(changes, d.program_id, d.member_id, item.event.time):
+            row.redemptions += 1
+            row.redeemed += d.points
         changes.add(d.program_id, day, "redeemed_reward", d.reward_id, points=d.points, n=d.quantity)
 
     async def cancelled(self, item: Inbound[RedemptionCancelled], changes: Changes) -> None:
@@ -259,6 +293,9 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        for row in self._exposed(changes, d.program_id, d.member_id, item.event.time):
+            row.redemptions -= 1
+            row.redeemed -= d.points_returned
         changes.add(d.program_id, day, "cancelled_reward", d.reward_id, points=d.points_returned)
 
     async def refused(self, item: Inbound[RedemptionRejected], changes: Changes) -> None:
@@ -266,6 +303,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, item.event.time)
         changes.add(d.program_id, day, "redemption_rejected", d.reason)
 
     async def paid(self, item: Inbound[PaymentCaptured | CouponUsed], changes: Changes) -> None:
@@ -273,6 +311,7 @@ class ProjectInsight(Handler[Changes]):
         day = self._day(d.program_id, item.event.time)
         if day is None:
             return self._ignored(d.program_id)
+        self._exposed(changes, d.program_id, d.member_id, item.event.time)
         kind = "points_payment" if isinstance(d, PaymentCaptured) else "coupon_used"
         changes.add(d.program_id, day, kind, money=d.value, points=getattr(d, "points", 0))
         changes.related.add((d.program_id, d.order_id))
@@ -285,6 +324,7 @@ class ProjectInsight(Handler[Changes]):
             return self._ignored(d.program_id)
         key = (d.program_id, d.referral_id)
         before = changes.referrals.get(key)
+        referrer = self._exposed(changes, d.program_id, d.referrer_member_id, item.event.time)
         if isinstance(d, ReferralRevoked):
             if before is None or not before.revoked:
                 changes.add(d.program_id, day, "referral_revoked")
@@ -298,6 +338,10 @@ class ProjectInsight(Handler[Changes]):
             changes.referees.setdefault((d.program_id, d.referee_member_id), day)
         if before is not None and (before.outcome, before.reason) == (outcome, reason):
             return  # announced again (its points changed): the referral counts once
+        was_rewarded = before is not None and before.outcome == "rewarded"
+        for row in referrer:  # judged once; rewarded as it last became
+            row.referrals_judged += int(before is None)
+            row.referrals_rewarded += int(outcome == "rewarded") - int(was_rewarded)
         if before is not None:  # decided otherwise now: it counts as what it became, on the day it became it
             changes.add(d.program_id, before.decided_on, f"referral_{before.outcome}", before.reason, n=-1)
         changes.add(d.program_id, day, f"referral_{outcome}", reason)

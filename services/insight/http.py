@@ -8,23 +8,28 @@ import csv
 import io
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Literal
 
 import asyncpg
 from fastapi import FastAPI, Path, Query, Response
 
-from services.insight import domain, queries
+from services.insight import domain, experiments, queries
 from services.insight.api import (
     ADMIN_ERRORS,
+    EXPERIMENT_ERRORS,
     READ_ERRORS,
     SEGMENT_ERRORS,
+    ArmFigure,
     Band,
     BandMember,
     BandMembersOut,
     CohortOut,
     CohortsOut,
     CurvePoint,
+    ExperimentArm,
+    ExperimentMetric,
+    ExperimentOut,
     Finding,
     KpiOut,
     KpisOut,
@@ -38,12 +43,15 @@ from services.insight.api import (
     Referrals,
     RewardPoints,
     RulePoints,
+    SampleRatioOut,
     SegmentsOut,
     SeriesPoint,
     TierMix,
+    VersusControl,
     WatchOut,
 )
 from services.insight.programme import InsightProgramme
+from shared.experiments import Experiment
 from shared.http import ApiError, PathId, ProgramPath
 from shared.programmes import Catalogue
 from shared.service import Runtime
@@ -52,6 +60,7 @@ from shared.uow import UnitOfWork
 From = Annotated[date | None, Query(alias="from", description="first local day (default: 29 days before `to`)")]
 To = Annotated[date | None, Query(alias="to", description="last local day, included (default: today)")]
 MAX_DAYS = 3660
+ExperimentPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 def csv_answer(header: list[str], rows: list[list[object]], name: str) -> Response:
@@ -234,7 +243,82 @@ def routes(catalogue: Catalogue[InsightProgramme]) -> Callable[[FastAPI, Runtime
                 "ORDER BY reason, member_id", program_id))
             return WatchOut(program_id=program_id, members=[Finding(**dict(r)) for r in rows])
 
+        def declared(program_id: str, experiment_id: str, now: datetime) -> Experiment:
+            """The experiment as the newest version in effect that declares it has it, else as the first (future)
+            version that does."""
+            versions = catalogue.versions.get(program_id, [])
+            found = [(v.effective_from <= now, e) for v in versions for e in v.experiments
+                     if e.experiment_id == experiment_id]
+            in_effect = [e for effective, e in found if effective]
+            if in_effect:
+                return in_effect[-1]
+            if found:
+                return found[0][1]
+            known = sorted({e.experiment_id for v in versions for e in v.experiments})
+            raise ApiError(404, "unknown_experiment", f"programme {program_id!r} declares no experiment "
+                                                      f"{experiment_id!r} (it declares {', '.join(known) or 'none'})")
+
+        @app.get("/v1/programs/{program_id}/experiments/{experiment_id}", response_model=ExperimentOut,
+                 tags=["insight"], dependencies=read, responses=EXPERIMENT_ERRORS,
+                 summary="An experiment's arms against the control: each metric's difference with a 95% interval, "
+                         "and the sample-ratio check")
+        async def get_experiment(program_id: ProgramPath, experiment_id: ExperimentPath) -> ExperimentOut:
+            """Every member seen with an event in the experiment's window is in the arm every service gives them
+            (a stable hash of programme, experiment and member). Per arm: its members, and per metric the mean per
+            member (or the proportion) with its standard error and, against the first arm (the control), the
+            difference with a 95% interval (Welch for means, Newcombe for proportions), `touched` where the arm's
+            overrides change a section that moves the metric; and a chi-square of the members per arm against the
+            declared shares, `flagged` when p < 0.001. 404 `unknown_experiment` for an id no version of the
+            programme declares. Needs the `read` scope."""
+            _, now = programme(program_id)
+            experiment = declared(program_id, experiment_id, now)
+            figures = await runtime.read(lambda db: queries.experiment(db, program_id, experiment_id))
+            return experiment_out(program_id, experiment, figures, now)
+
     return add
+
+
+def _places(value: float, places: str = "0.0001") -> Decimal:
+    """A statistic to four places, half up, as insight writes ratios."""
+    return Decimal(repr(value)).quantize(Decimal(places), ROUND_HALF_UP)
+
+
+def _maybe(value: float | None) -> Decimal | None:
+    return None if value is None else _places(value)
+
+
+def experiment_out(program_id: str, experiment: Experiment, figures: dict[str, experiments.ArmFigures],
+                   now: datetime) -> ExperimentOut:
+    arms = [(arm.name, sorted(arm.overrides)) for arm in experiment.arms]
+    split = experiments.sample_ratio([figures[a.name].members if a.name in figures else 0 for a in experiment.arms],
+                                     [a.share for a in experiment.arms])
+    status: Literal["scheduled", "running", "ended"] = (
+        "scheduled" if now < experiment.starts else "running" if experiment.running(now) else "ended")
+
+    def versus(d: experiments.Difference | None) -> VersusControl | None:
+        if d is None:
+            return None
+        return VersusControl(difference=_places(d.difference), ci_low=_maybe(d.low), ci_high=_maybe(d.high),
+                             lift=_maybe(d.lift), significant=d.significant)
+
+    return ExperimentOut(
+        program_id=program_id, experiment_id=experiment.experiment_id, name=experiment.name,
+        starts=experiment.starts, ends=experiment.ends, status=status, control=experiment.arms[0].name,
+        arms=[ExperimentArm(arm=a.name, share=a.share, members=n, overrides=sections)
+              for a, n, (_, sections) in zip(experiment.arms, split.observed, arms, strict=True)],
+        metrics=[ExperimentMetric(metric=r.metric.metric, label=r.metric.label, kind=r.metric.kind,
+                                  unit=r.metric.unit, arms=[
+                                      ArmFigure(arm=a.arm, n=a.n, value=_maybe(a.value),
+                                                standard_error=_maybe(a.standard_error), successes=a.successes,
+                                                touched=a.touched, versus_control=versus(a.versus_control))
+                                      for a in r.arms])
+                 for r in experiments.compare(arms, figures)],
+        sample_ratio=SampleRatioOut(
+            observed={a.name: n for a, n in zip(experiment.arms, split.observed, strict=True)},
+            expected={a.name: _places(e) for a, e in zip(experiment.arms, split.expected, strict=True)},
+            chi_square=_places(split.chi_square), df=split.df,
+            p_value=float(f"{split.p_value:.6g}") if split.p_value is not None else None, flagged=split.flagged),
+        method=experiments.METHOD)
 
 
 def kpis_out(found: InsightProgramme, program_id: str, first: date, last: date, granularity: str,

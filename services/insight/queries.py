@@ -9,6 +9,7 @@ from decimal import Decimal
 import asyncpg
 
 from services.insight.domain import Cohort, Movement, Period, age_of, band_bounds, months_between, movement
+from services.insight.experiments import ArmFigures, Summary
 
 
 async def facts(db: asyncpg.Connection, program_id: str, start: date, end: date
@@ -157,6 +158,33 @@ async def rebates(db: asyncpg.Connection, program_id: str, start: date, end: dat
         "WHERE b.program_id = $1 AND b.day BETWEEN $2 AND $3 GROUP BY b.rule_id ORDER BY points DESC",
         program_id, start, end)
     return [(r["rule_id"], int(r["points"]), r["revenue"]) for r in rows]
+
+
+# Each mean metric of services/insight/experiments.METRICS and the column of experiment_members it is the mean of.
+MEAN_COLUMNS = {"points_per_member": "earned", "spend_per_member": "spend", "orders_per_member": "orders",
+                "referral_points_per_member": "referral_points", "points_redeemed_per_member": "redeemed"}
+
+
+async def experiment(db: asyncpg.Connection, program_id: str, experiment_id: str) -> dict[str, ArmFigures]:
+    """Per arm: its members, each mean metric's mean and sample variance over them (worked out in numeric, exact),
+    the members who redeemed and the referrals they judged and had rewarded as referrers."""
+    rows = await db.fetch(
+        "SELECT arm, count(*) AS members, " + ", ".join(
+            f"avg({c}) AS {c}_mean, coalesce(var_samp({c}), 0) AS {c}_var" for c in MEAN_COLUMNS.values())
+        + ", count(*) FILTER (WHERE redemptions > 0) AS redeemers, sum(referrals_judged) AS judged, "
+        "sum(referrals_rewarded) AS rewarded FROM experiment_members WHERE program_id = $1 AND experiment_id = $2 "
+        "GROUP BY arm", program_id, experiment_id)
+    found = {}
+    for r in rows:
+        n = int(r["members"])
+        judged = int(r["judged"])
+        found[r["arm"]] = ArmFigures(
+            n, {m: Summary(n, float(r[f"{c}_mean"]), float(r[f"{c}_var"])) for m, c in MEAN_COLUMNS.items()},
+            # A referral judged before the window and decided again in it counts as rewarded, not judged: never
+            # more rewarded than judged.
+            {"redeemer_share": (int(r["redeemers"]), n),
+             "referral_conversion": (min(max(int(r["rewarded"]), 0), judged), judged)})
+    return found
 
 
 def _sums(sums: dict[tuple[str, str], tuple[int, Decimal, int]]) -> Period:

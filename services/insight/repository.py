@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from services.insight.handlers import Changes
 
 Member = tuple[str, str]  # (program_id, member_id)
+Exposed = tuple[str, str, str]  # (program_id, experiment_id, member_id)
 Fact = tuple[str, date, str, str]  # (program_id, day, metric, dim)
 MemberDay = tuple[str, date, str]  # (program_id, day, member_id)
 
 DAY_COLUMNS = ("earned", "redeemed", "received", "spend", "purchases", "tasks", "checkins", "redeemed_soon")
 TABLES = ("day_facts", "member_days", "members", "fingerprints", "orders", "rule_baskets", "referees",
-          "referrals", "cohort_facts", "member_cohorts", "lot_cohorts", "watch")
+          "referrals", "cohort_facts", "member_cohorts", "lot_cohorts", "watch", "experiment_members")
+EXPOSURE_COLUMNS = ("earned", "referral_points", "spend", "orders", "redemptions", "redeemed", "referrals_judged",
+                    "referrals_rewarded")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,23 @@ async def referrals(db: asyncpg.Connection, keys: set[tuple[str, str]]) -> dict[
         "WHERE (program_id, referral_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))", *_split(keys))
     return {(r["program_id"], r["referral_id"]): Decision(r["outcome"], r["reason"], r["decided_on"], r["revoked"])
             for r in rows}
+
+
+@dataclass
+class Exposure:
+    """What a batch adds to one member of one experiment: the arm, when the batch first saw them in the window, and
+    the sums of migration 0005 (each column of EXPOSURE_COLUMNS)."""
+
+    arm: str
+    first_seen: datetime
+    earned: int = 0
+    referral_points: int = 0
+    spend: Decimal = Decimal(0)
+    orders: int = 0
+    redemptions: int = 0
+    redeemed: int = 0
+    referrals_judged: int = 0
+    referrals_rewarded: int = 0
 
 
 @dataclass
@@ -189,6 +209,19 @@ async def store(db: asyncpg.Connection, changes: Changes) -> None:
         referees = list(changes.referees.items())
         await db.execute("INSERT INTO referees SELECT * FROM unnest($1::text[], $2::text[], $3::date[]) "
                          "ON CONFLICT DO NOTHING", *_split(k for k, _ in referees), [v for _, v in referees])
+
+    if changes.exposures:
+        exposed = sorted(changes.exposures.items())
+        rows5 = [v for _, v in exposed]
+        await db.execute(
+            "INSERT INTO experiment_members AS x (program_id, experiment_id, member_id, arm, first_seen, "
+            + ", ".join(EXPOSURE_COLUMNS) + ") SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::timestamptz[], $6::bigint[], $7::bigint[], $8::numeric[], $9::int[], $10::int[], $11::bigint[], "
+            "$12::int[], $13::int[]) ON CONFLICT (program_id, experiment_id, member_id) DO UPDATE SET "
+            "arm = excluded.arm, first_seen = least(x.first_seen, excluded.first_seen), "
+            + ", ".join(f"{c} = x.{c} + excluded.{c}" for c in EXPOSURE_COLUMNS),
+            *([k[i] for k, _ in exposed] for i in range(3)), [r.arm for r in rows5], [r.first_seen for r in rows5],
+            *([getattr(r, c) for r in rows5] for c in EXPOSURE_COLUMNS))
 
 
 def lock_key(schema: str) -> int:

@@ -37,7 +37,7 @@ OPEN = {"/health/live", "/health/ready", "/metrics"}
 PATH_VALUES = {"program_id": "defualt", "member_id": "m-00001", "entry_id": "48213", "reward_id": "coupon-5",
                "idempotency_key": "admin:3f9c2a7b1e04:adj-2026-0001", "redemption_id": "rd_4be0c2a9d17f36e85a10",
                "payment_id": "pm_1f0e2d3c4b5a69788796", "code": "7M3QK-2ZC9D-XW4HB-R8TNE",
-               "referral_id": "ref-5deb0177e2ec317a1d00", "band": "2-3x"}
+               "referral_id": "ref-5deb0177e2ec317a1d00", "band": "2-3x", "experiment_id": "referral-50"}
 WELL_FORMED_KEY = "jifen_3f9c2a7b1e04_" + "s" * 43
 
 
