@@ -1,8 +1,10 @@
 """`jifen report P [--from D --to D] [--html FILE]`: the insight service's view of a programme (KPIs with verdicts
 and advice, the liability roll-forward, cohorts, the leaderboard, balance bands) as a terminal table, and as one
 self-contained HTML file with charts that works offline (the chart library, pinned in report/package.json, is
-inlined from report/node_modules, which `make deps` installs). Needs a key with the `read` scope (`--key`, else
-JIFEN_API_KEY, else the key `make up` wrote to .run/api-key)."""
+inlined from report/node_modules, which `make deps` installs). `jifen report P --experiment ID` compares an
+experiment's arms instead (each metric against the control with its 95% interval, and the sample-ratio check), as
+a table and with `--html` as one offline page. Needs a key with the `read` scope (`--key`, else JIFEN_API_KEY,
+else the key `make up` wrote to .run/api-key)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--granularity", choices=["day", "week", "month"], default="day",
                         help="the steps of the series over time (default day)")
     report.add_argument("--html", type=Path, metavar="FILE", help="also write the report as one offline HTML file")
+    report.add_argument("--experiment", metavar="ID",
+                        help="compare the arms of experiment ID of the programme instead (--from, --to and "
+                             "--granularity do not apply)")
     report.add_argument("--url", default=os.environ.get("JIFEN_INSIGHT_URL", DEFAULT_URL),
                         help=f"the insight service (default JIFEN_INSIGHT_URL or {DEFAULT_URL})")
     report.add_argument("--key", "--api-key", dest="key",
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"✘ --from {args.from_} is after --to {args.to}", file=sys.stderr)
         return 2
     key = args.key or os.environ.get("JIFEN_API_KEY") or points._stack_key()
+    if args.experiment:
+        return _run_experiment(args, key)
     try:
         doc = fetch(args.url, key, args.program, args.from_, args.to, args.granularity)
     except ReportError as exc:
@@ -70,6 +77,23 @@ def run(args: argparse.Namespace) -> int:
         try:
             args.html.write_text(html(doc), encoding="utf-8")
         except (OSError, ReportError) as exc:
+            print(f"✘ the HTML report was not written: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nHTML report: {args.html.resolve()}")
+    return 0
+
+
+def _run_experiment(args: argparse.Namespace, key: str) -> int:
+    try:
+        doc = fetch_experiment(args.url, key, args.program, args.experiment)
+    except ReportError as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 1
+    print(experiment_terminal(doc))
+    if args.html:
+        try:
+            args.html.write_text(experiment_html(doc), encoding="utf-8")
+        except OSError as exc:
             print(f"✘ the HTML report was not written: {exc}", file=sys.stderr)
             return 1
         print(f"\nHTML report: {args.html.resolve()}")
@@ -109,6 +133,20 @@ def fetch(url: str, key: str, program: str, from_: date | str | None, to: date |
             raise ReportError(f"{error}: {detail} (is the insight service running? `make up` starts it)")
         raise ReportError(f"{error}: {detail}" if detail else f"{error} (HTTP {status} from {path})")
     return doc
+
+
+def fetch_experiment(url: str, key: str, program: str, experiment: str) -> dict[str, Any]:
+    """The comparison of an experiment's arms; ReportError for an unknown programme or experiment and the like."""
+    status, body = points.request_json(
+        f"{url.rstrip('/')}/v1/programs/{urllib.parse.quote(program, safe='')}/experiments/"
+        f"{urllib.parse.quote(experiment, safe='')}", key)
+    if status < 400 and isinstance(body, dict):
+        return body
+    body = body if isinstance(body, dict) else {}
+    error, detail = str(body.get("error", f"http_{status}")), str(body.get("detail", ""))
+    if status == 599:
+        raise ReportError(f"{error}: {detail} (is the insight service running? `make up` starts it)")
+    raise ReportError(f"{error}: {detail}" if detail else f"{error} (HTTP {status} from experiments)")
 
 
 # --- numbers as people read them ------------------------------------------------------------------------------------
@@ -272,6 +310,108 @@ def terminal(doc: dict[str, Any]) -> str:
         out.extend(_table(["band", "balance", "members"],
                           [[str(b.get("band")), _balance(b), _int(b.get("members"))] for b in bands]))
     return UNPRINTABLE.sub("?", "\n".join(out))
+
+
+# --- an experiment's comparison -------------------------------------------------------------------------------------
+
+
+def _figure(value: Any, unit: str, signed: bool = False) -> str:
+    """A mean or a proportion by its unit: shares as percentages (a difference of shares in percentage points),
+    the rest to two places."""
+    n = _num(value)
+    if n is None:
+        return "—"
+    sign = "+" if signed and n > 0 else ""
+    if unit == "share":
+        return sign + f"{n * 100:.1f}" + (" pp" if signed else "%")
+    return sign + f"{n:,.2f}"
+
+
+def _lift(value: Any) -> str:
+    n = _num(value)
+    return "—" if n is None else ("+" if n > 0 else "") + f"{n * 100:.1f}%"
+
+
+def _interval(versus: dict[str, Any] | None, unit: str) -> str:
+    if not versus:
+        return ""
+    if versus.get("ci_low") is None or versus.get("ci_high") is None:
+        return "no interval"
+    mark = " ✔" if versus.get("significant") else ""
+    return f"[{_figure(versus['ci_low'], unit, True)}, {_figure(versus['ci_high'], unit, True)}]{mark}"
+
+
+def _srm_line(doc: dict[str, Any]) -> str:
+    srm = doc.get("sample_ratio") or {}
+    p = srm.get("p_value")
+    if p is None:
+        return "Sample ratio: no members seen yet"
+    said = (f"Sample ratio: chi-square {_num(srm.get('chi_square')) or 0:.2f} (df {srm.get('df')}), "
+            f"p = {float(p):.3g}")
+    if srm.get("flagged"):
+        return said + " — ✘ mismatch (p < 0.001): the arms were not exposed alike; no figure below is to be trusted"
+    return said + " — ✔ the split matches the declared shares"
+
+
+def experiment_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per metric and arm: label (first arm only), arm (* where its overrides touch the metric), n, value,
+    standard error, difference from the control, its 95% interval (✔ when it excludes 0) and the lift."""
+    rows = []
+    for metric in doc.get("metrics") or []:
+        unit = str(metric.get("unit", ""))
+        for i, arm in enumerate(metric.get("arms") or []):
+            versus = arm.get("versus_control")
+            rows.append([str(metric.get("metric")) if i == 0 else "",
+                         str(arm.get("arm")) + (" *" if arm.get("touched") else ""), _int(arm.get("n")),
+                         _figure(arm.get("value"), unit), _figure(arm.get("standard_error"), unit),
+                         _figure(versus.get("difference"), unit, True) if versus else "",
+                         _interval(versus, unit), _lift(versus.get("lift")) if versus else ""])
+    return rows
+
+
+EXPERIMENT_HEADERS = ["metric", "arm", "n", "value", "± se", "difference", "95% interval", "lift"]
+
+
+def experiment_terminal(doc: dict[str, Any]) -> str:
+    """The comparison as text: the experiment and its state, the arms with their members, the sample-ratio verdict,
+    then every metric per arm against the control."""
+    out = [f"experiment {doc.get('experiment_id')} of programme {doc.get('program_id')}"
+           + (f": {doc['name']}" if doc.get("name") else ""),
+           f"  {doc.get('starts')} to {doc.get('ends')} · {doc.get('status')} · control {doc.get('control')}",
+           "\nArms"]
+    out.extend(_table(["arm", "share", "members", "overrides"],
+                      [[str(a.get("arm")), _share(a.get("share")), _int(a.get("members")),
+                        ", ".join(a.get("overrides") or []) or "—"] for a in doc.get("arms") or []], right={1, 2}))
+    out.append("\n" + _srm_line(doc))
+    out.append(f"\nMetrics (each arm against {doc.get('control')}; * the arm's overrides touch the metric; "
+               "✔ the interval excludes 0)")
+    out.extend(_table(EXPERIMENT_HEADERS, experiment_rows(doc), right={2, 3, 4, 5, 7}))
+    return UNPRINTABLE.sub("?", "\n".join(out))
+
+
+def experiment_html(doc: dict[str, Any]) -> str:
+    """The comparison as one offline HTML page (no script, everything from the document escaped)."""
+    e = markup.escape
+    title = f"experiment {doc.get('experiment_id')} of programme {doc.get('program_id')}"
+    head = "".join(f"<th>{e(h)}</th>" for h in EXPERIMENT_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in experiment_rows(doc))
+    arms = "".join(f"<tr><td>{e(str(a.get('arm')))}</td><td class=n>{e(_share(a.get('share')))}</td>"
+                   f"<td class=n>{e(_int(a.get('members')))}</td><td>{e(', '.join(a.get('overrides') or []))}</td>"
+                   "</tr>" for a in doc.get("arms") or [])
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>Jifen report: {e(title)}</title>", f"<style>{STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="meta">{e(str(doc.get("name") or ""))} · {e(str(doc.get("starts")))} to '
+        f"{e(str(doc.get('ends')))} · {e(str(doc.get('status')))} · control {e(str(doc.get('control')))}</p>",
+        '<section><h2>Arms</h2><table class="arms"><thead><tr><th>arm</th><th class=n>share</th>'
+        f"<th class=n>members</th><th>overrides</th></tr></thead><tbody>{arms}</tbody></table>",
+        f'<p class="srm">{e(_srm_line(doc))}</p></section>',
+        f'<section><h2>Metrics</h2><table class="experiment"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        "</table><p class=meta>* the arm's overrides touch the metric; ✔ the interval excludes 0. "
+        f"{e(str(doc.get('method') or ''))}</p></section>",
+        "</body></html>"])
 
 
 # --- the offline HTML -----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cli import report
 from services.insight import experiments
 from services.insight.app import spec as insight_spec
 from services.insight.settings import InsightSettings
@@ -282,6 +283,11 @@ async def test_the_arms_figures_are_the_ones_worked_out_from_the_feed(insight: S
     assert body["sample_ratio"]["observed"] == {"a": len(members["a"]), "b": len(members["b"])}
     assert body["sample_ratio"]["chi_square"] == four(split.chi_square)
     assert body["sample_ratio"]["flagged"] is False and body["sample_ratio"]["df"] == 1
+
+    # `jifen report --experiment` prints this very answer: b's conversion row with its interval, marked.
+    row = next(line for line in report.experiment_terminal(body).splitlines() if line.lstrip().startswith("b *")
+               and "pp" in line)
+    assert f"{Decimal(conversion['b']['value']) * 100:.1f}%" in row and row.rstrip().endswith("%") and "✔" in row
 
     clock.now = datetime(2026, 12, 10, tzinfo=UTC)
     await send(insight, feed)  # delivered again: the inbox knows every event
