@@ -9,9 +9,11 @@ import random
 from decimal import Decimal
 
 import pytest
+import yaml
 
 from services.insight import experiments as x
 from shared.experiments import Experiment, arm_of
+from tests.support import REPO
 
 
 @pytest.mark.parametrize("value", [0.01, 0.3, 1.0, 2.5, 3.841458820694124, 7.0, 15.0, 40.0, 120.0])
@@ -140,3 +142,20 @@ def test_the_comparison_marks_what_each_arm_touches_and_compares_with_the_first_
     # An arm nobody was seen in yet: there, with nothing to measure.
     empty = x.compare([("a", []), ("b", ["rewards"])], {"a": figures["a"]})
     assert all(r.arms[1].n == 0 and r.arms[1].value is None and r.arms[1].versus_control is None for r in empty)
+
+
+def test_docs_define_every_metric_with_what_touches_it() -> None:
+    doc = " ".join((REPO / "docs" / "insight.md").read_text().split())
+    for metric in x.METRICS:
+        sections = ", ".join(f"`{s}`" for s in sorted(metric.sections, key=["purchase", "activity", "referral",
+                                                                             "rewards"].index))
+        row = f"| `{metric.metric}` | {metric.kind} |"
+        assert row in doc and doc.split(row, 1)[1].split("|")[1].strip() == sections, metric
+
+
+def test_the_docs_example_experiment_is_a_valid_one() -> None:
+    text = (REPO / "docs" / "insight.md").read_text()
+    snippet = text.split("## Experiments", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    declared = [Experiment.model_validate(e) for e in yaml.safe_load(snippet)["experiments"]]
+    assert [(e.experiment_id, [a.name for a in e.arms]) for e in declared] == [("referral-50", ["a", "b"])]
+    assert declared[0].arm("b").overrides == {"referral": {"referrer_points": 50}}
