@@ -13,6 +13,7 @@ invitation they accept as they enrol. The same seed gives the same feed.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -214,3 +215,61 @@ def render_cost_table(rows: list[CostRow], title: str = "Cost forecast") -> str:
     head = [title, "  net points issued × expected redemption rate × point value ÷ revenue"]
     return "\n".join([*head, *_table(["figure", "value"], [[row.item, row.text] for row in rows])])
 
+
+
+# --- the command line's options --------------------------------------------------------------------------------------
+
+
+def _decimal(value: str) -> Decimal:
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number.is_finite():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`jifen whatif`'s options for a programme with no history (the CLI adds them to its parser)."""
+    group = parser.add_argument_group("a forecast for a programme with no history")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--history-of", metavar="OTHER",
+                        help="replay OTHER's events of the period as if sent to the programme (its members kept)")
+    source.add_argument("--synthetic", action="store_true",
+                        help="replay a generated feed (--members, --spend, --frequency; docs/whatif.md)")
+    group.add_argument("--members", type=int, metavar="N", help="--synthetic: members who enrol")
+    group.add_argument("--spend", type=_decimal, metavar="X", help="--synthetic: a basket's average total")
+    group.add_argument("--frequency", type=float, metavar="F", help="--synthetic: purchases per member a month")
+    group.add_argument("--days", type=int, default=30, metavar="D", help="--synthetic: days of the feed (default 30)")
+    group.add_argument("--seed", type=int, default=7, metavar="S",
+                       help="--synthetic: the same seed generates the same feed (default 7)")
+    group.add_argument("--redemption-rate", type=_decimal, metavar="R",
+                       help="the expected share of points redeemed, 0–1, for the cost table (default: observed in "
+                            f"OTHER's history; {DEFAULT_REDEMPTION_RATE} for --synthetic)")
+
+
+def refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with the forecast's options, in one line (None: nothing)."""
+    rate = args.redemption_rate
+    if rate is not None and not 0 <= rate <= 1:
+        return f"--redemption-rate {rate} is not a share between 0 and 1"
+    if not args.synthetic:
+        given = [name for name in ("members", "spend", "frequency") if getattr(args, name) is not None]
+        return f"--{given[0]} goes with --synthetic" if given else None
+    missing = [f"--{name}" for name in ("members", "spend", "frequency") if getattr(args, name) is None]
+    if missing:
+        return f"--synthetic needs {', '.join(missing)}"
+    if args.members < 1 or args.days < 1 or args.frequency <= 0 or args.spend <= 0:
+        return "--members, --days, --frequency and --spend must be above 0"
+    return None
+
+
+def expected_rate(args: argparse.Namespace, observed: Decimal | None) -> tuple[Decimal | None, str]:
+    """The redemption rate of the cost table and where it comes from: given, observed in OTHER's history (None
+    when OTHER issued nothing), or the synthetic default."""
+    if args.redemption_rate is not None:
+        return args.redemption_rate, "given"
+    if args.synthetic:
+        return DEFAULT_REDEMPTION_RATE, "default for a generated feed"
+    return observed, f"observed in {args.history_of}'s history"

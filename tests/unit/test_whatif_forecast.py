@@ -4,6 +4,7 @@ events changes only their programme; the seed's cost table's arithmetic and verd
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 from collections import Counter
@@ -162,3 +163,33 @@ def test_the_observed_rate_is_redeemed_over_net_issued() -> None:
     assert observed_rate(side(1_200_000, "1", taken_back=200_000, redeemed=450_000)) == Decimal("0.4500")
     assert observed_rate(side(3, "1", redeemed=1)) == Decimal("0.3333")
     assert observed_rate(side(0, "1")) is None
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    forecast.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_options_say_what_is_missing_or_wrong() -> None:
+    assert forecast.refusal(parsed()) is None
+    assert forecast.refusal(parsed("--history-of", "retail")) is None
+    assert forecast.refusal(parsed("--synthetic", "--members", "500", "--spend", "80", "--frequency", "4")) is None
+    assert forecast.refusal(parsed("--synthetic", "--members", "500")) == "--synthetic needs --spend, --frequency"
+    assert forecast.refusal(parsed("--members", "500")) == "--members goes with --synthetic"
+    assert forecast.refusal(parsed("--synthetic", "--members", "0", "--spend", "80", "--frequency", "4")) == \
+        "--members, --days, --frequency and --spend must be above 0"
+    assert forecast.refusal(parsed("--history-of", "retail", "--redemption-rate", "1.5")) == \
+        "--redemption-rate 1.5 is not a share between 0 and 1"
+    with pytest.raises(argparse.ArgumentError):
+        parsed("--synthetic", "--spend", "eighty")
+    with pytest.raises(argparse.ArgumentError):
+        parsed("--synthetic", "--history-of", "retail")  # one stand-in or the other
+
+
+def test_the_rate_is_given_observed_or_the_synthetic_default() -> None:
+    assert forecast.expected_rate(parsed("--history-of", "retail", "--redemption-rate", "0.55"), Decimal("0.3")) \
+        == (Decimal("0.55"), "given")
+    assert forecast.expected_rate(parsed("--history-of", "retail"), Decimal("0.3125")) == \
+        (Decimal("0.3125"), "observed in retail's history")
+    assert forecast.expected_rate(parsed("--synthetic"), None) == (Decimal("0.4"), "default for a generated feed")
