@@ -132,6 +132,8 @@ class ReferralSim:
         self._by_referrer: dict[MemberKey, list[str]] = defaultdict(list)
         self._by_referee: dict[MemberKey, list[str]] = defaultdict(list)
         self._deadlines: list[tuple[datetime, str]] = []  # pending referrals' deadlines: a heap, stale skipped
+        self._taking_for: set[str] = set()
+        self._taking_in: object = None  # the catalogue's versions `_taking_for` was read from
 
     # --- events ------------------------------------------------------------------------------------------------
 
@@ -211,8 +213,12 @@ class ReferralSim:
     # --- facts in, as handlers.py takes them ---------------------------------------------------------------------
 
     def _taking(self, program_id: str) -> bool:
-        """A programme with a referral section in some version: its purchases and members are worth keeping."""
-        return program_id in self.judging.programmes()
+        """A programme with a referral section in some version: its purchases and members are worth keeping
+        (judging.programmes, read again only when the catalogue reloads)."""
+        versions = self.judging.catalogue.versions
+        if self._taking_in is not versions:
+            self._taking_for, self._taking_in = self.judging.programmes(), self.judging.catalogue.versions
+        return program_id in self._taking_for
 
     def _owner(self, program_id: str, typed: str, referrer: str | None) -> str | None:
         """The code's owner, as handlers._owner finds it (`unknown_referral_code`, `referral_code_mismatch`);
