@@ -46,6 +46,7 @@ from services.referral.domain import (
 from services.referral.judging import Judging
 from services.referral.metrics import ReferralMetrics
 from services.referral.programme import ReferralProgramme
+from shared import keys
 from shared.contracts.base import Contract
 from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
@@ -70,6 +71,7 @@ class ReferralAward:
     rule_id: str  # as the ledger's cause names it: referral-referrer, referral-referee, referral-bonus
     at: datetime
     outcome: Literal["rewarded", "revoked"]
+    credit: str = ""  # the ledger key of the credit this is, or reverses (referral:{id}:{role}[:{grant}])
     available_at: datetime | None = None  # a credit's: spendable from then (after pending_days)
     expires_at: datetime | None = None  # a credit's: expires then (None: never)
 
@@ -100,6 +102,7 @@ class _Referral:
     reason: str | None = None
     detail: str = ""
     live: dict[Role, int] = field(default_factory=dict)  # points credited and not taken back, by side
+    grants: dict[Role, int] = field(default_factory=dict)  # each side's grants so far (a credit's key names it)
     credited_at: dict[Role, datetime] = field(default_factory=dict)  # each live credit's time
     due: datetime | None = None  # the deadline the expiry looks at, once pending
 
@@ -382,14 +385,17 @@ class ReferralSim:
             points = stored.live.pop(role)
             at = revoked.occurred_at if revoked is not None else stored.credited_at[role]
             awards.append(ReferralAward(stored.program_id, stored.referral_id, self._side(stored, role), role, -points,
-                                        f"referral-{role}", at, "revoked"))
+                                        f"referral-{role}", at, "revoked",
+                                        keys.referral_credit(stored.referral_id, role, stored.grants[role])))
         order = verdict.order
         for role, points in step.credit.items():
             assert order is not None, "only a rewarded verdict pays, and it has its qualifying purchase"
             stored.live[role], stored.credited_at[role] = points, order.occurred_at
+            stored.grants[role] = stored.grants.get(role, 0) + 1
             awards.append(ReferralAward(
                 stored.program_id, stored.referral_id, self._side(stored, role), role, points, f"referral-{role}",
-                order.occurred_at, "rewarded", order.occurred_at + timedelta(days=rules.pending_days),
+                order.occurred_at, "rewarded", keys.referral_credit(stored.referral_id, role, stored.grants[role]),
+                order.occurred_at + timedelta(days=rules.pending_days),
                 order.occurred_at + timedelta(days=rules.expires_after_days) if rules.expires_after_days else None))
         stored.status, stored.reason, stored.detail = verdict.status, verdict.reason, verdict.detail
         if verdict.status == "pending" and stored.due != referral.deadline:

@@ -257,14 +257,14 @@ async def test_referralsim_pays_and_takes_back_what_the_referral_service_does(in
     await check_ledger_invariants(dsn)
 
     credited = {c["idempotency_key"]: c for c in out.of(PostCredit)}
-    service = sorted([(c["details"]["referral_id"], c["member_id"], c["details"]["role"], c["amount"],
-                       datetime.fromisoformat(c["occurred_at"])) for c in credited.values()]
-                     + [(r["details"]["referral_id"], r["member_id"], r["details"]["role"],
+    service = sorted([(c["idempotency_key"], c["details"]["referral_id"], c["member_id"], c["details"]["role"],
+                       c["amount"], datetime.fromisoformat(c["occurred_at"])) for c in credited.values()]
+                     + [(r["entry_key"], r["details"]["referral_id"], r["member_id"], r["details"]["role"],
                          -credited[r["entry_key"]]["amount"], datetime.fromisoformat(r["occurred_at"]))
                         for r in out.of(ReverseEntry)])
-    assert sorted((a.referral_id, a.member_id, a.role, a.points, a.at) for a in awards) == service
+    assert sorted((a.credit, a.referral_id, a.member_id, a.role, a.points, a.at) for a in awards) == service
     assert {c["idempotency_key"]: datetime.fromisoformat(c["available_at"]) for c in credited.values()} == {
-        f"referral:{a.referral_id}:{a.role}": a.available_at for a in awards if a.points > 0}
+        a.credit: a.available_at for a in awards if a.points > 0}
     outcomes = Counter(r["status"] if r["status"] != "rejected" else f"rejected:{r['reason']}" for r in rows)
     assert sim.outcomes() == outcomes
     # The feed is worth comparing: it reaches every verdict the service gives.

@@ -73,11 +73,12 @@ def paid(awards: list[ReferralAward]) -> list[tuple[str, str, int, str]]:
 
 def test_the_qualifying_purchase_rewards_both_sides_at_its_time(sim: ReferralSim) -> None:
     assert accept(sim, "plain", "rex", "eve", T0) == []
+    rid = referral_id("plain", "rex", "eve")
     assert buy(sim, "plain", "eve", "o1", "80", T0 + DAY) == [
-        ReferralAward("plain", referral_id("plain", "rex", "eve"), "rex", "referrer", 50, "referral-referrer",
-                      T0 + DAY, "rewarded", T0 + 15 * DAY, None),
-        ReferralAward("plain", referral_id("plain", "rex", "eve"), "eve", "referee", 20, "referral-referee",
-                      T0 + DAY, "rewarded", T0 + 15 * DAY, None)]
+        ReferralAward("plain", rid, "rex", "referrer", 50, "referral-referrer", T0 + DAY, "rewarded",
+                      f"referral:{rid}:referrer", T0 + 15 * DAY, None),
+        ReferralAward("plain", rid, "eve", "referee", 20, "referral-referee", T0 + DAY, "rewarded",
+                      f"referral:{rid}:referee", T0 + 15 * DAY, None)]
     assert buy(sim, "plain", "eve", "o2", "80", T0 + 2 * DAY) == []  # paid once
     # A first purchase below the minimum: nothing, and no later purchase qualifies (`purchase: first`).
     accept(sim, "plain", "rex", "fay", T0)
@@ -117,6 +118,8 @@ def test_a_refund_within_the_return_window_claws_both_sides_back_and_one_after_i
     buy(sim, "plain", "fay", "o2", "80", T0 + DAY)
     back = refund(sim, "plain", "eve", "o1", "40", T0 + 10 * DAY)  # 40 kept: below the minimum of 50
     assert paid(back) == [("eve", "referee", -20, "revoked"), ("rex", "referrer", -50, "revoked")]
+    rid = referral_id("plain", "rex", "eve")
+    assert [a.credit for a in back] == [f"referral:{rid}:referee", f"referral:{rid}:referrer"]  # what it reverses
     assert {a.at for a in back} == {T0 + 10 * DAY}
     assert refund(sim, "plain", "fay", "o2", "80", T0 + 16 * DAY) == []  # after the 14 days' return window
     assert sim.outcomes("plain") == {"revoked": 1, "rewarded": 1}
