@@ -160,3 +160,19 @@ def test_a_referee_on_the_referrers_device_is_a_self_referral_and_unresolved_cod
     assert sim.feed(event(unknown, T0), unknown) == []
     assert sim.refused == {"unknown_program": 1}
     assert [n.split(" ")[1] for n in sim.notes] == ["enrolment(s)", "the"]
+
+
+def test_codes_given_resolve_enrolments_and_check_acceptances_as_the_service_does(tmp_path: Path) -> None:
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(version("plain")))
+    sim = ReferralSim(Catalogue.load(tmp_path, ReferralProgramme), codes={("plain", "ABCD2345"): "rex"})
+    typed = MemberEnrolled(program_id="plain", member_id="eve", referral_code="abcd-2345")  # as a person types it
+    sim.feed(event(typed, T0), typed)
+    assert paid(buy(sim, "plain", "eve", "o1", "80", T0 + DAY)) == [
+        ("rex", "referrer", 50, "rewarded"), ("eve", "referee", 20, "rewarded")]
+    wrong = MemberEnrolled(program_id="plain", member_id="fay", referral_code="ZZZZZZZZ")
+    other = ReferralAccepted(program_id="plain", referrer_member_id="sam", referee_member_id="gil",
+                             referral_code="ABCD2345")
+    for data in (wrong, other):
+        assert sim.feed(event(data, T0), data) == []
+    assert sim.refused == {"unknown_referral_code": 1, "referral_code_mismatch": 1}
+    assert sim.outcomes() == {"rewarded": 1} and sim.unresolved_codes == 0
