@@ -55,13 +55,14 @@ class TierMove:
 
 @dataclass
 class _Known:
-    """A member as the service keeps them, with the rules of their last change (the schedule's) and their tiers
-    over time (for `tiers_at`)."""
+    """A member as the service keeps them, with the rules of their last change (the schedule's) and their changes
+    (for `tiers_at` and `announced_at`)."""
 
     member: Member
     rules: TierRules
     first_seen: datetime
-    tiers: list[tuple[datetime, str]] = field(default_factory=list)  # (from, tier), as changed, after the first
+    base: str  # the tier they started at
+    moves: list[TierMove] = field(default_factory=list)
 
 
 class TierSim:
@@ -194,12 +195,16 @@ class TierSim:
         for (program, _), known in self._members.items():
             if program != program_id or known.first_seen > at:
                 continue
-            held = known.tiers[0][1]
-            for since, tier in known.tiers:
-                if since <= at:
-                    held = tier
-            counts[held] += 1
+            last = _last(known.moves, at)
+            counts[last.tier if last is not None else known.base] += 1
         return counts
+
+    def announced_at(self, program_id: str, member_id: str, at: datetime) -> TierMove | None:
+        """The last change in effect at `at` (from at or before it), as earn's tier history holds the service's
+        announcements (services/earn/domain.py `tier_at`): its tier and multiplier are what earn applies to a
+        purchase then; None before any change (earn applies no tier)."""
+        known = self._members.get((program_id, member_id))
+        return _last(known.moves, at) if known is not None else None
 
     def tier_of(self, program_id: str, member_id: str) -> str | None:
         """The member's tier now (after the last event and `advance`); None for a member never seen."""
@@ -241,7 +246,7 @@ class TierSim:
         known = self._members.get(key)
         if known is None:
             member = Member.new(rules)
-            known = self._members[key] = _Known(member, rules, at, [(at, member.tier)])
+            known = self._members[key] = _Known(member, rules, at, member.tier)
         known.first_seen = min(known.first_seen, at)
         return known
 
@@ -249,7 +254,9 @@ class TierSim:
                  made: list[Change]) -> list[TierMove]:
         """Record the changes and the member's next scheduled transition under the rules that made them."""
         known.rules = rules
-        known.tiers += [(change.at, change.tier) for change in made]
+        moves = [TierMove(program_id, member_id, change.at, change.tier, rules.level(change.tier).earn_multiplier,
+                          change.reason, change.previous, change.detail) for change in made]
+        known.moves += moves
         due = known.member.due(rules)
         key = (program_id, member_id)
         if due is not None and self._scheduled.get(key) != due:
@@ -257,8 +264,16 @@ class TierSim:
             heapq.heappush(self._due, (due, program_id, member_id))
         elif due is None:
             self._scheduled.pop(key, None)
-        return [TierMove(program_id, member_id, change.at, change.tier, rules.level(change.tier).earn_multiplier,
-                         change.reason, change.previous, change.detail) for change in made]
+        return moves
+
+
+def _last(moves: list[TierMove], at: datetime) -> TierMove | None:
+    """The last of a member's changes (in the order made) that took effect at or before `at`."""
+    found = None
+    for move in moves:
+        if move.at <= at:
+            found = move
+    return found
 
 
 def _prune(member: Member, rules: TierRules, at: datetime) -> None:

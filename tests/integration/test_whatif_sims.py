@@ -18,6 +18,7 @@ import yaml
 
 from cli.whatif.referral import ReferralSim
 from cli.whatif.tiers import TierSim
+from services.earn.domain import MemberTier, tier_at
 from services.ledger.app import spec as ledger_spec
 from services.ledger.settings import LedgerSettings
 from services.referral.app import spec as referral_spec
@@ -183,6 +184,12 @@ async def test_tiersim_moves_every_member_as_the_tiers_service_does(infra: Infra
     for program in ("shop", "pts"):
         assert sim.tiers_at(program, end) == Counter(r["tier"] for r in held if r["program_id"] == program)
     assert sim.refused["untrusted_source"] > 0 and sim.ignored["other_metric"] == 0
+    # What earn would apply to a purchase at any moment: the tier its history of the service's announcements gives.
+    for (program, member), moves in by_member(service).items():
+        history = [(m[2], MemberTier(m[3], m[7])) for m in moves]
+        for at in [e[0] for e in events[::5]] + [m[2] for m in moves]:
+            announced = sim.announced_at(program, member, at)
+            assert tier_at(history, at) == (MemberTier(announced.tier, announced.multiplier) if announced else None)
 
 
 def referral_feed(rng: random.Random, start: datetime) -> Feed:

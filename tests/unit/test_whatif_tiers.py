@@ -66,6 +66,10 @@ def test_spend_crosses_silver_then_gold_and_the_refund_of_the_crossing_order_und
     assert sim.tiers_at("shop", T0) == {"member": 1}
     assert sim.tiers_at("shop", T0 + 2 * DAY) == {"silver": 1}
     assert sim.tiers_at("shop", T0 + 3 * DAY) == {"gold": 1}
+    # What earn would apply to a purchase then: no tier before the first change, then the tier announced.
+    assert sim.announced_at("shop", "ann", T0 + DAY / 2) is None
+    assert sim.announced_at("shop", "ann", T0 + 2 * DAY) == silver[0]
+    assert sim.announced_at("shop", "ann", T0 + 3 * DAY) == gold[0]
     # A refund in the window gold was crossed in takes spend below it: back to silver, as the service does it.
     undone = sim.refund("shop", "ann", T0 + 4 * DAY, Decimal("100"), "o3", refund_id="r1")
     assert moved(undone) == [("ann", "silver", Decimal("1.25"), "downgrade", "reversed")]
