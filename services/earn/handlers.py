@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 
 from services.earn import repository
 from services.earn.activity import Award, award_refusal, checkin_awards, period_of, streak_length, task_award
@@ -38,7 +40,11 @@ Earning = PurchaseCompleted | TaskCompleted | CheckinRecorded | PointsAwarded  #
 
 class Changes:
     """A batch's state and what it changes: the orders recorded before and those it adds (written before any
-    refund reads), the members' tier histories, and the caps and budgets it draws on."""
+    refund reads), the members' tier histories, and the caps and budgets it draws on.
+
+    Every read and write of earn's state by the handler goes through this object (the handler's methods never
+    touch the database themselves), so the what-if (cli/whatif/earn.py) runs the same methods over an in-memory
+    twin of it."""
 
     def __init__(self, batch: Batch, recorded: dict[tuple[str, str], str], tiers: TierHistory) -> None:
         self.batch = batch
@@ -49,8 +55,60 @@ class Changes:
         self.new: list[NewOrder] = []
         self.orders: dict[tuple[str, str], tuple[Order, list[PurchaseRefunded]]] = {}
 
+    @classmethod
+    async def read(cls, batch: Batch, purchases: Sequence[tuple[str, str, str]], caps: Sequence[CapKey],
+                   budgets: Sequence[BudgetKey]) -> Changes:
+        """What a batch needs, read at once: the orders and tiers of its purchases (program, member, order) and
+        the caps and budgets its earning events may draw on."""
+        db = batch.uow.db
+        changes = cls(batch, await repository.order_events(db, [(p, o) for p, _, o in purchases]),
+                      await repository.tier_histories(db, [(p, m) for p, m, _ in purchases]))
+        await changes.usage.load(caps, budgets)
+        return changes
+
     def reject(self, item: Inbound[Contract], reason: str, detail: str) -> None:
         self.batch.reject(item, reason, detail)
+
+    def emit(self, cmd: LedgerCommand, at: datetime, subject: str) -> None:
+        self.uow.emit(cmd, at=at, subject=subject)
+
+    def recorded_by(self, program_id: str, order_id: str) -> str | None:
+        """The purchase event that recorded the order, if one did."""
+        return self.recorded.get((program_id, order_id))
+
+    def tier_at(self, program_id: str, member_id: str, at: datetime) -> MemberTier | None:
+        """The tier the member held at `at`, as announced by the tiers service (None: none yet)."""
+        return tier_at(self.tiers.get((program_id, member_id), ()), at)
+
+    async def add_tier(self, program_id: str, member_id: str, at: datetime, event_id: str, tier: MemberTier) -> None:
+        await repository.add_tier(self.uow.db, program_id, member_id, at, event_id, tier)
+        history = self.tiers.setdefault((program_id, member_id), [])
+        history.append((at, tier))
+        history.sort(key=lambda held: held[0])
+
+    async def record_award(self, award: PointsAwarded, event_id: str, source: str, at: datetime) -> str | None:
+        return await repository.record_award(self.uow.db, award, event_id, source, at)
+
+    async def check_in(self, program_id: str, member_id: str, day: date, event_id: str,
+                       lookback_days: int) -> set[date] | None:
+        return await repository.check_in(self.uow.db, program_id, member_id, day, event_id, lookback_days)
+
+    async def enrol(self, program_id: str, member_id: str, birthday: str | None, enrolled_at: datetime,
+                    at: datetime) -> None:
+        await repository.enrol(self.uow.db, program_id, member_id, birthday, enrolled_at, at)
+
+    async def use_rule(self, program_id: str, member_id: str, rule_id: str, period: str, cap: int) -> bool:
+        return await repository.use_rule(self.uow.db, program_id, member_id, rule_id, period, cap)
+
+    async def record_capped(self, program_id: str, member_id: str, rule_id: str, event_id: str, period: str,
+                            why: str, at: datetime) -> None:
+        await repository.record_capped(self.uow.db, program_id, member_id, rule_id, event_id, period, why, at)
+
+    async def take_cap(self, key: CapKey, wanted: int, limit: int) -> int:
+        return await self.usage.take_cap(key, wanted, limit)
+
+    async def take_budget(self, key: BudgetKey, wanted: int, limit: int) -> int:
+        return await self.usage.take_budget(key, wanted, limit)
 
     def add_order(self, new: NewOrder) -> None:
         self.new.append(new)
@@ -67,6 +125,10 @@ class Changes:
             self.orders[key] = found
         return self.orders[key]
 
+    async def add_refund(self, program_id: str, refund: PurchaseRefunded, event_id: str, taken_back: dict[str, int],
+                         at: datetime) -> None:
+        await repository.add_refund(self.uow.db, program_id, refund, event_id, taken_back, at)
+
     async def flush(self) -> None:
         await repository.add_orders(self.uow.db, self.new)
         self.new = []
@@ -81,13 +143,8 @@ class EarnFromEvents(Handler[Changes]):
     async def load(self, batch: Batch) -> Changes:
         """What the batch's events need, read at once: the orders and tiers its purchases look up, and the caps
         and budgets its earning events may draw on."""
-        purchases = [i.data for i in batch.of(PurchaseCompleted)]
-        changes = Changes(batch,
-                          await repository.order_events(batch.uow.db, [(p.program_id, p.order_id) for p in purchases]),
-                          await repository.tier_histories(batch.uow.db,
-                                                          [(p.program_id, p.member_id) for p in purchases]))
-        await changes.usage.load(*self._limits_used(batch))
-        return changes
+        purchases = [(i.data.program_id, i.data.member_id, i.data.order_id) for i in batch.of(PurchaseCompleted)]
+        return await Changes.read(batch, purchases, *self._limits_used(batch))
 
     async def store(self, changes: Changes) -> None:
         await changes.flush()
@@ -112,12 +169,8 @@ class EarnFromEvents(Handler[Changes]):
     async def tier(self, item: Inbound[TierChanged], changes: Changes) -> None:
         # Kept for any programme: the tiers service may announce tiers before earn has the programme's rules.
         change = item.data
-        tier = MemberTier(change.tier, change.earn_multiplier)
-        await repository.add_tier(changes.uow.db, change.program_id, change.member_id, item.event.time,
-                                  item.event.event_id, tier)
-        history = changes.tiers.setdefault((change.program_id, change.member_id), [])
-        history.append((item.event.time, tier))
-        history.sort(key=lambda held: held[0])
+        await changes.add_tier(change.program_id, change.member_id, item.event.time, item.event.event_id,
+                               MemberTier(change.tier, change.earn_multiplier))
 
     async def manual(self, item: Inbound[PointsAwarded], changes: Changes) -> None:
         award = item.data
@@ -132,8 +185,7 @@ class EarnFromEvents(Handler[Changes]):
         if refused is not None:
             changes.reject(item, *refused)
             return
-        paid_by = await repository.record_award(changes.uow.db, award, item.event.event_id, item.event.source,
-                                                item.event.time)
+        paid_by = await changes.record_award(award, item.event.event_id, item.event.source, item.event.time)
         if paid_by == item.event.event_id:
             return  # a replay that passed the inbox (it was cleared): its credit was sent before
         if paid_by is not None:
@@ -153,8 +205,8 @@ class EarnFromEvents(Handler[Changes]):
             changes.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward check-ins")
             return
         lookback = max([366 if s.repeat else s.days for s in rule.streaks], default=0)
-        earlier = await repository.check_in(changes.uow.db, checkin.program_id, checkin.member_id, checkin.day,
-                                            item.event.event_id, lookback)
+        earlier = await changes.check_in(checkin.program_id, checkin.member_id, checkin.day, item.event.event_id,
+                                         lookback)
         if earlier is None:
             self.metrics.skipped.labels(programme.program_id, "already_checked_in").inc()
             return  # once per member per day: the second check-in of a day earns nothing, and that is no error
@@ -167,8 +219,8 @@ class EarnFromEvents(Handler[Changes]):
         member = item.data
         if self._programme(item, member.program_id, changes) is None:
             return
-        await repository.enrol(changes.uow.db, member.program_id, member.member_id, member.birthday,
-                               member.enrolled_at or item.event.time, item.event.time)
+        await changes.enrol(member.program_id, member.member_id, member.birthday,
+                            member.enrolled_at or item.event.time, item.event.time)
 
     async def task(self, item: Inbound[TaskCompleted], changes: Changes) -> None:
         task = item.data
@@ -183,11 +235,10 @@ class EarnFromEvents(Handler[Changes]):
         award = task_award(rule, used=0)
         if rule.cap is not None:
             period = period_of(rule.cap.per, item.event.time, programme.zone)
-            if not await repository.use_rule(changes.uow.db, task.program_id, task.member_id, rule.rule_id, period,
-                                             rule.cap.count):
+            if not await changes.use_rule(task.program_id, task.member_id, rule.rule_id, period, rule.cap.count):
                 award = task_award(rule, used=rule.cap.count)
-                await repository.record_capped(changes.uow.db, task.program_id, task.member_id, rule.rule_id,
-                                               item.event.event_id, period, award.why, item.event.time)
+                await changes.record_capped(task.program_id, task.member_id, rule.rule_id, item.event.event_id,
+                                            period, award.why, item.event.time)
                 self.metrics.skipped.labels(programme.program_id, "capped").inc()
                 return
         await self._award(item, programme, task.member_id, award, "task", changes,
@@ -203,17 +254,17 @@ class EarnFromEvents(Handler[Changes]):
         if refused is not None:
             changes.reject(item, *refused)
             return
-        key = (purchase.program_id, purchase.order_id)
-        if key in changes.recorded and changes.recorded[key] != item.event.event_id:
+        recorded_by = changes.recorded_by(purchase.program_id, purchase.order_id)
+        if recorded_by is not None and recorded_by != item.event.event_id:
             # Another event for an order already credited (a till resending with a new id): crediting it would
             # count the order twice.
             changes.reject(item, "duplicate_order", f"order {purchase.order_id!r} was credited by event "
-                                                    f"{changes.recorded[key]!r}")
+                                                    f"{recorded_by!r}")
             return
-        if key in changes.recorded:
+        if recorded_by is not None:
             return  # a replay that passed the inbox (it was cleared): its credits were sent before
         # The tier the member held when the purchase happened, as announced by the tiers service (None: none yet).
-        tier = tier_at(changes.tiers.get((purchase.program_id, purchase.member_id), ()), item.event.time)
+        tier = changes.tier_at(purchase.program_id, purchase.member_id, item.event.time)
         fired = fired_rules(programme, item.event.time, purchase, tier)
         credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier)
         limited = [await self._limit(programme, credit, item, changes) for credit in credits]
@@ -253,8 +304,7 @@ class EarnFromEvents(Handler[Changes]):
                 details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
             self._emit(cmd, item, changes)
         earlier.append(refund)
-        await repository.add_refund(changes.uow.db, refund.program_id, refund, item.event.event_id, back,
-                                    item.event.time)
+        await changes.add_refund(refund.program_id, refund, item.event.event_id, back, item.event.time)
 
     async def _limit(self, programme: Programme, credit: PostCredit, item: Inbound[Contract],
                      changes: Changes) -> PostCredit | None:
@@ -262,14 +312,14 @@ class EarnFromEvents(Handler[Changes]):
         wanted, amount, cuts = credit.amount, credit.amount, []
         for cap in (c for c in programme.caps if c.rule_id == credit.cause.rule_id):
             period = period_of(cap.per, item.event.time, programme.zone)
-            amount = await changes.usage.take_cap((programme.program_id, credit.member_id, cap.rule_id, period),
-                                                  amount, cap.points)
+            amount = await changes.take_cap((programme.program_id, credit.member_id, cap.rule_id, period), amount,
+                                            cap.points)
             if amount < wanted:
                 cuts.append(f"{cap.points} points per member per {cap.per} from {cap.rule_id}")
         if programme.budget is not None and amount > 0:
             period = period_of(programme.budget.per, item.event.time, programme.zone)
             before = amount
-            amount = await changes.usage.take_budget((programme.program_id, period), amount, programme.budget.points)
+            amount = await changes.take_budget((programme.program_id, period), amount, programme.budget.points)
             if amount < before:
                 cuts.append(f"the programme's budget of {programme.budget.points} points per {programme.budget.per}")
         if amount == wanted:
@@ -307,4 +357,4 @@ class EarnFromEvents(Handler[Changes]):
 
     @staticmethod
     def _emit(cmd: LedgerCommand, item: Inbound[Contract], changes: Changes) -> None:
-        changes.uow.emit(cmd, at=item.event.time, subject=cmd.member_id)
+        changes.emit(cmd, at=item.event.time, subject=cmd.member_id)
