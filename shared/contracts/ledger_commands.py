@@ -18,6 +18,11 @@ class Cause(Contract):
     rule_id: str | None = None
     rule_version: int | None = None
     reason: str | None = None
+    # The member's arm of every experiment running at the event's time (experiment id -> arm name), and the tier earn
+    # applied to a purchase. Left out of the dump when unset, so a command without them keeps the payload hash it had
+    # before they existed (a replay is still recognised as the same command).
+    arms: dict[str, str] | None = Field(default=None, exclude_if=lambda arms: arms is None)
+    tier: str | None = Field(default=None, exclude_if=lambda tier: tier is None)
 
 
 class LedgerCommand(Contract):

@@ -1,4 +1,6 @@
-"""jifen.redemptions: what became of redemptions, points payments and coupons."""
+"""jifen.redemptions: what became of redemptions, points payments and coupons. A redemption's events carry `arms`,
+the member's arm of every experiment running at the redemption's time (experiment id -> arm; empty when none was):
+the arm that priced the reward."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class RedemptionCompleted(Contract):
     quantity: int = Field(gt=0)
     points: int = Field(gt=0)
     coupon: IssuedCoupon | None = None
+    arms: dict[str, str] = Field(default_factory=dict)  # the member's arms at the redemption's time
 
 
 class RedemptionRejected(Contract):
@@ -43,6 +46,7 @@ class RedemptionRejected(Contract):
     reward_id: Id
     reason: Id  # insufficient_points, out_of_stock, daily_limit, ... (DESIGN.md, "Redemption")
     detail: Text
+    arms: dict[str, str] = Field(default_factory=dict)  # the member's arms at the redemption's time
 
 
 class RedemptionCancelled(Contract):
@@ -53,6 +57,7 @@ class RedemptionCancelled(Contract):
     redemption_id: Id
     reward_id: Id
     points_returned: int = Field(ge=0)
+    arms: dict[str, str] = Field(default_factory=dict)  # the member's arms at the redemption's time
 
 
 class PaymentCaptured(Contract):

@@ -1,5 +1,6 @@
 """jifen.referral.outcomes: referrals rewarded, refused with the reason, and rewards taken back. Keyed by the
-referrer's member id."""
+referrer's member id. `arms` is the referrer's arm of every experiment running when the referee accepted (the
+referrer is shown the offer and shares it, so both rewards follow that arm); empty when none was running."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class ReferralRewarded(Contract):
     referrer_points: int = Field(ge=0)
     referee_points: int = Field(ge=0)
     bonus_points: int = Field(default=0, ge=0)  # the referrer's bonus for every Kth qualified referral
+    arms: dict[str, str] = Field(default_factory=dict)  # the referrer's arms at acceptance: experiment id -> arm
 
 
 class ReferralRejected(Contract):
@@ -32,6 +34,7 @@ class ReferralRejected(Contract):
     referee_member_id: Id
     reason: Id  # self_referral, already_referred, existing_customer, referrer_cap, velocity, expired
     detail: Text
+    arms: dict[str, str] = Field(default_factory=dict)  # the referrer's arms at acceptance: experiment id -> arm
 
 
 class ReferralRevoked(Contract):
@@ -47,6 +50,7 @@ class ReferralRevoked(Contract):
     refund_id: Id
     referrer_points: int = Field(ge=0)
     referee_points: int = Field(ge=0)
+    arms: dict[str, str] = Field(default_factory=dict)  # the referrer's arms at acceptance: experiment id -> arm
 
 
 CHANNEL = Channel("jifen.referral.outcomes", "out", "Referrals rewarded, refused with the reason, and rewards taken "
