@@ -180,14 +180,6 @@ class CostRow:
     text: str
 
 
-def observed_rate(side: Side) -> Decimal | None:
-    """A replay's redemption rate as insight reads it: points redeemed ÷ net points issued, to four places (None
-    when nothing was issued)."""
-    if side.net_issued <= 0:
-        return None
-    return (Decimal(side.redeemed) / Decimal(side.net_issued)).quantize(Decimal("0.0001"), ROUND_HALF_UP)
-
-
 def cost_table(side: Side, rate: Decimal, source: str = "given") -> list[CostRow]:
     """The seed's table for one side: net issued × `rate` (observed, given or the synthetic default, as `source`
     says) × point value ÷ revenue, and the verdict against the band (None without a point value or revenue)."""
@@ -266,8 +258,9 @@ def refusal(args: argparse.Namespace) -> str | None:
 
 
 def expected_rate(args: argparse.Namespace, observed: Decimal | None) -> tuple[Decimal | None, str]:
-    """The redemption rate of the cost table and where it comes from: given, observed in OTHER's history (None
-    when OTHER issued nothing), or the synthetic default."""
+    """The redemption rate of the cost table and where it comes from: given, observed in OTHER's history (the
+    replay's `redemption_rate`: OTHER's ledger entries, points redeemed ÷ net issued in the period; None when it
+    issued nothing), or the synthetic default."""
     if args.redemption_rate is not None:
         return args.redemption_rate, "given"
     if args.synthetic:

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from cli.whatif import forecast
-from cli.whatif.forecast import cost_table, observed_rate, readdress, render_cost_table, synthetic_events
+from cli.whatif.forecast import cost_table, readdress, render_cost_table, synthetic_events
 from cli.whatif.result import Side
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.members import MemberEnrolled
@@ -120,11 +120,10 @@ def test_readdress_of_an_async_history_answers_in_kind() -> None:
     assert {e.data["program_id"] for e in moved} == {"fresh"}
 
 
-def side(issued: int, revenue: str, point_value: str | None = "0.01", taken_back: int = 0, redeemed: int = 0
-         ) -> Side:
+def side(issued: int, revenue: str, point_value: str | None = "0.01", taken_back: int = 0) -> Side:
     return Side("draft", 1, Decimal(point_value) if point_value else None, "CNY",
                 issued_by_rule=Counter({"base": issued}), taken_back_by_rule=Counter({"base": taken_back}),
-                revenue=Decimal(revenue), redeemed=redeemed)
+                revenue=Decimal(revenue))
 
 
 def values(rows: list[forecast.CostRow]) -> dict[str, object]:
@@ -157,12 +156,6 @@ def test_the_cost_table_counts_refunds_and_judges_both_sides_of_the_band() -> No
     assert unvalued["expected cost"] is None and unvalued["verdict"] is None
     no_revenue = values(cost_table(side(1_000_000, "0"), Decimal("0.6")))
     assert no_revenue["cost share of revenue"] is None and no_revenue["verdict"] is None
-
-
-def test_the_observed_rate_is_redeemed_over_net_issued() -> None:
-    assert observed_rate(side(1_200_000, "1", taken_back=200_000, redeemed=450_000)) == Decimal("0.4500")
-    assert observed_rate(side(3, "1", redeemed=1)) == Decimal("0.3333")
-    assert observed_rate(side(0, "1")) is None
 
 
 def parsed(*argv: str) -> argparse.Namespace:
