@@ -24,7 +24,7 @@ from typing import overload
 from zoneinfo import ZoneInfo
 
 from cli.report import _int, _money, _share, _table
-from cli.whatif.result import COST_BAND, Side, verdict
+from cli.whatif.result import COST_BAND, Comparison, Side, verdict
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseRefunded
@@ -200,6 +200,14 @@ def cost_table(side: Side, rate: Decimal, source: str = "given") -> list[CostRow
         CostRow("cost share of revenue", share, _share(share)),
         CostRow("verdict", judged, f"{judged or '—'} (band {_share(low)}–{_share(high)})"),
     ]
+
+
+def priced(comparison: Comparison, rate: Decimal, source: str) -> Comparison:
+    """The comparison with `rate` as both sides' expected redemption rate and a note saying where it comes from, so
+    the table, the terminal and the HTML page cost the forecast alike."""
+    return replace(comparison, live=replace(comparison.live, redemption_rate=rate),
+                   draft=replace(comparison.draft, redemption_rate=rate),
+                   notes=[*comparison.notes, f"expected redemption rate {rate} ({source}), the same for both sides"])
 
 
 def render_cost_table(rows: list[CostRow], title: str = "Cost forecast") -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from cli.whatif import forecast
 from cli.whatif.forecast import cost_table, readdress, render_cost_table, synthetic_events
-from cli.whatif.result import Side
+from cli.whatif.result import Comparison, Side
 from shared.contracts.checkins import CheckinRecorded
 from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
@@ -186,3 +186,15 @@ def test_the_rate_is_given_observed_or_the_synthetic_default() -> None:
     assert forecast.expected_rate(parsed("--history-of", "retail"), Decimal("0.3125")) == \
         (Decimal("0.3125"), "observed in retail's history")
     assert forecast.expected_rate(parsed("--synthetic"), None) == (Decimal("0.4"), "default for a generated feed")
+
+
+def test_a_priced_forecast_costs_both_sides_at_the_rate() -> None:
+    comparison = Comparison("fresh", START, START + timedelta(days=30), "synthetic", 10,
+                            Side("in force", None, None, None), side(1_000_000, "1200000"),
+                            notes=["the history has no ledger entries"])
+    got = forecast.priced(comparison, Decimal("0.4"), "default for a generated feed")
+    assert got.draft.cost() == Decimal("4000.000")  # 1,000,000 × 0.4 × 0.01
+    assert got.draft.cost_share() == Decimal(4000) / Decimal(1_200_000)
+    assert got.live.redemption_rate == Decimal("0.4")
+    assert got.notes[-1] == "expected redemption rate 0.4 (default for a generated feed), the same for both sides"
+    assert comparison.draft.redemption_rate is None and len(comparison.notes) == 1  # the original kept
