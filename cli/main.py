@@ -25,6 +25,7 @@ from cli import (
     simulate,
     tiers,
     topics,
+    whatif,
 )
 from deploy.local.infra import StackError
 from deploy.local.stack import Stack
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "(the data stays)\n"
                                   "  status  each process and whether it runs; exits 1 when one does not")
     stack.add_argument("action", choices=["up", "down", "status"], help="up, down or status (see below)")
-    for module in (simulate, publish, keys, programme, points, member, report, ledger, earn, tiers, insight, dlq,
-                   asyncapi, topics, bench):
+    for module in (simulate, publish, keys, programme, points, member, report, whatif, ledger, earn, tiers, insight,
+                   dlq, asyncapi, topics, bench):
         module.add_parser(sub)
     args = parser.parse_args(argv)
     try:
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 return member.run(args)
             case "report":
                 return report.run(args)
+            case "whatif":
+                return whatif.run(args)
             case "ledger":
                 return asyncio.run(ledger.run(args))
             case "earn":

@@ -151,18 +151,31 @@ class _Replay:
     takes_announcements: bool = True  # earn's tier history fed with the tiers service's announcements
     net_total: int = 0  # net points issued over the whole replay (the warm-up too)
     rewarded: set[str] = field(default_factory=set)
+    # Points for the tiers simulation, held until every side has judged the event: (program, member, at, amount,
+    # kind, entry, corrects).
+    pending: list[tuple[str, str, datetime, int, str, str, str | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.methods = self.earn.methods()
 
     async def feed(self, event: CloudEvent, data: Contract) -> None:
+        """Earn's handler on the event; what it moves of the tiers waits for `simulate`."""
         method = self.methods.get(type(data))
         if method is not None and (self.takes_announcements or not isinstance(data, TierChanged)):
             await method(inbound(event, data), self.memory)
             for cmd in self.memory.drain():
                 self.count(cmd)
-        if self.tiers is not None:
-            self.tiers.feed(event, data)  # after earn: a purchase's own upgrade reaches earn after it, as live
+
+    def simulate(self, event: CloudEvent | None = None, data: Contract | None = None) -> None:
+        """The event and the points counted since, to the tiers simulation: after every side's earn has judged the
+        event, so a purchase's own upgrade reaches earn after it, as the tiers service's announcement does."""
+        if self.tiers is None:
+            return
+        if event is not None and data is not None:
+            self.tiers.feed(event, data)
+        for program_id, member_id, at, amount, kind, entry, corrects in self.pending:
+            self.tiers.points(program_id, member_id, at, amount, kind, entry=entry, corrects=corrects)
+        self.pending.clear()
 
     def count(self, cmd: LedgerCommand) -> None:
         counted = self.start <= cmd.occurred_at < self.end
@@ -172,18 +185,16 @@ class _Replay:
             if counted:
                 self.side.issued_by_rule[rule] += cmd.amount
                 self.side.by_member[cmd.member_id] += cmd.amount
-            if self.tiers is not None:
-                self.tiers.points(cmd.program_id, cmd.member_id, cmd.occurred_at, cmd.amount, "earn",
-                                  entry=cmd.idempotency_key)
+            self.pending.append((cmd.program_id, cmd.member_id, cmd.occurred_at, cmd.amount, "earn",
+                                 cmd.idempotency_key, None))
         elif isinstance(cmd, ReverseEntry):
             amount = cmd.amount or 0  # earn's reversals always say how much
             self.net_total -= amount
             if counted:
                 self.side.taken_back_by_rule[rule] += amount
                 self.side.by_member[cmd.member_id] -= amount
-            if self.tiers is not None:
-                self.tiers.points(cmd.program_id, cmd.member_id, cmd.occurred_at, -amount, "reversal",
-                                  entry=cmd.idempotency_key, corrects=cmd.entry_key)
+            self.pending.append((cmd.program_id, cmd.member_id, cmd.occurred_at, -amount, "reversal",
+                                 cmd.idempotency_key, cmd.entry_key))
 
     def award(self, award: ReferralAward) -> None:
         counted = self.start <= award.at < self.end
@@ -197,11 +208,10 @@ class _Replay:
                 self.side.taken_back_by_rule[award.rule_id] -= award.points
                 self.side.referral_points += award.points
             self.side.by_member[award.member_id] += award.points
-        if self.tiers is not None:
-            kind, entry = ("earn", award.credit) if award.outcome == "rewarded" else (
-                "reversal", f"{award.credit}:reversed:{award.at.isoformat()}")
-            self.tiers.points(award.program_id, award.member_id, award.at, award.points, kind, entry=entry,
-                              corrects=award.credit if award.outcome == "revoked" else None)
+        kind, entry = ("earn", award.credit) if award.outcome == "rewarded" else (
+            "reversal", f"{award.credit}:reversed:{award.at.isoformat()}")
+        self.pending.append((award.program_id, award.member_id, award.at, award.points, kind, entry,
+                             award.credit if award.outcome == "revoked" else None))
 
 
 # --- the run ----------------------------------------------------------------------------------------------------------
@@ -306,12 +316,15 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
         referral_changed = _sections_differ(live_ref, draft_ref, program_id, "referral", start, end)
         ledger = _Ledger(start, end)
         current: list[str] = [""]  # the event being judged, for the tier earn recorded on it
+        announced = [False]  # whether the history has shown a tier announcement yet
 
         def recorded(memory: Memory) -> Callable[[str, str, datetime], MemberTier | None]:
             def tier_of(program_id: str, member_id: str, at: datetime) -> MemberTier | None:
                 name = ledger.recorded_tiers.get(current[0])
                 if name is None:
-                    return None
+                    # No announcement yet in the history (a generated feed, another programme's, or a tiers
+                    # service not running): the tiers as the service would have announced them.
+                    return None if announced[0] else _announced(sims_live, program_id, member_id, at)
                 for _, held in reversed(memory.tiers.get((program_id, member_id), ())):
                     if held.tier == name:
                         return held
@@ -364,14 +377,16 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
                     for credit in side.birthdays.due(next_hour):
                         side.count(credit)
                 next_hour += HOUR
-            sims_live.advance(until)
-            if tiers_changed:
-                sims_draft.advance(until)
             if referrals_draft is None:
                 awards(referrals_live.advance(until))
             else:
                 awards(referrals_live.advance(until), live)
                 awards(referrals_draft.advance(until), replay_draft)
+            for side in sides:
+                side.simulate()
+            sims_live.advance(until)
+            if tiers_changed:
+                sims_draft.advance(until)
 
         async def judge(event: CloudEvent, data: Contract) -> None:
             nonlocal revenue, replayed, purchases, recorded_used, warm_up
@@ -397,6 +412,8 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
                     revenue -= data.total
                 refunds.add(data.refund_id)
             current[0] = event.event_id
+            if isinstance(data, TierChanged):
+                announced[0] = True
             for side in sides:
                 await side.feed(event, data)
             if referrals_draft is None:
@@ -404,6 +421,8 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
             else:
                 awards(referrals_live.feed(event, data), live)
                 awards(referrals_draft.feed(event, data), replay_draft)
+            for side in sides:
+                side.simulate(event, data)
 
         waiting: deque[tuple[CloudEvent, Contract]] = deque()
         undecodable: Counter[str] = Counter()
@@ -444,7 +463,10 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
                          "end is what each side issued")
         notes.append(f"replayed from the programme's first event: {warm_up} event(s) before the period built the "
                      "state it starts with (caps, budgets, streaks, tiers, enrolments, orders refunded later)")
-        if not tiers_changed:
+        if not tiers_changed and not announced[0]:
+            notes.append("the history holds no tier announcements: both sides earn with the tiers the tiers "
+                         "service's rules give in memory")
+        elif not tiers_changed:
             notes.append(f"tiers as earn applied them: {recorded_used} of {purchases} purchase(s) of the period by "
                          "the tier on their ledger entries, the rest by earn's history of the tiers service's "
                          "announcements at the purchase's time")

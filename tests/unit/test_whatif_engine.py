@@ -1,0 +1,92 @@
+"""The what-if engine on a hand-made history: a draft lowering the silver threshold moves the members who reach it
+(under the draft, from the period's start) and multiplies their later purchases, and only theirs; the draft is laid
+in at the period's start over a based_on delta."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli.whatif import engine
+from shared.contracts.members import MemberEnrolled
+from shared.contracts.purchases import PurchaseCompleted
+from shared.envelope import CloudEvent
+
+PROGRAMME: dict[str, Any] = {
+    "program_id": "tw", "name": "Tiers what-if", "version": 1, "effective_from": "2026-01-01T00:00:00Z",
+    "timezone": "UTC", "currency": "CNY", "point_value": "0.01",
+    "purchase": {"base": {"rule_id": "base", "points_per_unit": "1"}},
+    "tiers": {"metric": "points_earned", "window": {"kind": "rolling", "months": 12},
+              "levels": [{"tier": "normal", "threshold": 0, "earn_multiplier": "1"},
+                         {"tier": "silver", "threshold": 100000, "earn_multiplier": "1.5"}]},
+}
+START = datetime(2026, 11, 10, tzinfo=UTC)
+END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def history() -> list[CloudEvent]:
+    events: list[CloudEvent] = []
+
+    def buy(member: str, at: datetime, total: int) -> None:
+        n = len(events)
+        events.append(CloudEvent(f"p-{n}", "test://tw", PurchaseCompleted.TYPE, at, {
+            "program_id": "tw", "member_id": member, "order_id": f"o-{n}", "currency": "CNY",
+            "total": str(total), "channel": "pos"}))
+
+    for member in "abcd":
+        at = datetime(2026, 11, 1, tzinfo=UTC)
+        events.append(CloudEvent(f"e-{member}", "test://tw", MemberEnrolled.TYPE, at,
+                                 {"program_id": "tw", "member_id": member}))
+    day = timedelta(days=1)
+    buy("a", START - 3 * day, 600)   # 600 before the period
+    buy("a", START + day, 600)       # 1,200: reaches silver under the draft here (this purchase is not multiplied)
+    buy("a", START + 2 * day, 200)   # ×1.5: +100
+    buy("b", START - 3 * day, 300)
+    buy("b", START + day, 500)       # 800: stays below 1,000
+    buy("c", START - 2 * day, 1500)  # over 1,000 before the period, under the version then in force (100,000)
+    buy("c", START + 3 * day, 100)   # the first event under the draft's rules: silver from here
+    buy("c", START + 4 * day, 200)   # +100
+    buy("c", START + 5 * day, 301)   # +150 (the half point is floored)
+    buy("d", START + day, 90)
+    return sorted(events, key=lambda e: e.time)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    programmes = tmp_path / "programmes"
+    programmes.mkdir()
+    (programmes / "tw.yaml").write_text(yaml.safe_dump(PROGRAMME))
+    return programmes
+
+
+async def test_a_lower_silver_threshold_moves_the_members_who_reach_it_and_multiplies_their_later_points(
+        folder: Path, tmp_path: Path) -> None:
+    draft = tmp_path / "silver.yaml"
+    draft.write_text(yaml.safe_dump({"based_on": 1, "tiers": {"levels": [{"tier": "silver", "threshold": 1000}]}}))
+    found = await engine.run(history(), program_id="tw", folder=folder, draft=draft, start=START, end=END)
+    assert found.live.members_by_tier == Counter({"normal": 4})
+    assert found.draft.members_by_tier == Counter({"normal": 2, "silver": 2})
+    assert found.live.issued_by_rule == Counter({"base": 600 + 200 + 500 + 100 + 200 + 301 + 90})
+    assert found.draft.issued_by_rule == found.live.issued_by_rule + Counter({"tier": 100 + 100 + 150})
+    assert {m: (a, b) for m, a, b in found.members_differing()} == {"c": (601, 851), "a": (800, 900)}
+    assert any("changes tiers" in note for note in found.notes)
+
+
+async def test_the_draft_laid_in_keeps_every_version_before_the_period_and_replaces_those_in_it(
+        folder: Path, tmp_path: Path) -> None:
+    later = {**PROGRAMME, "version": 2, "effective_from": (START + timedelta(days=2)).isoformat(),
+             "purchase": {"base": {"rule_id": "base", "points_per_unit": "3"}}}
+    (folder / "tw.v2.yaml").write_text(yaml.safe_dump(later))
+    draft = tmp_path / "same.yaml"
+    draft.write_text(yaml.safe_dump({"based_on": 1}))
+    found = await engine.run(history(), program_id="tw", folder=folder, draft=draft, start=START, end=END)
+    # In force: v1 until the 12th, then v2 (×3); the draft (v1 as it was) judges the whole period at ×1.
+    assert found.draft.version == 3
+    assert found.draft.issued_by_rule["base"] == 600 + 200 + 500 + 100 + 200 + 301 + 90
+    assert found.live.issued_by_rule["base"] == 600 + 500 + 90 + 3 * (200 + 100 + 200 + 301)
+    assert any("version(s) 2" in note for note in found.notes)
