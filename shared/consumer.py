@@ -105,7 +105,7 @@ class BatchConsumer:
     def __init__(self, *, service: str, unit_of_work: Callable[[], UnitOfWork], metrics: Metrics, health: Health,
                  routes: dict[str, Route], topic_prefix: str = "", use_inbox: bool = True,
                  retry_max_delay_s: float = 5.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 future_tolerance_s: float = 300.0) -> None:
+                 future_tolerance_s: float = 300.0, inbox_scope: str = "") -> None:
         self.service = service
         self.unit_of_work = unit_of_work
         self.metrics = metrics
@@ -116,6 +116,8 @@ class BatchConsumer:
         self.retry_max_delay_s = retry_max_delay_s
         self.clock = clock
         self.future_tolerance = timedelta(seconds=future_tolerance_s)
+        # A second group of the service claims its ids apart (`<scope>:<event id>`): the same event is new to it.
+        self.inbox_prefix = f"{inbox_scope}:" if inbox_scope else ""
 
     @property
     def topics(self) -> list[str]:
@@ -246,13 +248,15 @@ class BatchConsumer:
         async with self.unit_of_work() as uow:
             fresh = good
             duplicates = 0
-            marks = {i.event.event_id: _replay_mark(i.record) for i, _, _ in good}
+            prefix = self.inbox_prefix
+            marks = {prefix + i.event.event_id: _replay_mark(i.record) for i, _, _ in good}
             if self.use_inbox and good:
                 claimed = await uow.claim(list(marks), {event_id: m for event_id, m in marks.items() if m})
                 fresh = []
                 for found in good:
-                    if found[0].event.event_id in claimed:
-                        claimed.discard(found[0].event.event_id)  # a second copy within the batch is a duplicate
+                    claim = prefix + found[0].event.event_id
+                    if claim in claimed:
+                        claimed.discard(claim)  # a second copy within the batch is a duplicate
                         fresh.append(found)
                     else:
                         duplicates += 1
@@ -261,7 +265,7 @@ class BatchConsumer:
             if self.use_inbox and rejections.event_ids:
                 # Once its cause is fixed, `jifen dlq replay` brings a refused event back and the inbox lets it
                 # through; a plain redelivery (a crash before the offsets moved) stays a duplicate.
-                await uow.refuse({event_id: marks[event_id] for event_id in rejections.event_ids})
+                await uow.refuse({prefix + event_id: marks[prefix + event_id] for event_id in rejections.event_ids})
             refused = bad + rejections.items
             for record, reason in refused:
                 uow.dead_letter(dlq_message(record, reason, self.service, _error_class(reason), now))

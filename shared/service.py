@@ -41,7 +41,7 @@ from shared.outbox import OutboxRelay
 from shared.programmes import Catalogue
 from shared.refusal import Refusal
 from shared.settings import Settings
-from shared.subscription import Subscription, routes
+from shared.subscription import Subscription, groups, routes
 from shared.uow import UnitOfWork
 from shared.waiting import Waiting
 
@@ -206,13 +206,19 @@ class Runtime:
                                          unit_of_work=self.unit_of_work, metrics=self.metrics, clock=self.spec.clock)
                      for job in self.spec.all_jobs}
 
-    def consumer(self) -> BatchConsumer:
+    def consumer(self, group: str = "") -> BatchConsumer:
+        """The consumer of the subscriptions read under `group` ('' the service's own; see `Subscription.group`)."""
         settings = self.settings
         return BatchConsumer(
             service=self.spec.name, unit_of_work=self.unit_of_work, metrics=self.metrics, health=self.health,
-            routes=routes(self.spec.subscriptions), topic_prefix=settings.topic_prefix, use_inbox=self.spec.use_inbox,
-            retry_max_delay_s=settings.retry_max_delay_s, clock=self.spec.clock,
-            future_tolerance_s=settings.future_tolerance_s)
+            routes=routes(self.spec.subscriptions, group), topic_prefix=settings.topic_prefix,
+            use_inbox=self.spec.use_inbox, retry_max_delay_s=settings.retry_max_delay_s, clock=self.spec.clock,
+            future_tolerance_s=settings.future_tolerance_s, inbox_scope=group)
+
+    def group_id(self, group: str = "") -> str:
+        """The Kafka consumer group of a subscription group: the service's, or `<the service's>-<group>`."""
+        base = self.settings.consumer_group or self.settings.topic(f"jifen-{self.spec.name}")
+        return f"{base}-{group}" if group else base
 
     async def database_answers(self) -> bool:
         assert self.engine is not None
@@ -266,13 +272,13 @@ def build_app(spec: ServiceSpec) -> FastAPI:
         assert runtime.engine is not None
         broker = runtime.broker = make_broker(settings, runtime.metrics, spec.name)
         watchers: list[asyncio.Task[None]] = []
-        if spec.subscriptions:
-            consumer = runtime.consumer()
-            group = settings.consumer_group or settings.topic(f"jifen-{spec.name}")
+        for name in groups(spec.subscriptions):
+            consumer = runtime.consumer(name)
+            group = runtime.group_id(name)
             consumer.subscribe(broker, group_id=group, max_records=settings.batch_max_records,
                                batch_timeout_ms=settings.batch_timeout_ms)
             watchers.append(asyncio.create_task(lag.watch(settings.kafka, group, consumer.topics,
-                                                          runtime.metrics), name=f"{spec.name}-group-lag"))
+                                                          runtime.metrics), name=f"{group}-group-lag"))
         producer = make_producer(settings, spec.name)
         relay = runtime.relay = OutboxRelay(settings.asyncpg_dsn, spec.schema, producer, runtime.metrics,
                                             batch_size=settings.outbox_batch_size,

@@ -152,11 +152,16 @@ class Subscription:
     (`jifen_events_ignored_total`), for topics whose writers are Jifen's own services and whose readers each want
     some of the types. `dlq`: a type the topic does not carry at all is a producer's mistake and goes to the DLQ
     as `unknown_type`; a type the topic carries for another service is ignored and counted, as with `skip`.
+
+    `group` names a consumer group of its own (`<service's group>-<group>`, with its own inbox claims): a reader that
+    must see every record of topics another subscription reads too (insight's archive), apart from it; '' is the
+    service's group.
     """
 
     handler: Handler[Any]
     types: Sequence[type[Contract]] | None = None
     others: Others = "dlq"
+    group: str = ""
     _by_type: dict[str, tuple[type[Contract], Handler[Any], Method]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -198,12 +203,20 @@ class Route:
         return None
 
 
-def routes(subscriptions: Sequence[Subscription]) -> dict[str, Route]:
-    """Each consumed topic (named without prefix) with its route; a topic may belong to one subscription only."""
+def routes(subscriptions: Sequence[Subscription], group: str = "") -> dict[str, Route]:
+    """Each topic the group consumes (named without prefix) with its route; a topic may belong to one subscription
+    of a group only."""
     found: dict[str, Route] = {}
     for subscription in subscriptions:
+        if subscription.group != group:
+            continue
         for channel in subscription.channels:
             if channel.topic in found:
                 raise ValueError(f"{channel.topic} is in two subscriptions: give its types to one")
             found[channel.topic] = Route(channel, subscription)
     return found
+
+
+def groups(subscriptions: Sequence[Subscription]) -> list[str]:
+    """The consumer groups the subscriptions are read under, the service's own ('') first."""
+    return sorted({s.group for s in subscriptions})

@@ -28,6 +28,7 @@ from shared.consumer import BatchConsumer
 from shared.contracts.base import Contract
 from shared.outbox import decode_headers
 from shared.service import Runtime, ServiceSpec, build_app
+from shared.subscription import groups
 
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
@@ -119,13 +120,15 @@ class ServiceHarness:
         self.spec = spec
         self.app = build_app(spec)
         self.runtime: Runtime = self.app.state.runtime
-        self.consumer: BatchConsumer | None = None
+        self.consumer: BatchConsumer | None = None  # the service's own group
+        self.consumers: list[BatchConsumer] = []  # every group's, the service's own first
         self.token = ""
         self._offsets = itertools.count()
 
     async def __aenter__(self) -> ServiceHarness:
         await self.runtime.open_storage()
-        self.consumer = self.runtime.consumer()
+        self.consumers = [self.runtime.consumer(group) for group in groups(self.spec.subscriptions) or [""]]
+        self.consumer = self.consumers[0]
         conn = await db.connect(self.spec.settings.asyncpg_dsn)
         try:
             _, self.token = await auth.create_key(conn, "harness", ["admin"])
@@ -138,10 +141,23 @@ class ServiceHarness:
             await self.runtime.engine.dispose()
 
     async def feed(self, records: Iterable[ConsumerRecord[Any, Any]]) -> Delivered:
-        """One batch through the real consumer; returns what it wrote to the outbox."""
+        """One batch through the real consumer (each group's, as Kafka delivers a record to every group reading its
+        topic); returns what it wrote to the outbox."""
         assert self.consumer is not None, "use the harness as `async with`"
-        await self.consumer.process(list(records))
+        records = list(records)
+        if len(self.consumers) == 1:  # every record to the one group, as before: a topic it does not read fails
+            await self.consumer.process(records)
+        else:
+            for consumer in self.consumers:
+                mine = [r for r in records if r.topic in consumer.routes]
+                if mine:
+                    await consumer.process(mine)
         return await self.drain()
+
+    @property
+    def reads(self) -> set[str]:
+        """The topics any of the service's groups reads."""
+        return {topic for consumer in self.consumers for topic in consumer.routes}
 
     async def send(self, topic: str, *values: bytes, key: str = "m", headers: Sequence[tuple[str, bytes]] = STRUCTURED
                    ) -> Delivered:
@@ -152,7 +168,7 @@ class ServiceHarness:
     async def deliver(self, sent: Iterable[Sent]) -> Delivered:
         """Messages another service emitted, delivered to this one as one batch (those on topics it reads)."""
         assert self.consumer is not None
-        wanted = set(self.consumer.routes)
+        wanted = self.reads
         return await self.feed([m.record(offset=next(self._offsets)) for m in sent if m.topic in wanted])
 
     async def run_job(self, name: str, now: datetime) -> tuple[int | None, Delivered]:
@@ -234,7 +250,7 @@ class Pipeline:
             produced = Delivered()
             for service in self.services:
                 assert service.consumer is not None
-                if any(m.topic in service.consumer.routes for m in messages):
+                if any(m.topic in service.reads for m in messages):
                     produced += await service.deliver(messages)
             everything += produced
             messages = produced.messages

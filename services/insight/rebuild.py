@@ -138,7 +138,7 @@ async def rebuild(settings: InsightSettings, program_id: str, progress: Callable
     # The live handler, outside the lock it would wait for, subscribed to the same types with the same others.
     replaying = replace(project, rebuilding=True)
     spec = replace(base, subscriptions=[Subscription(replaying, types=s.types, others=s.others)
-                                        for s in base.subscriptions])
+                                        for s in base.subscriptions if not s.group])  # not the archive's
     lock = await db.connect(settings.asyncpg_dsn, settings.schema_name)  # first: a database away is said at once
     try:
         runtime = Runtime.of(spec)
