@@ -64,6 +64,8 @@ class EntryView(BaseModel):
     rule_id: str | None
     rule_version: int | None
     reason: str | None
+    arms: dict[str, str] | None = None  # the member's experiment arms that judged it (experiment id -> arm)
+    tier: str | None = None  # the tier earn applied to the purchase
     details: Any
     occurred_at: datetime
     posted_at: datetime
@@ -85,7 +87,7 @@ class EntriesPage(BaseModel):
         "entries": [{
             "entry_id": 48213, "seq": 12, "kind": "earn", "amount": 250, "balance_after": 1380,
             "idempotency_key": "earn:evt-7f3a9c21:base", "source_event_id": "evt-7f3a9c21", "rule_id": "base",
-            "rule_version": 1, "reason": "purchase",
+            "rule_version": 1, "reason": "purchase", "arms": None, "tier": None,
             "details": {"order_id": "o-20261120-0042", "total": "250.00", "currency": "CNY",
                         "rule": {"rule_id": "base", "kind": "base", "points": 250,
                                  "why": "1 per unit of currency, floor"},

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import FastAPI, Query
 
 from services.ledger import admin, totals
@@ -98,7 +99,8 @@ def _member_routes(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
                 entry_id=r["id"], seq=r["seq"], kind=r["kind"], amount=r["amount"] if r["incoming"] else -r["amount"],
                 balance_after=r["balance_after"], idempotency_key=r["command_key"],
                 source_event_id=r["source_event_id"], rule_id=r["rule_id"], rule_version=r["rule_version"],
-                reason=r["reason"], details=r["details"], occurred_at=r["occurred_at"], posted_at=r["posted_at"],
+                reason=r["reason"], arms=_json(r["arms"]), tier=r["tier"], details=r["details"],
+                occurred_at=r["occurred_at"], posted_at=r["posted_at"],
                 corrects_entry_id=r["corrects_entry_id"], hold_id=r["hold_id"],
                 lots=[LotOut(lot_id=lot["id"], amount=lot["amount"], unspent=lot["unspent"],
                              available_at=lot["available_at"], expires_at=lot["expires_at"])
@@ -147,3 +149,8 @@ def _summary_route(app: FastAPI, runtime: Runtime, catalogue: Catalogue[Programm
                                value=(p * value).quantize(CENT, ROUND_HALF_UP) if value is not None else None)
                       for m, p in expiring], without_expiry=never,
             last_reload=Reloaded(at=reload.at, ok=reload.ok, detail=reload.detail) if reload else None)
+
+
+def _json(value: Any) -> Any:
+    """A jsonb column as read: text on a bare asyncpg connection, already decoded on an engine's."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

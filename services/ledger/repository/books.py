@@ -200,7 +200,8 @@ def _id(ref: Entry | int) -> int:
 
 ENTRY_COLUMNS = ("id", "program_id", "account_id", "seq", "from_account_id", "to_account_id", "amount",
                  "balance_after", "kind", "command_key", "source_event_id", "rule_id", "rule_version", "reason",
-                 "details", "occurred_at", "posted_at", "prev_hash", "hash", "corrects_entry_id", "hold_id")
+                 "details", "occurred_at", "posted_at", "prev_hash", "hash", "corrects_entry_id", "hold_id", "arms",
+                 "tier")
 LOT_COLUMNS = ("id", "entry_id", "account_id", "amount", "available_at", "expires_at", "origin_lot_id")
 
 
@@ -212,7 +213,9 @@ async def store(db: asyncpg.Connection, added: Additions) -> None:
             (e.id, e.program_id, e.account_id, e.seq, e.from_account_id, e.to_account_id, e.amount, e.balance_after,
              e.kind, e.command_key, e.cause.source_event_id, e.cause.rule_id, e.cause.rule_version, e.cause.reason,
              orjson.dumps(e.details).decode() if e.details is not None else None, e.occurred_at, e.posted_at,
-             e.prev_hash, e.hash, e.corrects_entry_id, e.hold_id) for e in added.entries])
+             e.prev_hash, e.hash, e.corrects_entry_id, e.hold_id,
+             orjson.dumps(e.cause.arms).decode() if e.cause.arms is not None else None, e.cause.tier)
+            for e in added.entries])
     if added.lots:
         await db.copy_records_to_table("lots", columns=LOT_COLUMNS, records=[
             (lot.id, lot.made_by_entry_id, lot.account_id, lot.amount, lot.available_at, lot.expires_at,

@@ -17,7 +17,7 @@ async def entries_page(db: asyncpg.Connection, program_id: str, member_id: str, 
     # One account at a time, so the planner walks the (account_id, seq) index backwards and stops at `limit`.
     rows = await db.fetch(
         """SELECT e.id, e.seq, e.kind, e.amount, e.to_account_id = e.account_id AS incoming, e.balance_after,
-                  e.command_key, e.source_event_id, e.rule_id, e.rule_version, e.reason, e.details,
+                  e.command_key, e.source_event_id, e.rule_id, e.rule_version, e.reason, e.arms, e.tier, e.details,
                   e.occurred_at, e.posted_at, e.hash, e.corrects_entry_id, e.hold_id
            FROM entries e
            WHERE e.account_id = $1 AND e.seq < $2
