@@ -8,7 +8,7 @@ import os
 from shared.settings import Settings
 
 MODES = ["pipeline", "ledger", "history", "rules", "tiers", "referral", "redemption", "insight", "insight-report",
-         "all"]
+         "whatif", "all"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "redemption: concurrent clients redeeming through the stack's redemption service; "
                             "insight: the insight service's consume rate and its cost to the pipeline (see "
                             "bench/insight.py); insight-report: the report's reads on a programme with 1,000,000 "
-                            "entries; all: every mode")
+                            "entries; whatif: the what-if engine on a generated feed in memory (bench/whatif.py); "
+                            "all: every mode")
     bench.add_argument("--tier-entries", type=int, default=200_000,
                        help="tiers: earn credits to preload (default %(default)s)")
     bench.add_argument("--tier-members", type=int, default=20_000,
@@ -57,9 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--keep", action="store_true", help="ledger, tiers: keep the bench's schema and topics")
     from bench.insight import add_arguments as insight_arguments
     from bench.redemption import add_arguments
+    from bench.whatif import add_arguments as whatif_arguments
 
     add_arguments(bench)
     insight_arguments(bench)
+    whatif_arguments(bench)
 
 
 async def run_bench(args: argparse.Namespace) -> int:
@@ -104,6 +107,10 @@ async def run_bench(args: argparse.Namespace) -> int:
         from bench.insight import run_insight_bench
 
         codes.append(await run_insight_bench(args))
+    if args.mode in ("whatif", "all"):
+        from bench.whatif import run_whatif_bench
+
+        codes.append(await run_whatif_bench(args))
     return max(codes)
 
 

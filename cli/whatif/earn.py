@@ -165,6 +165,21 @@ class Memory(Changes):
     async def flush(self) -> None:
         return None
 
+    def fork(self, into: Memory) -> None:
+        """Give `into` a copy of this state (what the service's tables would hold now), each part copied as deep
+        as the handler writes into it: orders are frozen, their refund lists grow; members change."""
+        into.recorded = dict(self.recorded)
+        into.tiers = {key: list(history) for key, history in self.tiers.items()}
+        into.orders = {key: (order, list(refunds)) for key, (order, refunds) in self.orders.items()}
+        into.refused = Counter(self.refused)
+        into.members = {key: Member(m.birthday, m.birthday_set_at) for key, m in self.members.items()}
+        into.by_birthday = {key: set(members) for key, members in self.by_birthday.items()}
+        into.birthdays_paid = set(self.birthdays_paid)
+        into._caps, into._budgets = dict(self._caps), dict(self._budgets)
+        into._rule_uses = dict(self._rule_uses)
+        into._checkins = {key: set(days) for key, days in self._checkins.items()}
+        into._awards = dict(self._awards)
+
     def drain(self) -> list[LedgerCommand]:
         sent, self.sent = self.sent, []
         return sent
