@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli.programme import MODELS
-from shared.programmes import Catalogue, ProgrammeVersion, load_file
+from shared.programmes import Catalogue, ProgrammeError, ProgrammeVersion, UnknownProgram, load_file
 from shared.settings import Settings
 from tests.support import jifen
 
@@ -126,3 +126,67 @@ def test_a_shipped_programme_promises_only_benefits_its_rules_give(path: Path) -
                            for c in campaigns), (level.tier, benefit)
             if match := re.search(r"free (\w+) every (\d+)", text):
                 assert any(match[1] in name and r.points == int(match[2]) for name, r in items.items()), benefit
+
+
+INVITE = """\
+program_id: default
+based_on: 1
+version: 2
+effective_from: "2027-01-01T00:00:00Z"
+experiments:
+  - experiment_id: invite-50
+    starts: "2027-01-01T00:00:00Z"
+    ends: "2027-03-01T00:00:00Z"
+    arms:
+      - {name: control, share: "0.5"}
+      - name: fifty
+        share: "0.5"
+        overrides: {referral: {referee_points: OVERRIDE}}
+"""
+DEFAULT = Settings().programmes_dir / "default.yaml"
+RUNNING = datetime(2027, 2, 1, tzinfo=UTC)
+
+
+def invite_folder(tmp_path: Path, override: str = "50") -> Path:
+    shutil.copy(DEFAULT, tmp_path)
+    (tmp_path / "default.v2.yaml").write_text(INVITE.replace("OVERRIDE", override))
+    return tmp_path
+
+
+def test_for_member_gives_each_member_their_arms_overrides_while_the_experiment_runs(tmp_path: Path) -> None:
+    from services.referral.programme import ReferralProgramme
+    from shared.experiments import arm_of
+
+    catalogue = Catalogue.load(invite_folder(tmp_path), ReferralProgramme)
+    plain = catalogue.in_force("default", RUNNING)
+    experiment = plain.experiments[0]
+    members = {arm: next(f"m-{i}" for i in range(100) if arm_of("default", experiment, f"m-{i}").name == arm)
+               for arm in ("control", "fifty")}
+    control, arms = catalogue.for_member("default", members["control"], RUNNING)
+    assert control is plain and arms == {"invite-50": "control"}
+    fifty, arms = catalogue.for_member("default", members["fifty"], RUNNING)
+    assert arms == {"invite-50": "fifty"} and fifty.version == 2
+    assert fifty.referral is not None and plain.referral is not None
+    assert (fifty.referral.referee_points, plain.referral.referee_points) == (50, 20)
+    assert fifty.referral.referrer_points == plain.referral.referrer_points  # only the override changes
+    assert catalogue.for_member("default", members["fifty"], RUNNING)[0] is fifty  # built once, then looked up
+    # Before the experiment starts and after it ends, every member gets the version itself and no arm.
+    for when in (datetime(2026, 12, 31, tzinfo=UTC), datetime(2027, 3, 1, tzinfo=UTC)):
+        version, arms = catalogue.for_member("default", members["fifty"], when)
+        assert arms == {} and version is catalogue.in_force("default", when)
+    with pytest.raises(UnknownProgram) as refused:
+        catalogue.for_member("nope", members["fifty"], RUNNING)
+    assert refused.value.detail == catalogue.why_not("nope", RUNNING)
+
+
+def test_an_arm_whose_overrides_do_not_validate_is_refused_at_load_naming_file_and_experiment(tmp_path: Path) -> None:
+    from services.referral.programme import ReferralProgramme
+
+    folder = invite_folder(tmp_path, '"lots"')
+    with pytest.raises(ProgrammeError) as refused:
+        Catalogue.load(folder, ReferralProgramme)
+    message = str(refused.value)
+    assert "default.v2.yaml" in message and "experiment 'invite-50' arm 'fifty'" in message
+    assert "referral.referee_points" in message and "line 13" in message, message
+    # The earn service does not read referral, but the override is as wrong there: each model judges its own sections.
+    assert Catalogue.load(folder, MODELS["earn"]).in_force("default", RUNNING).version == 2
