@@ -92,6 +92,8 @@ class Referral:
     programme: ReferralProgramme  # the version in effect when the referee accepted: its terms judge the referral
     decision: Decision | None = None  # a reviewer's, on a referral held for velocity
     decided_at: datetime | None = None
+    # The referrer's arms then (experiment id -> arm): `programme` is already that arm's terms, so these only record it.
+    arms: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def rules(self) -> ReferralRules:

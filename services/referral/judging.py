@@ -11,8 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
+import orjson
 
 from services.referral.domain import (
     Group,
@@ -97,6 +99,15 @@ class Judging:
         programme = self.catalogue.at(program_id, at)
         return programme if programme is not None and programme.referral is not None else None
 
+    def terms_of(self, program_id: str, referrer: str, at: datetime) -> tuple[ReferralProgramme, dict[str, str]] | None:
+        """The terms of a referral the referee accepted at `at`: the version in effect then with the referrer's arm
+        of every experiment running then (the referrer is shown the offer and shares it, so both rewards follow the
+        referrer's arm), and those arms; None when that version takes no referrals."""
+        if self.catalogue.at(program_id, at) is None:
+            return None
+        programme, arms = self.catalogue.for_member(program_id, referrer, at)
+        return (programme, arms) if programme.referral is not None else None
+
     def taking(self, program_id: str, at: datetime) -> ReferralProgramme:
         """The version in effect at `at`, which must take referrals: `unknown_program` (the catalogue's one
         refusal) or `no_rule`."""
@@ -124,10 +135,11 @@ class Judging:
         stored = {s.referral_id: s for s in await referrals.referrals_of(db, referrers)}
         found: dict[str, Referral] = {}
         for s in stored.values():
-            programme = self.terms(s.program_id, s.accepted_at)
-            if programme is not None:
+            terms = self.terms_of(s.program_id, s.referrer, s.accepted_at)
+            if terms is not None:
+                programme, arms = terms
                 found[s.referral_id] = Referral(s.referral_id, s.referrer, s.referee, s.accepted_at, programme,
-                                                s.decision, s.decided_at)
+                                                s.decision, s.decided_at, arms)
         await referrals.forget_due(db, [i for i in stored if i not in found])
         groups = await self._groups(db, found.values())
         before = len(changes.judged)
@@ -184,14 +196,15 @@ class Judging:
             member = referral.referee if role == "referee" else referral.referrer
             key = keys.referral_credit(referral.referral_id, role, grants[role])
             out.credits.append(NewCredit(key, program_id, referral.referral_id, grants[role], role, member, points,
-                                         order.occurred_at))
+                                         order.occurred_at, dict(referral.arms) or None))
             out.commands.append(PostCredit(
                 idempotency_key=key, program_id=program_id, member_id=member, amount=points,
                 occurred_at=order.occurred_at, available_at=order.occurred_at + timedelta(days=rules.pending_days),
                 expires_at=order.occurred_at + timedelta(days=rules.expires_after_days)
                 if rules.expires_after_days else None,
                 cause=Cause(source_event_id=order.event_id, rule_id=f"referral-{role}",
-                            rule_version=referral.programme.version, reason="referral"),
+                            rule_version=referral.programme.version, reason="referral",
+                            arms=dict(referral.arms) or None),
                 details={"referral_id": referral.referral_id, "role": role, "order_id": order.order_id,
                          "referrer_member_id": referral.referrer, "referee_member_id": referral.referee,
                          "position": verdict.position}))
@@ -245,14 +258,14 @@ def reversal(credit: asyncpg.Record) -> ReverseEntry:
         idempotency_key=keys.referral_reversal(credit["key"]), program_id=credit["program_id"],
         member_id=credit["member_id"], entry_key=credit["key"], occurred_at=credit["reverse_at"],
         cause=Cause(source_event_id=credit["reverse_source"], rule_id=f"referral-{credit['role']}",
-                    reason=credit["reverse_reason"]),
+                    reason=credit["reverse_reason"], arms=_json(credit["arms"]) or None),
         details={"referral_id": credit["referral_id"], "role": credit["role"]})
 
 
 def _outcome(kind: str, referral: Referral, verdict: Verdict, taken_back: dict[Role, int]) -> Outcome:
     program_id, rules = referral.programme.program_id, referral.rules
     sides = {"referral_id": referral.referral_id, "referrer_member_id": referral.referrer,
-             "referee_member_id": referral.referee}
+             "referee_member_id": referral.referee, "arms": dict(referral.arms)}
     if kind == "rewarded" and verdict.order is not None:
         return ReferralRewarded(program_id=program_id, **sides, qualifying_order_id=verdict.order.order_id,
                                 referrer_points=rules.referrer_points, referee_points=rules.referee_points,
@@ -265,6 +278,11 @@ def _outcome(kind: str, referral: Referral, verdict: Verdict, taken_back: dict[R
                                referee_points=taken_back.get("referee", 0))
     return ReferralRejected(program_id=program_id, **sides, reason=verdict.reason or verdict.status,
                             detail=verdict.detail)
+
+
+def _json(value: Any) -> Any:
+    """A jsonb column as read: text on a bare asyncpg connection, already decoded on an engine's."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _counted(family: Family, program_id: str, role: str, points: int) -> Callable[[], None]:

@@ -123,6 +123,7 @@ class NewCredit:
     member_id: str
     amount: int
     occurred_at: datetime
+    arms: dict[str, str] | None = None  # the referrer's arms that set its terms, named again by its reversal
 
 
 @dataclass(frozen=True, slots=True)

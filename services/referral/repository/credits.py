@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import orjson
 
 from services.referral.records import NewCredit, Reversal
 from services.referral.repository import columns
@@ -14,13 +15,13 @@ from services.referral.repository import columns
 async def add(db: asyncpg.Connection, new: Sequence[NewCredit]) -> None:
     if not new:
         return
-    rows = [(c.key, c.program_id, c.referral_id, c.grant_no, c.role, c.member_id, c.amount, c.occurred_at)
-            for c in new]
+    rows = [(c.key, c.program_id, c.referral_id, c.grant_no, c.role, c.member_id, c.amount, c.occurred_at,
+             orjson.dumps(c.arms).decode() if c.arms else None) for c in new]
     await db.execute(
-        """INSERT INTO credits (key, program_id, referral_id, grant_no, role, member_id, amount, occurred_at)
+        """INSERT INTO credits (key, program_id, referral_id, grant_no, role, member_id, amount, occurred_at, arms)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[],
-                                $7::integer[], $8::timestamptz[])
-           ON CONFLICT (key) DO NOTHING""", *columns(rows, 8))
+                                $7::integer[], $8::timestamptz[], $9::jsonb[])
+           ON CONFLICT (key) DO NOTHING""", *columns(rows, 9))
 
 
 async def want_reversals(db: asyncpg.Connection, reversals: Sequence[Reversal]) -> list[asyncpg.Record]:
