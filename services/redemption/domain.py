@@ -10,7 +10,7 @@ the ledger refuses (or that times out) makes it `rejected` with the ledger's rea
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -159,6 +159,9 @@ class Redemption:
     hold_expires_at: datetime | None = None
     settled_at: datetime | None = None
     cancelled_at: datetime | None = None
+    # The member's arm of every experiment running when it was asked for (experiment id -> arm): `reward` and
+    # `points` are already that arm's; kept with the terms, so every command and event of the redemption names it.
+    arms: dict[str, str] = field(default_factory=dict)
 
     @property
     def hold_id(self) -> str:

@@ -25,35 +25,37 @@ from shared.uow import UnitOfWork
 SOURCE = "jifen.redemption"
 
 
-def _cause(subject: str, reason: str, rule_id: str | None = None, rule_version: int | None = None) -> Cause:
+def _cause(subject: str, reason: str, rule_id: str | None = None, rule_version: int | None = None,
+           arms: dict[str, str] | None = None) -> Cause:
     return Cause(source_event_id=keys.cause_of(SOURCE, subject), rule_id=rule_id, rule_version=rule_version,
-                 reason=reason)
+                 reason=reason, arms=arms or None)
 
 
 def _ids(r: Redemption) -> dict[str, Any]:
     return {"program_id": r.program_id, "member_id": r.member_id, "redemption_id": r.redemption_id,
-            "reward_id": r.reward_id}
+            "reward_id": r.reward_id, "arms": r.arms}
 
 
 # --- redemptions ----------------------------------------------------------------------------------------
 
 def place_hold(uow: UnitOfWork, r: Redemption, ttl_seconds: int, version: int, now: datetime) -> None:
     uow.emit(PlaceHold(idempotency_key=r.key("hold"), program_id=r.program_id, member_id=r.member_id,
-                       cause=_cause(r.redemption_id, "redemption", r.reward_id, version), occurred_at=now,
+                       cause=_cause(r.redemption_id, "redemption", r.reward_id, version, r.arms), occurred_at=now,
                        hold_id=r.hold_id, amount=r.points, ttl_seconds=ttl_seconds,
                        details={"reward_id": r.reward_id, "quantity": r.quantity}), at=now)
 
 
 def capture(uow: UnitOfWork, r: Redemption, now: datetime) -> None:
     uow.emit(CaptureHold(idempotency_key=r.key("capture"), program_id=r.program_id, member_id=r.member_id,
-                         cause=_cause(r.redemption_id, "redemption", r.reward_id), occurred_at=now,
+                         cause=_cause(r.redemption_id, "redemption", r.reward_id, arms=r.arms), occurred_at=now,
                          hold_id=r.hold_id, amount=r.points), at=now)
 
 
 def give_back(uow: UnitOfWork, r: Redemption, now: datetime) -> None:
     """A cancellation: the capture reversed, so the points come back with the expiry of the lots they left."""
     uow.emit(ReverseEntry(idempotency_key=r.key("cancel"), program_id=r.program_id, member_id=r.member_id,
-                          cause=_cause(r.redemption_id, "redemption cancelled", r.reward_id), occurred_at=now,
+                          cause=_cause(r.redemption_id, "redemption cancelled", r.reward_id, arms=r.arms),
+                          occurred_at=now,
                           entry_key=r.key("capture")), at=now)
 
 

@@ -57,7 +57,9 @@ def routes(app: FastAPI, runtime: Runtime, desk: Desk) -> None:
         tier price, with the member's `tier` and `blocked`. A programme not in effect is 404 `unknown_program`.
         Needs the `read` scope."""
         now = clock()
-        programme = catalogue.in_force(program_id, now)
+        # A member sees the rewards at their arm's prices and availability; without one, the version's own.
+        programme = catalogue.in_force(program_id, now) if member_id is None else catalogue.for_member(
+            program_id, member_id, now)[0]
         member, found = await runtime.read(lambda db: redeem.offers(db, programme, member_id, now))
         return api.RewardsOut(program_id=program_id, version=programme.version, member_id=member_id,
                               tier=member.tier, blocked=member.blocked, rewards=[api.reward_out(o) for o in found])
@@ -101,12 +103,13 @@ def routes(app: FastAPI, runtime: Runtime, desk: Desk) -> None:
         showed its coupon's code, show that code again, for a till that lost that answer); another body is 422
         `idempotency_conflict`. Needs the `redeem` scope."""
         now = clock()
-        programme = catalogue.in_force(program_id, now)
+        # The member's arm of every experiment running now prices the reward and says whether it is available.
+        programme, arms = catalogue.for_member(program_id, body.member_id, now)
         ask = redeem.Ask(program_id, body.member_id, body.reward_id, body.quantity, idempotency_key)
         rid = redeem.new_id()
         # Listening before the commit: the ledger's answer cannot arrive before this request waits for it.
         async with waiting.watching(rid) if wait > 0 else contextlib.nullcontext() as watch:
-            made = await runtime.transaction(lambda uow: redeem.redeem(uow, programme, ask, rid, metrics, now))
+            made = await runtime.transaction(lambda uow: redeem.redeem(uow, programme, ask, rid, metrics, now, arms))
             fresh = made.redemption_id == rid
             # A new redemption is as this request left it: pending, or rejected by a rule, with nothing else yet.
             shown = redeem.Shown(made) if fresh else await looked(program_id, made.redemption_id)()

@@ -53,9 +53,10 @@ def new_id() -> str:
 
 
 async def redeem(uow: UnitOfWork, programme: RedemptionProgramme, ask: Ask, redemption_id: str,
-                 metrics: RedemptionMetrics, now: datetime) -> Redemption:
+                 metrics: RedemptionMetrics, now: datetime, arms: dict[str, str] | None = None) -> Redemption:
     """Record the redemption, pending with its stock reserved and its hold asked for, or rejected with the reason;
-    the same key with the same body answers the redemption it made, with another body `idempotency_conflict`."""
+    the same key with the same body answers the redemption it made, with another body `idempotency_conflict`.
+    `programme` is the member's (their arms' overrides applied: `Catalogue.for_member`) and `arms` those arms."""
     member = await repository.members.lock_member(uow.db, ask.program_id, ask.member_id)
     known = await repository.redemptions.redemption_by_key(uow.db, ask.program_id, ask.idempotency_key)
     if known is not None:
@@ -72,7 +73,7 @@ async def redeem(uow: UnitOfWork, programme: RedemptionProgramme, ask: Ask, rede
             taken = ask.quantity
         else:
             refused = Refused("out_of_stock", f"{reward.reward_id!r} has fewer than {ask.quantity} left")
-    r = _new(redemption_id, ask, reward, member, programme, taken, refused, now)
+    r = _new(redemption_id, ask, reward, member, programme, taken, refused, now, arms or {})
     if not await repository.redemptions.insert_redemption(uow.db, r, member.tier, ask.idempotency_key, ask.digest):
         raise _conflict(ask)
     if refused is None:
@@ -85,14 +86,14 @@ async def redeem(uow: UnitOfWork, programme: RedemptionProgramme, ask: Ask, rede
 
 
 def _new(redemption_id: str, ask: Ask, reward: Reward | None, member: MemberView, programme: RedemptionProgramme,
-         taken: int, refused: Refused | None, now: datetime) -> Redemption:
+         taken: int, refused: Refused | None, now: datetime, arms: dict[str, str]) -> Redemption:
     return Redemption(
         redemption_id=redemption_id, program_id=ask.program_id, member_id=ask.member_id,
         reward_id=ask.reward_id, kind=reward.kind if reward is not None else "unknown", quantity=ask.quantity,
         points=reward.price(member.tier) * ask.quantity if reward is not None else 0,
         status="rejected" if refused else "pending", reward=reward, timezone=programme.timezone, created_at=now,
         reason=refused.reason if refused else None, detail=refused.detail if refused else None, stock_taken=taken,
-        settled_at=now if refused else None)
+        settled_at=now if refused else None, arms=arms)
 
 
 def _replay(known: Redemption, digest: bytes, ask: Ask) -> Redemption:

@@ -40,12 +40,16 @@ def _redemption(row: asyncpg.Record) -> Redemption:
         status=row["status"], reward=Reward.model_validate(terms["reward"]) if terms.get("reward") else None,
         timezone=terms.get("timezone", "UTC"), created_at=row["created_at"], reason=row["reason"],
         detail=row["detail"], stock_taken=row["stock_taken"], held_at=row["held_at"],
-        hold_expires_at=row["hold_expires_at"], settled_at=row["settled_at"], cancelled_at=row["cancelled_at"])
+        hold_expires_at=row["hold_expires_at"], settled_at=row["settled_at"], cancelled_at=row["cancelled_at"],
+        arms=terms.get("arms") or {})
 
 
 def terms_of(redemption: Redemption) -> str:
     reward = redemption.reward.model_dump(mode="json") if redemption.reward is not None else None
-    return orjson.dumps({"reward": reward, "timezone": redemption.timezone}).decode()
+    terms: dict[str, Any] = {"reward": reward, "timezone": redemption.timezone}
+    if redemption.arms:  # the arm that priced it, read back with the terms (none: the terms as before arms existed)
+        terms["arms"] = redemption.arms
+    return orjson.dumps(terms).decode()
 
 
 async def redemption_by_key(db: asyncpg.Connection, program_id: str, key: str) -> tuple[Redemption, bytes] | None:
