@@ -169,8 +169,10 @@ def fired_rules(programme: Programme, occurred_at: datetime, purchase: PurchaseC
 
 
 def credits_from(programme: Programme, event_id: str, occurred_at: datetime, purchase: PurchaseCompleted,
-                 fired: list[RulePoints], tier: MemberTier | None = None) -> list[PostCredit]:
-    """The credits of rules that fired, in their order."""
+                 fired: list[RulePoints], tier: MemberTier | None = None,
+                 arms: dict[str, str] | None = None) -> list[PostCredit]:
+    """The credits of rules that fired, in their order; each cause names the member's experiment arms (`arms`, by
+    experiment id) and the tier applied, so the ledger records what judged the purchase."""
     when_available = available_at(programme, occurred_at, purchase.channel)
     when_expires = expires_at(programme, occurred_at)
     lines = lines_of(purchase)
@@ -178,7 +180,8 @@ def credits_from(programme: Programme, event_id: str, occurred_at: datetime, pur
         idempotency_key=keys.earn_credit(event_id, r.rule_id), program_id=programme.program_id,
         member_id=purchase.member_id, amount=r.points, occurred_at=occurred_at, available_at=when_available,
         expires_at=when_expires,
-        cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase"),
+        cause=Cause(source_event_id=event_id, rule_id=r.rule_id, rule_version=programme.version, reason="purchase",
+                    arms=arms or None, tier=tier.tier if tier is not None else None),
         details={"order_id": purchase.order_id, "total": str(purchase.total), "currency": purchase.currency,
                  **({"points_value": str(purchase.points_value)} if purchase.points_value else {}),
                  "rule": {"rule_id": r.rule_id, "kind": r.kind, "points": r.points, "why": r.note},

@@ -174,9 +174,10 @@ class EarnFromEvents(Handler[Changes]):
 
     async def manual(self, item: Inbound[PointsAwarded], changes: Changes) -> None:
         award = item.data
-        programme = self._programme(item, award.program_id, changes)
-        if programme is None:
+        found = self._programme(item, award.program_id, award.member_id, changes)
+        if found is None:
             return
+        programme, arms = found
         rule = programme.activity.manual
         if rule is None:
             changes.reject(item, "no_rule", f"programme {programme.program_id!r} takes no manual awards")
@@ -193,13 +194,14 @@ class EarnFromEvents(Handler[Changes]):
             return
         await self._award(item, programme, award.member_id, Award(rule.rule_id, award.points, award.reason),
                           "manual", changes, {"award_id": award.award_id, "awarded_by": award.awarded_by,
-                                              "source": item.event.source})
+                                              "source": item.event.source}, arms)
 
     async def checkin(self, item: Inbound[CheckinRecorded], changes: Changes) -> None:
         checkin = item.data
-        programme = self._programme(item, checkin.program_id, changes)
-        if programme is None:
+        found = self._programme(item, checkin.program_id, checkin.member_id, changes)
+        if found is None:
             return
+        programme, arms = found
         rule = programme.activity.checkin
         if rule is None:
             changes.reject(item, "no_rule", f"programme {programme.program_id!r} does not reward check-ins")
@@ -213,20 +215,21 @@ class EarnFromEvents(Handler[Changes]):
         streak = streak_length(checkin.day, earlier)
         for award in checkin_awards(rule, streak):
             await self._award(item, programme, checkin.member_id, award, "checkin", changes,
-                              {"day": checkin.day.isoformat(), "streak": streak})
+                              {"day": checkin.day.isoformat(), "streak": streak}, arms)
 
     async def enrol(self, item: Inbound[MemberEnrolled], changes: Changes) -> None:
         member = item.data
-        if self._programme(item, member.program_id, changes) is None:
+        if self._programme(item, member.program_id, member.member_id, changes) is None:
             return
         await changes.enrol(member.program_id, member.member_id, member.birthday,
                             member.enrolled_at or item.event.time, item.event.time)
 
     async def task(self, item: Inbound[TaskCompleted], changes: Changes) -> None:
         task = item.data
-        programme = self._programme(item, task.program_id, changes)
-        if programme is None:
+        found = self._programme(item, task.program_id, task.member_id, changes)
+        if found is None:
             return
+        programme, arms = found
         rule = next((t for t in programme.activity.tasks if t.task_type == task.task_type), None)
         if rule is None:
             changes.reject(item, "no_rule", f"programme {programme.program_id!r} has no rule for tasks "
@@ -242,14 +245,15 @@ class EarnFromEvents(Handler[Changes]):
                 self.metrics.skipped.labels(programme.program_id, "capped").inc()
                 return
         await self._award(item, programme, task.member_id, award, "task", changes,
-                          {"task_id": task.task_id, "task_type": task.task_type})
+                          {"task_id": task.task_id, "task_type": task.task_type}, arms)
 
     async def purchase(self, item: Inbound[PurchaseCompleted], changes: Changes) -> None:
         # Judged by the programme version in effect when the purchase happened, so a replay earns the same.
         purchase = item.data
-        programme = self._programme(item, purchase.program_id, changes)
-        if programme is None:
+        found = self._programme(item, purchase.program_id, purchase.member_id, changes)
+        if found is None:
             return
+        programme, arms = found
         refused = purchase_refusal(programme, purchase)
         if refused is not None:
             changes.reject(item, *refused)
@@ -266,20 +270,20 @@ class EarnFromEvents(Handler[Changes]):
         # The tier the member held when the purchase happened, as announced by the tiers service (None: none yet).
         tier = changes.tier_at(purchase.program_id, purchase.member_id, item.event.time)
         fired = fired_rules(programme, item.event.time, purchase, tier)
-        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier)
+        credits = credits_from(programme, item.event.event_id, item.event.time, purchase, fired, tier, arms)
         limited = [await self._limit(programme, credit, item, changes) for credit in credits]
         earned = [Earned(r.rule_id, c.idempotency_key, c.amount, r.lines)
                   for r, c in zip(fired, limited, strict=True) if c is not None]
         credits = [c for c in limited if c is not None]
         order = Order(purchase.order_id, purchase.member_id, purchase.total,
-                      [(line.sku, line.total) for line in lines_of(purchase)], earned)
+                      [(line.sku, line.total) for line in lines_of(purchase)], earned, item.event.time)
         changes.add_order(NewOrder(purchase.program_id, order, item.event.event_id, item.event.time))
         for credit in credits:
             self._send(credit, item, changes)
 
     async def refund(self, item: Inbound[PurchaseRefunded], changes: Changes) -> None:
         refund = item.data
-        if self._programme(item, refund.program_id, changes) is None:
+        if self._programme(item, refund.program_id, refund.member_id, changes) is None:
             return
         found = await changes.order(refund.program_id, refund.order_id)
         if found is None:
@@ -296,11 +300,12 @@ class EarnFromEvents(Handler[Changes]):
             changes.reject(item, refused.reason, refused.detail)
             return
         credit_keys = {e.rule_id: e.credit_key for e in order.earned}
+        arms = self._arms_at_purchase(refund.program_id, order)
         for rule_id, points in back.items():
             cmd = ReverseEntry(
                 idempotency_key=keys.refund_reversal(item.event.event_id, rule_id), program_id=refund.program_id,
                 member_id=order.member_id, entry_key=credit_keys[rule_id], amount=points, occurred_at=item.event.time,
-                cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund"),
+                cause=Cause(source_event_id=item.event.event_id, rule_id=rule_id, reason="refund", arms=arms or None),
                 details={"order_id": order.order_id, "refund_id": refund.refund_id, "total": str(refund.total)})
             self._emit(cmd, item, changes)
         earlier.append(refund)
@@ -331,25 +336,37 @@ class EarnFromEvents(Handler[Changes]):
         return credit.model_copy(update={"amount": amount, "details": details})
 
     async def _award(self, item: Inbound[Contract], programme: Programme, member_id: str, award: Award, reason: str,
-                     changes: Changes, details: dict[str, object]) -> None:
+                     changes: Changes, details: dict[str, object], arms: dict[str, str] | None = None) -> None:
         credit = PostCredit(
             idempotency_key=keys.earn_credit(item.event.event_id, award.rule_id), program_id=programme.program_id,
             member_id=member_id, amount=award.points, occurred_at=item.event.time, available_at=item.event.time,
             expires_at=expires_at(programme, item.event.time),
             cause=Cause(source_event_id=item.event.event_id, rule_id=award.rule_id, rule_version=programme.version,
-                        reason=reason),
+                        reason=reason, arms=arms or None),
             details={**details, "rule": {"rule_id": award.rule_id, "points": award.points, "why": award.why}})
         limited = await self._limit(programme, credit, item, changes)
         if limited is not None:
             self._send(limited, item, changes)
 
-    def _programme(self, item: Inbound[Contract], program_id: str, changes: Changes) -> Programme | None:
-        """The version in force when the event happened; an unknown programme goes to the DLQ (None)."""
+    def _programme(self, item: Inbound[Contract], program_id: str, member_id: str,
+                   changes: Changes) -> tuple[Programme, dict[str, str]] | None:
+        """The version in force when the event happened as the member sees it (their arm's overrides of every
+        experiment running then applied), with those arms; an unknown programme goes to the DLQ (None)."""
         try:
-            return self.catalogue.in_force(program_id, item.event.time)
+            return self.catalogue.for_member(program_id, member_id, item.event.time)
         except UnknownProgram as unknown:
             changes.reject(item, unknown.reason, unknown.detail)
             return None
+
+    def _arms_at_purchase(self, program_id: str, order: Order) -> dict[str, str]:
+        """The arms the refunded purchase's member was in when they bought (none known: an order recorded before
+        orders kept their time, or no version in force then)."""
+        if order.occurred_at is None:
+            return {}
+        try:
+            return self.catalogue.for_member(program_id, order.member_id, order.occurred_at)[1]
+        except UnknownProgram:
+            return {}
 
     def _send(self, credit: PostCredit, item: Inbound[Contract], changes: Changes) -> None:
         self._emit(credit, item, changes)

@@ -39,16 +39,19 @@ def birthdays(catalogue: Catalogue[Programme], interval_s: float, batch_size: in
         paid = 0
         for row in due:
             await repository.birthday_paid(uow.db, programme.program_id, row["member_id"], local.year)
-            if row["birthday_set_at"] is None or not birthday_pays(rule, row["birthday"], row["birthday_set_at"], now,
-                                                                   programme.zone):
+            # The member's arm of every experiment running now may change the bonus (or take it away).
+            theirs, arms = catalogue.for_member(programme.program_id, row["member_id"], now)
+            bonus = theirs.activity.birthday
+            if bonus is None or row["birthday_set_at"] is None or not birthday_pays(
+                    bonus, row["birthday"], row["birthday_set_at"], now, programme.zone):
                 continue  # set too recently (or 29 February in another year's check): nothing this year
             key = keys.birthday_credit(programme.program_id, row["member_id"], local.year)
             credit = PostCredit(
-                idempotency_key=key, program_id=programme.program_id, member_id=row["member_id"], amount=rule.points,
-                occurred_at=now, available_at=now, expires_at=expires_at(programme, now),
-                cause=Cause(source_event_id=keys.cause_of(SOURCE, key), rule_id=rule.rule_id,
-                            rule_version=programme.version, reason="birthday"),
-                details={"rule": {"rule_id": rule.rule_id, "points": rule.points, "why": "birthday"}})
+                idempotency_key=key, program_id=programme.program_id, member_id=row["member_id"], amount=bonus.points,
+                occurred_at=now, available_at=now, expires_at=expires_at(theirs, now),
+                cause=Cause(source_event_id=keys.cause_of(SOURCE, key), rule_id=bonus.rule_id,
+                            rule_version=programme.version, reason="birthday", arms=arms or None),
+                details={"rule": {"rule_id": bonus.rule_id, "points": bonus.points, "why": "birthday"}})
             uow.emit(credit, at=now, subject=credit.member_id, source=SOURCE)
             paid += 1
         if len(due) == batch_size:

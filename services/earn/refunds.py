@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -39,6 +40,7 @@ class Order:
     total: Decimal
     lines: list[tuple[str, Decimal]]  # (sku, total) by line index
     earned: list[Earned]
+    occurred_at: datetime | None = None  # when it was bought: the member's experiment arms then judge its refunds
 
 
 def refunded_shares(order: Order, refunds: list[PurchaseRefunded]) -> dict[int, Fraction]:

@@ -68,8 +68,8 @@ async def add_orders(db: asyncpg.Connection, orders: Sequence[NewOrder]) -> None
 
 async def order_with_refunds(db: asyncpg.Connection, program_id: str,
                              order_id: str) -> tuple[Order, list[PurchaseRefunded]] | None:
-    row = await db.fetchrow("SELECT member_id, total, lines FROM orders WHERE program_id = $1 AND order_id = $2",
-                            program_id, order_id)
+    row = await db.fetchrow("SELECT member_id, total, lines, occurred_at FROM orders WHERE program_id = $1 "
+                            "AND order_id = $2", program_id, order_id)
     if row is None:
         return None
     earned = [Earned(r["rule_id"], r["credit_key"], r["points"],
@@ -86,7 +86,7 @@ async def order_with_refunds(db: asyncpg.Connection, program_id: str,
         for r in await db.fetch("""SELECT refund_id, total, lines FROM refunds
                                    WHERE program_id = $1 AND order_id = $2 ORDER BY occurred_at, refund_id""",
                                 program_id, order_id)]
-    return Order(order_id, row["member_id"], row["total"], lines, earned), refunds
+    return Order(order_id, row["member_id"], row["total"], lines, earned, row["occurred_at"]), refunds
 
 
 async def add_refund(db: asyncpg.Connection, program_id: str, refund: PurchaseRefunded, event_id: str,
