@@ -1,8 +1,9 @@
 """The referral service replayed in memory for the what-if: referrals judged with the service's own rules
 (services/referral/domain.py: `judge`, `plan`, and through them the qualifying purchase, the refund that revokes,
-velocity, the cap per period, the bonus on every Kth place, the expiry of referrals nobody qualified), the facts
-kept as services/referral/handlers.py keeps them and re-judged as services/referral/judging.py re-judges them,
-writing nothing.
+velocity, the cap per period, the bonus on every Kth place, the expiry of referrals nobody qualified), under the
+terms services/referral/judging.py gives them (`terms_of`: the version in effect at acceptance, in the referrer's
+experiment arms), the facts kept as services/referral/handlers.py keeps them and re-judged as judging.py re-judges
+them, writing nothing.
 
 Every event stores its facts (the earliest event of an order, a refund or a referral stands) and the referrers it
 touches are judged again; what a new verdict moves (`plan`) becomes awards: a side's credit (at the qualifying
@@ -74,6 +75,8 @@ class ReferralAward:
     credit: str = ""  # the ledger key of the credit this is, or reverses (referral:{id}:{role}[:{grant}])
     available_at: datetime | None = None  # a credit's: spendable from then (after pending_days)
     expires_at: datetime | None = None  # a credit's: expires then (None: never)
+    # The referrer's experiment arms that set the referral's terms (a reversal: those of the credit it reverses).
+    arms: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class _Referral:
     live: dict[Role, int] = field(default_factory=dict)  # points credited and not taken back, by side
     grants: dict[Role, int] = field(default_factory=dict)  # each side's grants so far (a credit's key names it)
     credited_at: dict[Role, datetime] = field(default_factory=dict)  # each live credit's time
+    credited_arms: dict[Role, dict[str, str]] = field(default_factory=dict)  # ... and the arms it was paid under
     due: datetime | None = None  # the deadline the expiry looks at, once pending
 
     @property
@@ -336,9 +340,10 @@ class ReferralSim:
             found: dict[str, Referral] = {}
             for rid in self._by_referrer[(program_id, referrer)]:
                 r = self._referrals[rid]
-                programme = self.judging.terms(program_id, r.accepted_at)
-                if programme is not None:
-                    found[rid] = Referral(rid, referrer, r.referee, r.accepted_at, programme)
+                terms = self.judging.terms_of(program_id, referrer, r.accepted_at)  # the referrer's arms apply
+                if terms is not None:
+                    programme, arms = terms
+                    found[rid] = Referral(rid, referrer, r.referee, r.accepted_at, programme, arms=arms)
             if not found:
                 continue
             for rid, verdict in judge(self._group(program_id, referrer, list(found.values())), now).items():
@@ -386,17 +391,20 @@ class ReferralSim:
             at = revoked.occurred_at if revoked is not None else stored.credited_at[role]
             awards.append(ReferralAward(stored.program_id, stored.referral_id, self._side(stored, role), role, -points,
                                         f"referral-{role}", at, "revoked",
-                                        keys.referral_credit(stored.referral_id, role, stored.grants[role])))
+                                        keys.referral_credit(stored.referral_id, role, stored.grants[role]),
+                                        arms=stored.credited_arms.pop(role, {})))
         order = verdict.order
         for role, points in step.credit.items():
             assert order is not None, "only a rewarded verdict pays, and it has its qualifying purchase"
             stored.live[role], stored.credited_at[role] = points, order.occurred_at
             stored.grants[role] = stored.grants.get(role, 0) + 1
+            stored.credited_arms[role] = dict(referral.arms)
             awards.append(ReferralAward(
                 stored.program_id, stored.referral_id, self._side(stored, role), role, points, f"referral-{role}",
                 order.occurred_at, "rewarded", keys.referral_credit(stored.referral_id, role, stored.grants[role]),
                 order.occurred_at + timedelta(days=rules.pending_days),
-                order.occurred_at + timedelta(days=rules.expires_after_days) if rules.expires_after_days else None))
+                order.occurred_at + timedelta(days=rules.expires_after_days) if rules.expires_after_days else None,
+                dict(referral.arms)))
         stored.status, stored.reason, stored.detail = verdict.status, verdict.reason, verdict.detail
         if verdict.status == "pending" and stored.due != referral.deadline:
             stored.due = referral.deadline

@@ -54,6 +54,9 @@ PROGRAMMES: list[dict[str, Any]] = [
     {**HEADER, "program_id": "pts", "name": "Points", "timezone": "UTC",
      "tiers": {"metric": "points_earned", "window": {"kind": "rolling", "months": 6}, "levels": LEVELS}},
     {**HEADER, "program_id": "ref", "name": "Referrals", "timezone": "Asia/Shanghai",
+     "experiments": [{"experiment_id": "invite-80", "starts": (NOW - 150 * DAY).isoformat(), "ends": NOW.isoformat(),
+                      "arms": [{"name": "control", "share": "0.5"}, {"name": "eighty", "share": "0.5",
+                               "overrides": {"referral": {"referrer_points": 80}}}]}],
      "referral": {"referrer_points": 50, "referee_points": 20,
                   "qualifying": {"purchase": "first", "min_total": "50", "within_days": 30},
                   "cap": {"count": 4, "per": "month"}, "bonus": {"every": 3, "points": 30}, "pending_days": 14,
@@ -265,11 +268,16 @@ async def test_referralsim_pays_and_takes_back_what_the_referral_service_does(in
 
     credited = {c["idempotency_key"]: c for c in out.of(PostCredit)}
     service = sorted([(c["idempotency_key"], c["details"]["referral_id"], c["member_id"], c["details"]["role"],
-                       c["amount"], datetime.fromisoformat(c["occurred_at"])) for c in credited.values()]
+                       c["amount"], datetime.fromisoformat(c["occurred_at"]), str(c["cause"].get("arms") or {}))
+                      for c in credited.values()]
                      + [(r["entry_key"], r["details"]["referral_id"], r["member_id"], r["details"]["role"],
-                         -credited[r["entry_key"]]["amount"], datetime.fromisoformat(r["occurred_at"]))
-                        for r in out.of(ReverseEntry)])
-    assert sorted((a.credit, a.referral_id, a.member_id, a.role, a.points, a.at) for a in awards) == service
+                         -credited[r["entry_key"]]["amount"], datetime.fromisoformat(r["occurred_at"]),
+                         str(r["cause"].get("arms") or {})) for r in out.of(ReverseEntry)])
+    assert sorted((a.credit, a.referral_id, a.member_id, a.role, a.points, a.at, str(a.arms))
+                  for a in awards) == service
+    # The experiment ran over part of the feed: both arms paid, each the referrer's points of its own terms.
+    assert {(a.arms.get("invite-80"), a.points) for a in awards if a.role == "referrer" and a.points > 0} == {
+        (None, 50), ("control", 50), ("eighty", 80)}
     assert {c["idempotency_key"]: datetime.fromisoformat(c["available_at"]) for c in credited.values()} == {
         a.credit: a.available_at for a in awards if a.points > 0}
     outcomes = Counter(r["status"] if r["status"] != "rejected" else f"rejected:{r['reason']}" for r in rows)

@@ -1,7 +1,8 @@
 """The what-if's referral simulation (cli/whatif/referral.py), pure: both sides rewarded on the referee's qualifying
 purchase, the referrer's cap per month, the bonus on every 5th place, the clawback of a refund within the return
 window (and none after it), expiry without a qualifying purchase, a referral held for review by velocity (counted
-as held, nothing awarded, said in the notes), self-referral by a shared device, and codes it cannot resolve."""
+as held, nothing awarded, said in the notes), self-referral by a shared device, codes it cannot resolve, and the
+referrer's experiment arm setting the rewards."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted, PurchaseRefunded
 from shared.contracts.referrals import ReferralAccepted
 from shared.envelope import CloudEvent
+from shared.experiments import arm_of
 from shared.programmes import Catalogue
 
 T0 = datetime(2026, 3, 2, 2, tzinfo=UTC)
@@ -176,3 +178,27 @@ def test_codes_given_resolve_enrolments_and_check_acceptances_as_the_service_doe
         assert sim.feed(event(data, T0), data) == []
     assert sim.refused == {"unknown_referral_code": 1, "referral_code_mismatch": 1}
     assert sim.outcomes() == {"rewarded": 1} and sim.unresolved_codes == 0
+
+
+def test_the_referrers_experiment_arm_sets_both_rewards_and_is_named_on_each_award(tmp_path: Path) -> None:
+    trial = {"experiment_id": "invite-50", "starts": "2026-01-01T00:00:00Z", "ends": "2026-06-01T00:00:00Z",
+             "arms": [{"name": "control", "share": "0.5"},
+                      {"name": "fifty", "share": "0.5", "overrides": {"referral": {"referrer_points": 50}}}]}
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump({**version("trial", referrer_points=20),
+                                                         "experiments": [trial]}))
+    catalogue = Catalogue.load(tmp_path, ReferralProgramme)
+    sim = ReferralSim(catalogue)
+    experiment = catalogue.versions["trial"][0].experiments[0]
+    by_arm = {arm_of("trial", experiment, f"rex{i}").name: f"rex{i}" for i in range(20)}
+    for arm, referrer in sorted(by_arm.items()):
+        accept(sim, "trial", referrer, f"friend-of-{referrer}", T0)
+        awards = buy(sim, "trial", f"friend-of-{referrer}", f"o-{referrer}", "80", T0 + DAY)
+        assert [(a.role, a.points, a.arms) for a in awards] == [
+            ("referrer", 50 if arm == "fifty" else 20, {"invite-50": arm}), ("referee", 20, {"invite-50": arm})]
+        back = refund(sim, "trial", f"friend-of-{referrer}", f"o-{referrer}", "80", T0 + 2 * DAY)
+        assert [(a.points, a.arms) for a in back] == [(-20, {"invite-50": arm}),
+                                                      (-50 if arm == "fifty" else -20, {"invite-50": arm})]
+    # After the experiment, the version's own terms, and no arm.
+    accept(sim, "trial", "rex0", "late", datetime(2026, 7, 1, tzinfo=UTC))
+    assert [(a.points, a.arms) for a in buy(sim, "trial", "late", "o-late", "80", datetime(2026, 7, 2, tzinfo=UTC))
+            ] == [(20, {}), (20, {})]
