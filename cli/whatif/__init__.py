@@ -72,11 +72,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings()
     folder = args.programmes or settings.programmes_dir
-    from cli.whatif.history import HistoryError
-
     try:
         comparison = asyncio.run(_compare(args, settings, folder))
-    except (ProgrammeError, ValueError, HistoryError) as exc:
+    except (ProgrammeError, ValueError) as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
     print(terminal(comparison))
@@ -148,13 +146,16 @@ async def _compare(args: argparse.Namespace, settings: Settings, folder: Path) -
                                            args.seed, start, timezone=str(zone), currency=currency)
         source = "synthetic"
     else:
-        from cli.whatif.history import history
+        from cli.whatif.history import HistoryError, history
 
         of = args.history_of or program_id
         key = args.key or os.environ.get("JIFEN_API_KEY") or _stack_key()
-        # From the beginning: the warm-up before the period builds the state the period starts with.
-        found = await history(of, None, end, source=args.source, kafka=args.kafka or settings.kafka_bootstrap,
-                              insight_url=args.url, api_key=key, prefix=settings.topic_prefix)
+        try:
+            # From the beginning: the warm-up before the period builds the state the period starts with.
+            found = await history(of, None, end, source=args.source, kafka=args.kafka or settings.kafka_bootstrap,
+                                  insight_url=args.url, api_key=key, prefix=settings.topic_prefix)
+        except HistoryError as exc:
+            raise ValueError(str(exc)) from exc
         events = forecast.readdress(found, program_id) if args.history_of else found
         source = f"history of {args.history_of} ({found.source})" if args.history_of else found.source
     shown = Progress()
