@@ -385,7 +385,8 @@ def _show_refund(event: CloudEvent, refund: PurchaseRefunded, bought: Purchased,
         mark = "↩" if points else "·"
         per_line = ", ".join(f"{order.lines[i][0]}: {_number(Fraction(p) * (after[i] - before[i]))} of its {_number(p)}"
                              for i, p in sorted(earned.line_points.items()) if p and after[i] != before[i])
-        print(f"  {mark} {earned.rule_id:<20} {points:>8} points of {earned.points:<8} reverses {earned.credit_key}"
+        print(f"  {mark} {earned.rule_id:<20} {points:>8} points of {earned.points:<8} "
+              + (f"reverses {earned.credit_key}" if points else "nothing to take back")
               + (f"   lines: {per_line}" if per_line else ""))
     print(f"  = {sum(back.values())} points taken back in {len(back)} reversal(s); in all "
           f"{_number(sum((r.total for r in [*earlier, refund]), Decimal(0)))} of {_number(order.total)} "
