@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             case "keys":
                 return asyncio.run(keys.run(args))
             case "programme":
-                return points.summary(args) if args.programme_command == "summary" else programme.check(args)
+                if args.programme_command == "summary":
+                    return points.summary(args)
+                return programme.show(args) if args.programme_command == "show" else programme.check(args)
             case "points":
                 return points.run(args)
             case "member":

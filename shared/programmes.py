@@ -153,7 +153,7 @@ class _Resolved:
         if source is self.source:
             return f"line {line}"
         version = source.raw.get("version")
-        return f"line {line} of {source.name} (version {version}, which this version is based on)"
+        return f"line {line} of {Path(source.name).name} (version {version}, which this version is based on)"
 
 
 def _at(raw: Any, path: tuple[Any, ...]) -> Any:
