@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from services.insight import http
+from services.insight import archive, http
 from services.insight.handlers import ANNOUNCED, INBOUND, ProjectInsight
 from services.insight.jobs import abuse_watch, gauges
 from services.insight.metrics import InsightMetrics
@@ -35,10 +35,13 @@ def spec(settings: InsightSettings | None = None, clock: Callable[[], datetime] 
             Subscription(project, types=ANNOUNCED, others="skip"),
             # What systems outside Jifen send: earn, tiers and referral answer a bad record; insight skips it.
             Subscription(project, types=INBOUND, others="skip"),
+            archive.subscription(metrics, settings.topic_prefix),  # every inbound event, kept: its own group
         ],
         jobs=[gauges(catalogue, metrics, settings.gauge_interval_s, settings.gauge_days),
-              abuse_watch(catalogue, metrics, settings.abuse_watch_interval_s)],
-        routes=http.routes(catalogue), refusal_status={"no_rewards": 404}, clock=clock)
+              abuse_watch(catalogue, metrics, settings.abuse_watch_interval_s),
+              archive.prune(settings.archive_retention_days, settings.archive_prune_interval_s)],
+        routes=archive.routes(http.routes(catalogue), catalogue, settings.archive_retention_days),
+        refusal_status={"no_rewards": 404}, clock=clock)
 
 
 def create_app(settings: InsightSettings | None = None) -> FastAPI:

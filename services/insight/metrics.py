@@ -19,3 +19,7 @@ class InsightMetrics:
                            "reason", ["program_id", "reason"])
         self.ignored = counter(registry, "insight", "jifen_insight_events_ignored", "Events of a programme insight "
                                "has no file for (counted, never guessed at)", ["program_id", "reason"])
+        self.archived = counter(registry, "insight", "jifen_insight_archived_events", "Inbound events kept in the "
+                                "archive", ["program_id", "topic"])
+        self.archive_bytes = counter(registry, "insight", "jifen_insight_archive_bytes", "Bytes written to the "
+                                     "archive (zlib-compressed NDJSON)", ["program_id", "topic"])

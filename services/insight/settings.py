@@ -11,3 +11,6 @@ class InsightSettings(Settings):
     gauge_days: int = 30
     # The abuse watch's round: members far outside the programme's norm, announced for the risk desk.
     abuse_watch_interval_s: float = 3600.0
+    # The archive of inbound events (archive.py): chunks whose last event is older than this are pruned, hourly.
+    archive_retention_days: int = 400
+    archive_prune_interval_s: float = 3600.0
