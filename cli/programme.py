@@ -272,5 +272,5 @@ def experiments_block(raw: dict[str, object], experiments: list[Experiment], now
 
 def _flow(value: object) -> str:
     """A value on one line: YAML's flow style."""
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, sort_keys=False, width=10_000).strip()
     return text.removesuffix("\n...").strip()
