@@ -4,6 +4,7 @@ YAML, what changed from the version before it, and its experiments; one line and
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,3 +100,15 @@ def test_an_unknown_programme_or_version_is_one_line_and_exit_2(
 def test_show_runs_as_a_user_runs_it() -> None:
     code, out, err = asyncio.run(jifen("programme", "show", "default", "--diff"))
     assert code == 0 and out.startswith("# programme default version 1 is its first"), out + err
+
+
+def test_the_docs_show_what_the_command_prints(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/programmes.md's printed diff and experiments block are the command's output."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "programmes.md").read_text()
+    blocks = re.findall(r"(?s)```[a-z]*\n(.*?)```", doc)
+    _, retail, _ = shown(capsys, "retail", "--version", "2", "--diff", "--folder", str(folder))
+    _, default, _ = shown(capsys, "default", "--version", "2", "--diff", "--folder", str(folder))
+    assert retail in blocks
+    assert default[default.index("\nexperiments:\n") + 1:] in blocks
+    weekend = (EXAMPLES / "retail-weekend.yaml").read_text()
+    assert weekend[weekend.index("program_id:"):] in doc
