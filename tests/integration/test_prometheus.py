@@ -69,7 +69,7 @@ async def test_each_services_metrics_are_clean_prometheus_text(infra: Infra, pro
     ours = {f for f in families if f.startswith("jifen_")}
     units = {"seconds", "records", "messages", "points", "members", "events", "entries", "commands", "items", "runs",
              "changes", "warnings", "skipped", "repeats", "failures", "replays", "rejected", "ok", "problems", "ready",
-             "referrals", "redemptions", "coupons", "refusals", "verdicts", "leader",
+             "referrals", "redemptions", "coupons", "refusals", "verdicts", "leader", "bytes",
              # insight's indicators, each in its own unit (a ratio, a share, members: docs/insight.md), and verdicts
              "kpi"}
     assert sorted(f for f in ours if not units & set(f.split("_"))) == [], "a metric without its unit in its name"
