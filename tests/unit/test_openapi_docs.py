@@ -30,8 +30,9 @@ from shared.auth import ApiKey
 from shared.http import ErrorBody
 from shared.service import ServiceSpec, build_app
 
-SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "insight": insight_spec, "ledger": ledger_spec, "tiers": tiers_spec,
-                                                     "redemption": redemption_spec, "referral": referral_spec}
+SERVICES: dict[str, Callable[[], ServiceSpec]] = {"earn": earn_spec, "insight": insight_spec, "ledger": ledger_spec,
+                                                   "tiers": tiers_spec, "redemption": redemption_spec,
+                                                   "referral": referral_spec}
 OPEN = {"/health/live", "/health/ready", "/metrics"}
 # A real value for each path parameter, so a request reaches the route's own checks; `defualt` is no programme.
 PATH_VALUES = {"program_id": "defualt", "member_id": "m-00001", "entry_id": "48213", "reward_id": "coupon-5",
