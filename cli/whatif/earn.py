@@ -201,7 +201,6 @@ class Birthdays:
             programme = self.catalogue.at(program_id, now)
             if programme is None or programme.activity.birthday is None:
                 continue
-            rule = programme.activity.birthday
             local = now.astimezone(programme.zone)
             for day in birthday_days(local):
                 for member_id in sorted(self.memory.by_birthday.get((program_id, day), ())):
@@ -210,14 +209,17 @@ class Birthdays:
                         continue
                     self.memory.birthdays_paid.add(paid)
                     member = self.memory.members[(program_id, member_id)]
-                    if member.birthday is None or member.birthday_set_at is None or not birthday_pays(
-                            rule, member.birthday, member.birthday_set_at, now, programme.zone):
+                    # As the job: the member's arm of every experiment running now may change the bonus.
+                    theirs, arms = self.catalogue.for_member(program_id, member_id, now)
+                    bonus = theirs.activity.birthday
+                    if bonus is None or member.birthday is None or member.birthday_set_at is None or not (
+                            birthday_pays(bonus, member.birthday, member.birthday_set_at, now, programme.zone)):
                         continue
                     key = keys.birthday_credit(program_id, member_id, local.year)
                     credits.append(PostCredit(
-                        idempotency_key=key, program_id=program_id, member_id=member_id, amount=rule.points,
-                        occurred_at=now, available_at=now, expires_at=expires_at(programme, now),
-                        cause=Cause(source_event_id=keys.cause_of(BIRTHDAYS, key), rule_id=rule.rule_id,
-                                    rule_version=programme.version, reason="birthday"),
-                        details={"rule": {"rule_id": rule.rule_id, "points": rule.points, "why": "birthday"}}))
+                        idempotency_key=key, program_id=program_id, member_id=member_id, amount=bonus.points,
+                        occurred_at=now, available_at=now, expires_at=expires_at(theirs, now),
+                        cause=Cause(source_event_id=keys.cause_of(BIRTHDAYS, key), rule_id=bonus.rule_id,
+                                    rule_version=programme.version, reason="birthday", arms=arms or None),
+                        details={"rule": {"rule_id": bonus.rule_id, "points": bonus.points, "why": "birthday"}}))
         return credits
