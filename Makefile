@@ -52,7 +52,7 @@ status: deps
 
 ## test: the whole suite against real Kafka and PostgreSQL (started locally when none is given).
 test: deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m tests.run
 
 ## bench: end-to-end throughput and latency next to raw Kafka and Postgres baselines (not a test).
 ##        BENCH_ARGS="--mode ledger" measures the ledger alone, "--mode all" both (see README).

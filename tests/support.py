@@ -65,7 +65,11 @@ def start_infra() -> Infra:
     Docker engine answers, else local processes on ports of their own (so `make up` can run beside)."""
     env_kafka, env_db = os.environ.get("JIFEN_TEST_KAFKA_BOOTSTRAP"), os.environ.get("JIFEN_TEST_DATABASE_URL")
     if env_kafka and env_db:
-        return Infra(env_kafka, env_db)
+        # `make test` (tests/run.py) starts the servers once for every pytest process and says where they run, so
+        # the tests that stop PostgreSQL may do so here too.
+        owned = os.environ.get("JIFEN_TEST_POSTGRES_RUN_DIR")
+        postgres = Postgres(Path(owned), port=int(env_db.rpartition(":")[2].split("/")[0])) if owned else None
+        return Infra(env_kafka, env_db, postgres=postgres)
     if docker_answers():
         from testcontainers.kafka import KafkaContainer
         from testcontainers.postgres import PostgresContainer

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import ServiceProcess, World, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 MEMBER = "/v1/programs/default/members/outage-1"
 

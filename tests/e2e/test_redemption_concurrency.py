@@ -17,7 +17,7 @@ from tests.e2e.test_redemption import available, client, credit, final, start
 from tests.integration.test_redemption_service import check_redemption_invariants
 from tests.support import World
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 
 async def redeem_all(http: httpx.AsyncClient, asks: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
