@@ -77,18 +77,23 @@ def run(args: argparse.Namespace) -> int:
     except (ProgrammeError, ValueError) as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
-    print(terminal(comparison))
+    rate, where = None, ""
     if args.history_of or args.synthetic:
+        # A forecast is costed at its expected rate on both sides, in the table and on the page alike.
         rate, where = forecast.expected_rate(args, comparison.draft.redemption_rate)
         if rate is not None:
-            print()
-            print(forecast.render_cost_table(forecast.cost_table(comparison.draft, rate, where)))
+            comparison = forecast.priced(comparison, rate, where)
+    print(terminal(comparison))
+    if rate is not None:
+        print()
+        print(forecast.render_cost_table(forecast.cost_table(comparison.draft, rate, where)))
     if args.html:
+        from cli.report import ReportError
         from cli.whatif.html import render
 
         try:
             args.html.write_text(render(comparison), encoding="utf-8")
-        except OSError as exc:
+        except (OSError, ReportError) as exc:
             print(f"✘ the HTML page was not written: {exc}", file=sys.stderr)
             return 1
         print(f"\n✔ {args.html} written")
@@ -161,7 +166,7 @@ async def _compare(args: argparse.Namespace, settings: Settings, folder: Path) -
     shown = Progress()
     try:
         return await engine.run(events, program_id=program_id, folder=folder, draft=args.draft, start=start,
-                                end=end, source=source, progress=shown)
+                                end=end, source=source, progress=shown, borrowed=bool(args.history_of))
     finally:
         shown.done()
 

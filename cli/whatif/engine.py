@@ -296,10 +296,12 @@ async def _events(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent]) -> A
 
 async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, program_id: str, folder: Path,
               draft: Path | None, start: datetime, end: datetime, source: str = "events",
-              progress: Progress | None = None, lookahead: timedelta = LOOKAHEAD) -> Comparison:
+              progress: Progress | None = None, lookahead: timedelta = LOOKAHEAD, borrowed: bool = False
+              ) -> Comparison:
     """Replay `events` (the programme's history, oldest first, from its first event) under the versions of `folder`
     and under `draft` in their place from `start` (None: the versions in force on both sides), counting what falls
-    in [start, end)."""
+    in [start, end). `borrowed`: the history is another programme's (`--history-of`), so its balances are not this
+    programme's: the liability at the end is each side's own net points less what was redeemed and expired."""
     with TemporaryDirectory(prefix="jifen-whatif-") as tmp:
         notes: list[str] = []
         draft_folder, draft_version = folder, None
@@ -477,7 +479,12 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
             side.side.referrals_rewarded = len(side.rewarded)
         live.side.members_by_tier = sims_live.tiers_at(program_id, end)
         replay_draft.side.members_by_tier = (sims_draft if tiers_changed else sims_live).tiers_at(program_id, end)
-        if ledger.seen:
+        if borrowed:
+            for side in (live, replay_draft):
+                side.side.liability = max(0, side.net_total - ledger.redeemed - ledger.expired)
+            notes.append("the history is another programme's: the liability at the end is each side's own net points "
+                         "issued less the points redeemed and expired in that history (none below zero)")
+        elif ledger.seen:
             live.side.liability = ledger.liability
             replay_draft.side.liability = ledger.liability + replay_draft.side.net_issued - live.side.net_issued
         else:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from cli.whatif import engine
+from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted
 from shared.envelope import CloudEvent
@@ -90,3 +91,32 @@ async def test_the_draft_laid_in_keeps_every_version_before_the_period_and_repla
     assert found.draft.issued_by_rule["base"] == 600 + 200 + 500 + 100 + 200 + 301 + 90
     assert found.live.issued_by_rule["base"] == 600 + 500 + 90 + 3 * (200 + 100 + 200 + 301)
     assert any("version(s) 2" in note for note in found.notes)
+
+
+def _entry(n: int, member: str, at: datetime, amount: int, balance: int, kind: str) -> CloudEvent:
+    return CloudEvent(f"l-{n}", "test://ledger", PointsEntryPosted.TYPE, at, {
+        "entry_id": n, "program_id": "tw", "member_id": member, "seq": n, "amount": amount, "balance_after": balance,
+        "kind": kind, "idempotency_key": f"k-{n}", "cause": {"source_event_id": f"s-{n}"}, "occurred_at": at,
+        "posted_at": at, "hash": "0" * 64})
+
+
+async def test_a_forecast_on_another_programmes_history_does_not_count_that_programmes_balances_as_its_own(
+        folder: Path, tmp_path: Path) -> None:
+    """--history-of: tw's ledger says a holds 50,000 points; a new programme replaying tw's events owes only what its
+    own draft issued, less what tw's members redeemed in the period."""
+    from cli.whatif.forecast import readdress
+
+    events = [*history(), _entry(1, "a", START - timedelta(days=5), 50_000, 50_000, "earn"),
+              _entry(2, "a", START + timedelta(days=2), -300, 49_700, "redeem")]
+    events.sort(key=lambda e: e.time)
+    fresh = {**PROGRAMME, "program_id": "fresh", "effective_from": "2026-11-10T00:00:00Z", "tiers": None}
+    draft = tmp_path / "fresh.yaml"
+    draft.write_text(yaml.safe_dump({k: v for k, v in fresh.items() if v is not None}))
+    found = await engine.run(readdress(events, "fresh"), program_id="fresh", folder=folder, draft=draft,
+                             start=START, end=END, borrowed=True)
+    issued = 600 + 200 + 500 + 100 + 200 + 301 + 90
+    assert found.draft.issued_by_rule == Counter({"base": issued})
+    assert found.draft.redeemed == 300
+    assert found.draft.liability == issued - 300
+    assert found.live.liability == 0
+    assert any("another programme's" in note for note in found.notes)
