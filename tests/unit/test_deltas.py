@@ -4,7 +4,6 @@ content, and the shipped examples merge as their comments say."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from services.earn.programme import Programme as EarnProgramme
 from services.insight.programme import InsightProgramme
 from services.redemption.programme import RedemptionProgramme
@@ -28,7 +28,7 @@ from shared.programmes import (
     load_folder,
 )
 from shared.settings import Settings
-from tests.support import jifen
+from tests.support import REPO
 
 SHIPPED = Settings().programmes_dir
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "programmes"
@@ -213,15 +213,28 @@ def test_the_invite_experiment_example_gives_half_the_members_50_while_it_runs(
     assert arms == {} and after is v2
 
 
-def test_programme_check_of_a_delta_file_finds_its_base_in_the_programmes_folder(tmp_path: Path) -> None:
-    code, out, err = asyncio.run(jifen("programme", "check", str(EXAMPLES / "retail-weekend.yaml")))
+def jifen(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`jifen ARGS…` in this process (the same parser and code; a new interpreter per call costs seconds); returns
+    (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's answer to a bad option
+        code = int(exit_.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_programme_check_of_a_delta_file_finds_its_base_in_the_programmes_folder(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # where a user runs it
+    code, out, err = jifen(capfd, "programme", "check", str(EXAMPLES / "retail-weekend.yaml"))
     assert code == 0 and "programme retail version 2, based on version 1" in out, out + err
     broken = tmp_path / "broken.yaml"
     broken.write_text((EXAMPLES / "retail-weekend.yaml").read_text().replace("points: 30", "points: -1"))
-    code, out, err = asyncio.run(jifen("programme", "check", str(broken), "--folder", str(SHIPPED)))
+    code, out, err = jifen(capfd, "programme", "check", str(broken), "--folder", str(SHIPPED))
     assert code == 1 and f"{broken}: line 18: purchase.bonuses.0.points" in err, out + err
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = asyncio.run(jifen("programme", "check", str(EXAMPLES / "retail-weekend.yaml"),
-                                       "--folder", str(empty)))
+    code, out, err = jifen(capfd, "programme", "check", str(EXAMPLES / "retail-weekend.yaml"),
+                           "--folder", str(empty))
     assert code == 1 and "programme 'retail' has no version 1" in err and "Traceback" not in err, out + err
