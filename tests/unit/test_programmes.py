@@ -3,7 +3,6 @@ refused by all of them, not only by the service that reads that section; `jifen 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from cli.programme import MODELS
 from shared.programmes import Catalogue, ProgrammeError, ProgrammeVersion, UnknownProgram, load_file
 from shared.settings import Settings
-from tests.support import jifen
 
 STARBUCKS = Settings().programmes_dir / "starbucks.yaml"
 LATER = datetime(2026, 11, 9, 10, tzinfo=UTC)  # version 1 of the example is in effect since 2026-01-01
@@ -38,6 +37,17 @@ def catalogues(folder: Path) -> dict[str, Catalogue[ProgrammeVersion]]:
         catalogue.check_every_s, catalogue.clock = 0, lambda: LATER
         loaded[service] = catalogue
     return loaded
+
+
+def jifen(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`jifen ARGS…` in this process (the same parser and code; a new interpreter per call costs seconds); returns
+    (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's answer to a bad option
+        code = int(exit_.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
 
 
 @pytest.mark.parametrize(("section", "old", "new"), [
@@ -70,15 +80,16 @@ def test_a_comment_or_a_future_version_is_taken_by_every_service(tmp_path: Path)
         assert catalogue.reloads == {True: 1, False: 0}, service
 
 
-def test_programme_check_refuses_an_edit_of_a_version_in_effect_as_the_services_do(tmp_path: Path) -> None:
+def test_programme_check_refuses_an_edit_of_a_version_in_effect_as_the_services_do(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     in_force, draft = tmp_path / "in-force", tmp_path / "draft"
     in_force.mkdir()
     shutil.copy(STARBUCKS, in_force)
     shutil.copytree(in_force, draft)
-    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    code, out, err = jifen(capfd, "programme", "check", str(draft), "--in-force", str(in_force))
     assert code == 0 and "every service takes these files" in out, out + err
     edited(draft / "starbucks.yaml", "    points: 25\n", "    points: 30\n")  # a section only redemption reads
-    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    code, out, err = jifen(capfd, "programme", "check", str(draft), "--in-force", str(in_force))
     assert code == 1, out + err
     assert "every service would refuse the folder" in err
     assert "'starbucks' version 1 is in effect already" in err and "add a new version instead" in err
@@ -86,13 +97,14 @@ def test_programme_check_refuses_an_edit_of_a_version_in_effect_as_the_services_
     (draft / "starbucks.yaml").write_text(STARBUCKS.read_text())
     (draft / "v2.yaml").write_text(STARBUCKS.read_text().replace("version: 1", "version: 2").replace(
         '"2026-01-01T00:00:00+08:00"', '"2026-02-01T00:00:00+08:00"'))
-    code, out, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", str(in_force)))
+    code, out, err = jifen(capfd, "programme", "check", str(draft), "--in-force", str(in_force))
     assert code == 1 and "would take effect in the past" in err, out + err
-    code, _, err = asyncio.run(jifen("programme", "check", str(draft), "--in-force", "no-such-revision"))
+    code, _, err = jifen(capfd, "programme", "check", str(draft), "--in-force", "no-such-revision")
     assert code == 1 and "neither a folder nor a git revision" in err and "Traceback" not in err
 
 
-def test_programme_check_compares_with_git_head_by_default(tmp_path: Path) -> None:
+def test_programme_check_compares_with_git_head_by_default(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """In a git work tree (as programmes/ is), the committed files are taken as the versions in force."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -101,7 +113,7 @@ def test_programme_check_compares_with_git_head_by_default(tmp_path: Path) -> No
     for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "v1"]):
         subprocess.run([*git, *command], check=True)
     edited(repo / "starbucks.yaml", "threshold: 300", "threshold: 200")
-    code, out, err = asyncio.run(jifen("programme", "check", str(repo)))
+    code, out, err = jifen(capfd, "programme", "check", str(repo))
     assert code == 1 and "(git HEAD)" in err and "version 1 is in effect already" in err, out + err
 
 
