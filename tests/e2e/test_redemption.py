@@ -75,9 +75,12 @@ async def available(ledger: ServiceProcess, program: str, member: str, points: i
 
 
 def client(service: ServiceProcess, token: str, connections: int = 100) -> httpx.AsyncClient:
+    # An idle connection is dropped after 1 s, well before uvicorn closes it (5 s): reusing one the server is closing
+    # at that moment fails as a ReadError, a race of the client's pool, not an answer of the service.
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=60,
                              headers={"Authorization": f"Bearer {token}"},
-                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
+                                                 keepalive_expiry=1.0))
 
 
 async def final(http: httpx.AsyncClient, program: str, redemption_id: str) -> dict[str, Any]:
