@@ -6,6 +6,7 @@ through, it runs at the time the test names."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from cli.main import main
 from services.ledger.app import spec as ledger_spec
 from shared import envelope, keys
 from shared.contracts import topics
@@ -29,7 +31,7 @@ from shared.contracts.ledger_commands import (
 )
 from shared.testing import Delivered, Pipeline, ServiceHarness
 from tests.conftest import check_ledger_invariants
-from tests.support import Infra, jifen
+from tests.support import Infra
 
 T0 = datetime.now(UTC).replace(microsecond=0)
 
@@ -140,8 +142,8 @@ async def test_the_sweeper_knows_its_commands_by_the_keys_keys_py_builds_and_sen
     assert (await balance(pipeline, "m9"))["held"] == 30
 
 
-async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(ledger: tuple[Pipeline, Clock],
-                                                                              infra: Infra) -> None:
+async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(
+        ledger: tuple[Pipeline, Clock], infra: Infra, capfd: pytest.CaptureFixture[str]) -> None:
     pipeline, _ = ledger
     t0 = T0 - timedelta(minutes=5)
     expiry = t0 + timedelta(days=90)
@@ -185,8 +187,15 @@ async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(le
 
     # `jifen ledger verify` passes on what the service wrote...
     dsn = pipeline["ledger"].spec.settings.asyncpg_dsn
-    verify = ("ledger", "verify", "--database-url", dsn)
-    code, stdout, err = await jifen(*verify)
+    verify = ["ledger", "verify", "--database-url", dsn]
+
+    async def jifen() -> tuple[int, str, str]:
+        """`jifen ledger verify` in this process (same argv and code; it runs its own event loop, so in a thread)."""
+        code = await asyncio.to_thread(main, verify)
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    code, stdout, err = await jifen()
     assert code == 0, stdout + err
     assert "hash chains" in stdout and "sum to zero" in stdout and "holds" in stdout and "every rule holds" in stdout
     # ...and names the entry once a stored amount is changed behind the ledger's back.
@@ -195,7 +204,7 @@ async def test_refund_after_spending_goes_into_debt_and_transfers_keep_expiry(le
         tampered = await conn.fetchval("SELECT id FROM entries WHERE command_key = 'spend-1'")
         await _alter_amount(conn, tampered, +1)
         try:
-            code, stdout, err = await jifen(*verify)
+            code, stdout, err = await jifen()
         finally:
             await _alter_amount(conn, tampered, -1)
     finally:
