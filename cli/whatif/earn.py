@@ -32,7 +32,12 @@ from shared.subscription import Inbound
 
 MemberKey = tuple[str, str]  # (program_id, member_id)
 # The tier a purchase gets, when the caller knows better than the tier history (None: the history decides).
-TierOf = Callable[[str, str, datetime], MemberTier | None]
+class Unknown:
+    """A tier source's "I cannot say": the purchase's tier comes from the announcements earn heard."""
+
+
+UNKNOWN = Unknown()
+TierOf = Callable[[str, str, datetime], MemberTier | Unknown | None]
 
 
 def inbound(event: CloudEvent, data: Contract) -> Inbound[Contract]:
@@ -53,7 +58,8 @@ class Memory(Changes):
     refuses counted in `refused` by reason.
 
     `tier_of`, when given, answers a purchase's tier before the history does (the tier earn recorded, or the
-    draft's simulated tiers); `None` from it falls back to the history of announcements fed through `tier`."""
+    draft's simulated tiers, or None: it knows the purchase had none); `UNKNOWN` from it falls back to the history of
+    announcements fed through `tier`."""
 
     def __init__(self, tier_of: TierOf | None = None) -> None:  # no batch: the replay is one long batch
         self.recorded: dict[tuple[str, str], str] = {}
@@ -83,7 +89,7 @@ class Memory(Changes):
     def tier_at(self, program_id: str, member_id: str, at: datetime) -> MemberTier | None:
         if self._tier_of is not None:
             told = self._tier_of(program_id, member_id, at)
-            if told is not None:
+            if not isinstance(told, Unknown):
                 return told
         return tier_at(self.tiers.get((program_id, member_id), ()), at)
 

@@ -31,7 +31,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from cli.whatif.earn import Birthdays, Memory, inbound
+from cli.whatif.earn import UNKNOWN, Birthdays, Memory, TierOf, Unknown, inbound
 from cli.whatif.referral import ReferralAward, ReferralSim
 from cli.whatif.result import Comparison, Side
 from cli.whatif.tiers import TierSim
@@ -230,10 +230,14 @@ class _Ledger:
     issued: int = 0  # earn credits less their reversals, in the period (the observed redemption rate's base)
     balances: dict[str, tuple[int, int]] = field(default_factory=dict)  # member → (seq, balance_after)
     recorded_tiers: dict[str, str] = field(default_factory=dict)  # purchase event id → the tier earn applied
+    credited: set[str] = field(default_factory=set)  # events earn credited (their entries say which tier, or none)
 
     def index(self, entry: PointsEntryPosted) -> None:
+        if entry.kind != "earn":
+            return
+        self.credited.add(entry.cause.source_event_id)
         tier = getattr(entry.cause, "tier", None)
-        if tier and entry.kind == "earn":
+        if tier:
             self.recorded_tiers[entry.cause.source_event_id] = tier
 
     def add(self, entry: PointsEntryPosted) -> None:
@@ -320,17 +324,19 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
         current: list[str] = [""]  # the event being judged, for the tier earn recorded on it
         announced = [False]  # whether the history has shown a tier announcement yet
 
-        def recorded(memory: Memory) -> Callable[[str, str, datetime], MemberTier | None]:
-            def tier_of(program_id: str, member_id: str, at: datetime) -> MemberTier | None:
+        def recorded(memory: Memory) -> TierOf:
+            def tier_of(program_id: str, member_id: str, at: datetime) -> MemberTier | Unknown | None:
                 name = ledger.recorded_tiers.get(current[0])
+                if name is None and current[0] in ledger.credited:
+                    return None  # earn credited it and its entries name no tier: earn knew none then
                 if name is None:
                     # No announcement yet in the history (a generated feed, another programme's, or a tiers
                     # service not running): the tiers as the service would have announced them.
-                    return None if announced[0] else _announced(sims_live, program_id, member_id, at)
+                    return UNKNOWN if announced[0] else _announced(sims_live, program_id, member_id, at)
                 for _, held in reversed(memory.tiers.get((program_id, member_id), ())):
                     if held.tier == name:
                         return held
-                return None
+                return UNKNOWN
             return tier_of
 
         sims_live = TierSim(live_tiers)
@@ -340,7 +346,7 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
             Birthdays(live_earn, live_memory, [program_id]), start, end, tiers=sims_live)
         if tiers_changed:
             sims_draft = TierSim(draft_tiers)
-            draft_memory = Memory(lambda p, m, at: _announced(sims_draft, p, m, at))
+            draft_memory = Memory(lambda p, m, at: _announced(sims_draft, p, m, at) or UNKNOWN)
             notes.append("the draft changes tiers: its members move between tiers by the tiers service's rules in "
                          "memory, fed with its own purchases and credits, and earn with the multipliers that gives; "
                          "the version in force keeps the tiers earn applied")
@@ -427,7 +433,7 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
             warm_up += not in_period
             if isinstance(data, PurchaseCompleted):
                 purchases += in_period
-                recorded_used += in_period and event.event_id in ledger.recorded_tiers
+                recorded_used += in_period and event.event_id in ledger.credited
                 if in_period and data.order_id not in orders:
                     revenue += data.total
                 orders.add(data.order_id)
@@ -498,8 +504,8 @@ async def run(events: AsyncIterable[CloudEvent] | Iterable[CloudEvent], *, progr
                          "service's rules give in memory")
         elif not tiers_changed:
             notes.append(f"tiers as earn applied them: {recorded_used} of {purchases} purchase(s) of the period by "
-                         "the tier on their ledger entries, the rest by earn's history of the tiers service's "
-                         "announcements at the purchase's time")
+                         "what their ledger entries say earn applied (a tier, or none), the rest by earn's history "
+                         "of the tiers service's announcements at the purchase's time")
         if ledger.rate() is not None:
             notes.append(f"expected cost at the redemption rate observed in the period ({ledger.rate()}: points "
                          "redeemed ÷ net points issued, from the ledger), the same for both sides")

@@ -16,6 +16,7 @@ from cli.whatif import engine
 from shared.contracts.ledger_entries import PointsEntryPosted
 from shared.contracts.members import MemberEnrolled
 from shared.contracts.purchases import PurchaseCompleted
+from shared.contracts.tiers import TierChanged
 from shared.envelope import CloudEvent
 
 PROGRAMME: dict[str, Any] = {
@@ -120,3 +121,32 @@ async def test_a_forecast_on_another_programmes_history_does_not_count_that_prog
     assert found.draft.liability == issued - 300
     assert found.live.liability == 0
     assert any("another programme's" in note for note in found.notes)
+
+
+async def test_a_purchase_earns_the_tier_its_ledger_entries_say_earn_applied_even_when_the_announcement_came_first(
+        folder: Path) -> None:
+    """Tier changes reach earn asynchronously: the tiers service announced silver (×1.5) for a at 10:00, but earn
+    credited a's 10:05 purchase before hearing it (its entries name no tier) and her 11:00 one after (they name
+    silver). The what-if of the live programme earns as earn did: no tier points, then +50."""
+    at = START + timedelta(days=1, hours=10)
+    silver = {"program_id": "tw", "member_id": "a", "tier": "silver", "earn_multiplier": "1.5", "reason": "upgrade"}
+
+    def buy(n: int, when: datetime) -> CloudEvent:
+        return CloudEvent(f"p-{n}", "test://tw", PurchaseCompleted.TYPE, when, {
+            "program_id": "tw", "member_id": "a", "order_id": f"o-{n}", "currency": "CNY", "total": "100",
+            "channel": "pos"})
+
+    def credited(n: int, purchase: CloudEvent, tier: str | None) -> CloudEvent:
+        entry = _entry(n, "a", purchase.time + timedelta(seconds=2), 100, 100 * n, "earn")
+        entry.data["cause"] = {"source_event_id": purchase.event_id, "rule_id": "base",
+                               **({"tier": tier} if tier else {})}
+        return entry
+
+    early, late = buy(1, at + timedelta(minutes=5)), buy(2, at + timedelta(hours=1))
+    events = [CloudEvent("e-a", "test://tw", MemberEnrolled.TYPE, START, {"program_id": "tw", "member_id": "a"}),
+              CloudEvent("t-1", "test://tiers", TierChanged.TYPE, at, silver),
+              early, credited(1, early, None), late, credited(2, late, "silver")]
+    found = await engine.run(sorted(events, key=lambda e: e.time), program_id="tw", folder=folder, draft=None,
+                             start=START, end=END)
+    assert found.live.issued_by_rule == Counter({"base": 200, "tier": 50})
+    assert any("2 of 2 purchase(s)" in note for note in found.notes)
