@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     whatif.add_argument("--from", dest="from_", type=date.fromisoformat, metavar="YYYY-MM-DD",
                         help=f"the period's first local day (default: {DEFAULT_DAYS} days before --to)")
     whatif.add_argument("--to", type=date.fromisoformat, metavar="YYYY-MM-DD",
-                        help="the period's last local day (default: yesterday in the programme's time zone)")
+                        help="the period's last local day (default: today in the programme's time zone, so far)")
     whatif.add_argument("--source", choices=["auto", "topics", "archive"], default="auto",
                         help="where the history comes from: the inbound topics, insight's archive, or auto (the "
                              "topics while their retention holds, the archive before; default)")
@@ -112,7 +112,7 @@ def _zone(folder: Path, program_id: str, draft: Path) -> tuple[ZoneInfo, datetim
 
 def period(args: argparse.Namespace, zone: ZoneInfo, today: date) -> tuple[datetime, datetime]:
     """[start, end) of the period: local midnights of --from and of the day after --to."""
-    last = args.to or today - timedelta(days=1)
+    last = args.to or today  # so far today: what `make up` just sent is in the period
     first = args.from_ or last - timedelta(days=DEFAULT_DAYS - 1)
     if args.synthetic:
         first = args.from_ or today - timedelta(days=args.days)
