@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from deploy.local.infra import REPO, Kafka, Postgres, create_topics
@@ -242,6 +243,19 @@ async def jifen(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def in_process(capture: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`jifen ARGS…` in this process (the same argv, parser and code; a new interpreter per call costs seconds);
+    returns (exit code, stdout, stderr) as `capture` (capsys or capfd) caught them."""
+    from cli.main import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's answer to a bad option
+        code = int(exit_.code or 0)
+    out, err = capture.readouterr()
+    return code, out, err
 
 
 async def send(bootstrap: Cluster | str, topic: str,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
 from services.earn.programme import Programme as EarnProgramme
 from services.insight.programme import InsightProgramme
 from services.redemption.programme import RedemptionProgramme
@@ -29,6 +28,7 @@ from shared.programmes import (
 )
 from shared.settings import Settings
 from tests.support import REPO
+from tests.support import in_process as jifen
 
 SHIPPED = Settings().programmes_dir
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "programmes"
@@ -212,16 +212,6 @@ def test_the_invite_experiment_example_gives_half_the_members_50_while_it_runs(
     after, arms = catalogue.for_member("default", members[0], datetime(2027, 3, 1, tzinfo=UTC))
     assert arms == {} and after is v2
 
-
-def jifen(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`jifen ARGS…` in this process (the same parser and code; a new interpreter per call costs seconds); returns
-    (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's answer to a bad option
-        code = int(exit_.code or 0)
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def test_programme_check_of_a_delta_file_finds_its_base_in_the_programmes_folder(

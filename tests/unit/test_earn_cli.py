@@ -12,9 +12,9 @@ import orjson
 import pytest
 import yaml
 
-from cli.main import main
 from shared.experiments import Experiment, arm_of
 from shared.settings import Settings
+from tests.support import in_process as jifen
 
 EVENT = {"specversion": "1.0", "id": "e-1", "source": "pos://store-9", "type": "jifen.purchase.completed.v1",
          "time": "2026-11-07T10:00:00+08:00",  # a Saturday in Shanghai: the example's weekend campaign runs
@@ -23,16 +23,6 @@ EVENT = {"specversion": "1.0", "id": "e-1", "source": "pos://store-9", "type": "
                       {"sku": "FM-MILK-1L", "category": "dairy", "quantity": "2", "unit_price": "12.5", "total": "25"},
                       {"sku": "gc", "category": "gift_card", "quantity": "1", "unit_price": "100", "total": "100"}]}}
 
-
-def jifen(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`jifen ARGS…` in this process (the same argv, parser and code; a new interpreter per call costs seconds);
-    returns (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's answer to a bad option
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_explain_prints_each_rule_and_the_total_without_posting(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
 from cli.programme import MODELS
 from shared.programmes import Catalogue, ProgrammeError, ProgrammeVersion, UnknownProgram, load_file
 from shared.settings import Settings
+from tests.support import in_process as jifen
 
 STARBUCKS = Settings().programmes_dir / "starbucks.yaml"
 LATER = datetime(2026, 11, 9, 10, tzinfo=UTC)  # version 1 of the example is in effect since 2026-01-01
@@ -38,16 +38,6 @@ def catalogues(folder: Path) -> dict[str, Catalogue[ProgrammeVersion]]:
         loaded[service] = catalogue
     return loaded
 
-
-def jifen(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`jifen ARGS…` in this process (the same parser and code; a new interpreter per call costs seconds); returns
-    (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's answer to a bad option
-        code = int(exit_.code or 0)
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(("section", "old", "new"), [

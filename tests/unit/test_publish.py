@@ -9,21 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cli.main import main
 from tests.support import REPO
+from tests.support import in_process as jifen
 
 EXAMPLES = REPO / "examples"
 
-
-def jifen(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`jifen ARGS…` in this process (the same parser and code; a new interpreter per call costs seconds); returns
-    (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # argparse's answer to a bad option
-        code = int(exit_.code or 0)
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 def test_every_example_is_checked_as_the_services_check_it(capfd: pytest.CaptureFixture[str]) -> None:
