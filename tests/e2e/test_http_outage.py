@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import ServiceProcess, World, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+pytestmark = [pytest.mark.e2e, pytest.mark.stops_postgres]
 
 MEMBER = "/v1/programs/default/members/outage-1"
 

@@ -12,7 +12,7 @@ from shared.contracts import topics
 from shared.simulation import build_feed, publish
 from tests.support import World, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+pytestmark = [pytest.mark.e2e, pytest.mark.stops_postgres]
 PAST = datetime.now(UTC) - timedelta(hours=1)
 
 
