@@ -144,7 +144,7 @@ def _members_by_tier(args: argparse.Namespace) -> None:
 
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None,
          idempotency_key: str | None, base: str | None = None) -> tuple[int, Any]:
-    token = args.api_key or os.environ.get("JIFEN_API_KEY") or _stack_key()
+    token = api_key(args.api_key)
     return request_json((base or args.url).rstrip("/") + path, token, method, body, idempotency_key)
 
 
@@ -171,7 +171,10 @@ def request_json(url: str, token: str, method: str = "GET", body: dict[str, Any]
         return 599, {"error": "unreachable", "detail": f"no answer from {url}: {reason}"}
 
 
-def _stack_key() -> str:
+def api_key(given: str | None) -> str:
+    """The key a command uses: the one given, else JIFEN_API_KEY, else the one `make up` wrote (empty: none)."""
+    if given or os.environ.get("JIFEN_API_KEY"):
+        return given or os.environ["JIFEN_API_KEY"]
     path = Stack().api_key_file
     return path.read_text().strip() if path.exists() else ""
 

@@ -16,7 +16,7 @@ import re
 import sys
 import textwrap
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_ and args.to and args.from_ > args.to:
         print(f"✘ --from {args.from_} is after --to {args.to}", file=sys.stderr)
         return 2
-    key = args.key or os.environ.get("JIFEN_API_KEY") or points._stack_key()
+    key = points.api_key(args.key)
     if args.experiment:
         return _run_experiment(args, key)
     try:
@@ -73,14 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
     print(terminal(doc))
-    if args.html:
-        try:
-            args.html.write_text(html(doc), encoding="utf-8")
-        except (OSError, ReportError) as exc:
-            print(f"✘ the HTML report was not written: {exc}", file=sys.stderr)
-            return 1
-        print(f"\nHTML report: {args.html.resolve()}")
-    return 0
+    return write_page(args.html, lambda: html(doc)) if args.html else 0
 
 
 def _run_experiment(args: argparse.Namespace, key: str) -> int:
@@ -90,14 +83,44 @@ def _run_experiment(args: argparse.Namespace, key: str) -> int:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
     print(experiment_terminal(doc))
-    if args.html:
-        try:
-            args.html.write_text(experiment_html(doc), encoding="utf-8")
-        except OSError as exc:
-            print(f"✘ the HTML report was not written: {exc}", file=sys.stderr)
-            return 1
-        print(f"\nHTML report: {args.html.resolve()}")
+    return write_page(args.html, lambda: experiment_html(doc)) if args.html else 0
+
+
+def write_page(path: Path, render: Callable[[], str], what: str = "HTML report") -> int:
+    """The page `render` makes, written to `path`: 0, or 1 with one line saying why not (a folder that cannot be
+    written, the chart library missing)."""
+    try:
+        path.write_text(render(), encoding="utf-8")
+    except (OSError, ReportError) as exc:
+        print(f"✘ the {what} was not written: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n{what}: {path.resolve()}")
     return 0
+
+
+def page_head(title: str, style: str) -> list[str]:
+    """The head of a page that works offline, and the body's start: nothing may be loaded from anywhere (scripts
+    and styles are the inline ones, images only data: URLs)."""
+    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; img-src data:\">",
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{markup.escape(title)}</title>", f"<style>{style}</style></head><body>"]
+
+
+def charts_section(charts: Mapping[str, Any], titles: Sequence[tuple[str, str]]) -> str:
+    """A place for each chart the page's script draws from its data (`data-chart`), or "no data"."""
+    e = markup.escape
+    parts = ['<section><h2>Charts</h2><div class="charts">']
+    for name, title in titles:
+        parts.append(f"<div><h3>{e(title)}</h3>")
+        if name in charts:
+            parts.append(f'<div class="chart" data-chart="{e(name)}" data-title="{e(title)}"></div>')
+        else:
+            parts.append(f'<p class="no-data" data-empty="{e(name)}">no data</p>')
+        parts.append("</div>")
+    parts.append("</div></section>")
+    return "\n".join(parts)  # as the page's own parts are joined
 
 
 # --- fetching ------------------------------------------------------------------------------------------------------
@@ -563,14 +586,8 @@ def html(doc: dict[str, Any]) -> str:
     meta = " · ".join(x for x in (f"{kpis['from']} to {kpis['to']}" if kpis.get("from") else "",
                                   kpis.get("timezone") or "", currency or "",
                                   f"by {kpis['granularity']}" if kpis.get("granularity") else "") if x)
-    parts: list[str] = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        # Nothing may be loaded from anywhere: scripts and styles are the inline ones, images only data: URLs.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'; "
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Jifen report: {e(str(program))}</title>", f"<style>{STYLE}</style></head><body>",
-        f"<h1>Programme {e(str(program))}</h1>", f'<p class="meta">{e(meta)}</p>']
+    parts: list[str] = [*page_head(f"Jifen report: {program}", STYLE),
+                        f"<h1>Programme {e(str(program))}</h1>", f'<p class="meta">{e(meta)}</p>']
 
     def no_data(name: str) -> str:
         why = (doc.get("missing") or {}).get(name)
@@ -602,15 +619,7 @@ def html(doc: dict[str, Any]) -> str:
     parts.append("</section>")
 
     charts = _chart_data(doc)
-    parts.append('<section><h2>Charts</h2><div class="charts">')
-    for name, title in CHARTS:
-        parts.append(f"<div><h3>{e(title)}</h3>")
-        if name in charts:
-            parts.append(f'<div class="chart" data-chart="{e(name)}" data-title="{e(title)}"></div>')
-        else:
-            parts.append(f'<p class="no-data" data-empty="{e(name)}">no data</p>')
-        parts.append("</div>")
-    parts.append("</div></section>")
+    parts.append(charts_section(charts, CHARTS))
 
     parts.append("<section><h2>Liability roll-forward</h2>")
     liability = doc.get("liability") or {}

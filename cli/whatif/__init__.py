@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from cli import points
 from cli.report import _int, _money, _share, _table
 from cli.whatif import forecast
 from cli.whatif.result import COST_BAND, Comparison, Side, verdict
@@ -88,15 +89,10 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(forecast.render_cost_table(forecast.cost_table(comparison.draft, rate, where)))
     if args.html:
-        from cli.report import ReportError
+        from cli.report import write_page
         from cli.whatif.html import render
 
-        try:
-            args.html.write_text(render(comparison), encoding="utf-8")
-        except (OSError, ReportError) as exc:
-            print(f"✘ the HTML page was not written: {exc}", file=sys.stderr)
-            return 1
-        print(f"\n✔ {args.html} written")
+        return write_page(args.html, lambda: render(comparison), "HTML page")
     return 0
 
 
@@ -154,7 +150,7 @@ async def _compare(args: argparse.Namespace, settings: Settings, folder: Path) -
         from cli.whatif.history import HistoryError, history
 
         of = args.history_of or program_id
-        key = args.key or os.environ.get("JIFEN_API_KEY") or _stack_key()
+        key = points.api_key(args.key)
         try:
             # From the beginning: the warm-up before the period builds the state the period starts with.
             found = await history(of, None, end, source=args.source, kafka=args.kafka or settings.kafka_bootstrap,
@@ -177,12 +173,6 @@ def _currency(folder: Path, program_id: str, draft: Path) -> str:
         return versions[-1].currency
     raw = yaml.safe_load(draft.read_text())
     return str(raw.get("currency") or "CNY") if isinstance(raw, dict) else "CNY"
-
-
-def _stack_key() -> str | None:
-    from cli import points
-
-    return points._stack_key()
 
 
 # --- the terminal's table ------------------------------------------------------------------------------------------

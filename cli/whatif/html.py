@@ -12,7 +12,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from cli.report import STYLE, _int, _json_for_script, _library, _money, _share
+from cli.report import STYLE, _int, _json_for_script, _library, _money, _share, charts_section, page_head
 from cli.whatif.result import COST_BAND, Comparison, Side, verdict
 
 # In force grey, the draft blue: the same two colours on every chart.
@@ -190,12 +190,7 @@ def render(comparison: Comparison) -> str:
                                   f"history: {comparison.source}", f"{comparison.events:,} events replayed",
                                   currency or "") if x)
     parts: list[str] = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        # Nothing may be loaded from anywhere: scripts and styles are the inline ones, images only data: URLs.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'; "
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Jifen what-if: {e(program)}</title>", f"<style>{STYLE}{EXTRA_STYLE}</style></head><body>",
+        *page_head(f"Jifen what-if: {program}", STYLE + EXTRA_STYLE),
         f"<h1>What-if: programme {e(program)}</h1>",
         f'<p class="meta">{e(_side_title(live))} · {e(_side_title(draft))}</p>', f'<p class="meta">{e(meta)}</p>',
         f'<p class="assumption"><strong>Assumption:</strong> {e(comparison.assumption)}.</p>']
@@ -215,15 +210,7 @@ def render(comparison: Comparison) -> str:
                  "revenue: below, ok or above.</p></section>")
 
     charts = chart_data(comparison)
-    parts.append('<section><h2>Charts</h2><div class="charts">')
-    for name, title in CHARTS:
-        parts.append(f"<div><h3>{e(title)}</h3>")
-        if name in charts:
-            parts.append(f'<div class="chart" data-chart="{e(name)}" data-title="{e(title)}"></div>')
-        else:
-            parts.append(f'<p class="no-data" data-empty="{e(name)}">no data</p>')
-        parts.append("</div>")
-    parts.append("</div></section>")
+    parts.append(charts_section(charts, CHARTS))
 
     def differing(title: str, cls: str, what: str, items: list[tuple[str, int, int]], any_data: bool) -> str:
         if not items:

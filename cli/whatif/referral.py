@@ -27,7 +27,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
-from services.referral.codes import normalise
+from services.referral.codes import owner_of
 from services.referral.domain import (
     FINGERPRINTS,
     Group,
@@ -228,17 +228,11 @@ class ReferralSim:
         return program_id in self._taking_for
 
     def _owner(self, program_id: str, typed: str, referrer: str | None) -> str | None:
-        """The code's owner, as handlers._owner finds it (`unknown_referral_code`, `referral_code_mismatch`);
-        None when no `codes` were given to look it up."""
+        """The code's owner, as the service finds it (codes.owner_of: `unknown_referral_code`,
+        `referral_code_mismatch`); None when no `codes` were given to look it up."""
         if self.codes is None:
             return None
-        code = normalise(typed)
-        owner = self.codes.get((program_id, code)) if code is not None else None
-        if owner is None:
-            raise Refusal("unknown_referral_code", f"no member of programme {program_id!r} has the referral code given")
-        if referrer is not None and owner != referrer:
-            raise Refusal("referral_code_mismatch", "the referral code given is not the referrer's")
-        return owner
+        return owner_of(self.codes, program_id, typed, referrer)
 
     def _accepted(self, event: CloudEvent, accepted: ReferralAccepted, touched: _Touched) -> None:
         try:

@@ -9,7 +9,9 @@ from the member id, and the service checks each new one against the codes alread
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from shared.refusal import Refusal
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 LENGTH = 8
@@ -27,3 +29,15 @@ def normalise(typed: str, length: int = LENGTH) -> str | None:
     if len(code) != length or any(c not in ALPHABET for c in code):
         return None
     return code
+
+
+def owner_of(owners: Mapping[tuple[str, str], str], program_id: str, typed: str, referrer: str | None) -> str:
+    """The member whose code was given (`unknown_referral_code`), who must be the referrer named, if one is
+    (`referral_code_mismatch`); `owners` maps (programme, code) to its member."""
+    code = normalise(typed)
+    owner = owners.get((program_id, code)) if code is not None else None
+    if owner is None:
+        raise Refusal("unknown_referral_code", f"no member of programme {program_id!r} has the referral code given")
+    if referrer is not None and owner != referrer:
+        raise Refusal("referral_code_mismatch", "the referral code given is not the referrer's")
+    return owner

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.referral.codes import normalise
+from services.referral.codes import normalise, owner_of
 from services.referral.domain import FINGERPRINTS, referral_id
 from services.referral.judging import Changes, Judging, reversal
 from services.referral.records import NewMember, NewPurchase, NewReferral, NewRefund
@@ -45,7 +45,7 @@ class TakeEvents(Handler[Changes]):
         try:
             self.judging.taking(accepted.program_id, item.event.time)
             if accepted.referral_code is not None:
-                _owner(changes, accepted.program_id, accepted.referral_code, accepted.referrer_member_id)
+                owner_of(changes.code_owners, accepted.program_id, accepted.referral_code, accepted.referrer_member_id)
         except Refusal as refused:
             changes.rejections.reject(item, refused.reason, refused.detail)
             return
@@ -72,7 +72,7 @@ class TakeEvents(Handler[Changes]):
             return
         try:
             self.judging.taking(program_id, at)
-            referrer = _owner(changes, program_id, enrolled.referral_code, None)
+            referrer = owner_of(changes.code_owners, program_id, enrolled.referral_code, None)
         except Refusal as refused:
             # The member and their fingerprints are kept (they judge other referrals); only the referral is refused.
             changes.rejections.reject(item, refused.reason, refused.detail)
@@ -115,18 +115,6 @@ class TakeEvents(Handler[Changes]):
             return False
         self.judging.metrics.ignored.labels(program_id, "no_referral_section").inc()
         return True
-
-
-def _owner(changes: Changes, program_id: str, typed: str, referrer: str | None) -> str:
-    """The member whose code was given (`unknown_referral_code`), who must be the referrer named, if one is
-    (`referral_code_mismatch`)."""
-    code = normalise(typed)
-    owner = changes.code_owners.get((program_id, code)) if code is not None else None
-    if owner is None:
-        raise Refusal("unknown_referral_code", f"no member of programme {program_id!r} has the referral code given")
-    if referrer is not None and owner != referrer:
-        raise Refusal("referral_code_mismatch", "the referral code given is not the referrer's")
-    return owner
 
 
 def _refer(changes: Changes, program_id: str, referrer: str, referee: str, at: datetime, via: str,

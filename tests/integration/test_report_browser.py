@@ -36,10 +36,15 @@ def browser() -> Iterator[BrowserContext]:
 
 
 def opened(browser: BrowserContext, tmp_path: Path, doc: dict[str, Any]) -> tuple[Page, list[str], list[str]]:
-    """The report of `doc` written to a file and opened: the page, console errors (and page errors), and every
-    request that was not for the file itself (all of them aborted)."""
+    """The report of `doc` written to a file and opened (`open_offline`)."""
     path = tmp_path / "report.html"
     path.write_text(html(doc), encoding="utf-8")
+    return open_offline(browser, path, "the report")
+
+
+def open_offline(browser: BrowserContext, path: Path, what: str) -> tuple[Page, list[str], list[str]]:
+    """The page at `path` opened once its drawing code has finished (`body[data-drawn=true]`): the page, console
+    errors (and page errors, dialogs), and every request that was not for the file itself (all of them aborted)."""
     page: Page = browser.new_page()
     errors: list[str] = []
     outside: list[str] = []
@@ -59,20 +64,20 @@ def opened(browser: BrowserContext, tmp_path: Path, doc: dict[str, Any]) -> tupl
         if r.url != path.as_uri():
             outside.append(r.url)
 
-    page.route("**/*", route)
-    page.on("console", console)
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("request", request)
     def dialog(d: Dialog) -> None:
         errors.append(f"dialog: {d.message}")
         d.dismiss()
 
+    page.route("**/*", route)
+    page.on("console", console)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("request", request)
     page.on("dialog", dialog)
     page.goto(path.as_uri(), wait_until="load")
     try:
         page.wait_for_selector("body[data-drawn=true]", state="attached", timeout=15_000)
     except PlaywrightTimeout:
-        pytest.fail(f"the report's drawing code did not finish: {errors or 'no error reported'}")
+        pytest.fail(f"{what}'s drawing code did not finish: {errors or 'no error reported'}")
     return page, errors, outside
 
 

@@ -6,53 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Page, Route
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import BrowserContext, Page
 
 from cli.whatif.html import render
 from cli.whatif.result import Comparison
-from tests.integration.test_report_browser import browser
+from tests.integration.test_report_browser import browser, open_offline
 from tests.unit.test_whatif_html import HOSTILE, comparison, new_programme
 
 __all__ = ["browser"]  # the report's fixture: one headless chromium for the module
 
 
 def opened(browser: BrowserContext, tmp_path: Path, what: Comparison) -> tuple[Page, list[str], list[str]]:
-    """The page of `what` written to a file and opened: the page, console and page errors, and every request that
-    was not for the file itself (all of them aborted)."""
+    """The page of `what` written to a file and opened as the report's test opens its own (`open_offline`)."""
     path = tmp_path / "whatif.html"
     path.write_text(render(what), encoding="utf-8")
-    page = browser.new_page()
-    errors: list[str] = []
-    outside: list[str] = []
-
-    def route(r: Route) -> None:
-        if r.request.url == path.as_uri():
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.route("**/*", route)
-    page.on("console", console)
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("request", lambda r: outside.append(r.url) if r.url != path.as_uri() else None)
-
-    def dialog(d: Dialog) -> None:
-        errors.append(f"dialog: {d.message}")
-        d.dismiss()
-
-    page.on("dialog", dialog)
-    page.goto(path.as_uri(), wait_until="load")
-    try:
-        page.wait_for_selector("body[data-drawn=true]", state="attached", timeout=15_000)
-    except PlaywrightTimeout:
-        raise AssertionError(f"the page's drawing code did not finish: {errors or 'no error reported'}") from None
-    return page, errors, outside
+    return open_offline(browser, path, "the what-if page")
 
 
 def drawn(page: Page) -> dict[str, int]:
